@@ -1,0 +1,1 @@
+"""pyinfra-ratos: provision RatOS Raspberry Pis and Klipper print farms with pyinfra."""

@@ -1,0 +1,1 @@
+"""pyinfra_ratos.templates"""
