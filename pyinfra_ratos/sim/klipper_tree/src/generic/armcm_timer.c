@@ -1,0 +1,3 @@
+// ARM Cortex-M system timer.
+
+DECL_CONSTANT("CLOCK_FREQ", CONFIG_CLOCK_FREQ);

@@ -1,0 +1,3 @@
+// RP2040 GPIO.
+
+DECL_ENUMERATION_RANGE("pin", "gpio0", 0, 30);

@@ -1,0 +1,3 @@
+// RP2040 USB device controller.
+
+DECL_CONSTANT("USB_SERIAL", 1);

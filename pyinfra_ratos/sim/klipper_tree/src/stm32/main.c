@@ -1,0 +1,5 @@
+// STM32 startup, bootloader request and chip id.
+
+DECL_CONSTANT("CLOCK_REF_FREQ", CONFIG_CLOCK_REF_FREQ);
+DECL_CONSTANT("ADC_MAX", 4095);
+DECL_CONSTANT("PWM_MAX", 255);

@@ -1,0 +1,3 @@
+// STM32 USB device controller.
+
+DECL_CONSTANT_STR("RESERVE_PINS_USB", "PA11,PA12");
