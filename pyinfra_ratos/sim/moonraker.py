@@ -1,0 +1,503 @@
+"""A Moonraker stand-in for a virtual Pi: the HTTP endpoints our deploys use, with real shapes.
+
+Real Moonraker needs a running klippy, so this answers from the Pi's state file instead: every
+request reads it fresh, and klippy's state is derived from it by :func:`derive_klippy` the way
+klippy itself would end up (disconnected, ``error`` with klippy's exact messages, or ``ready``).
+Status codes, status lines and error bodies follow Moonraker (tornado) so that clients written
+against the stand-in behave the same against a real printer.
+
+Run: ``python3 -m pyinfra_ratos.sim.moonraker --host 127.0.0.1 --port 7125 [--state PATH]
+[--pid-file PATH]``. Stdlib only: it runs under Debian's python3 inside the virtual Pi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from pyinfra_ratos.sim import pistate, procs, systemctl
+
+MOONRAKER_VERSION = "v0.9.3-64-gd5ee171"
+API_VERSION = [1, 5, 0]
+# klippy's own wording (klippy/klippy.py, klippy/extras/error_mcu.py); clients match on it
+MESSAGE_READY = "Printer is ready"
+MESSAGE_MCU_CONNECT_ERROR = """
+Once the underlying issue is corrected, use the
+"FIRMWARE_RESTART" command to reset the firmware, reload the
+config, and restart the host software.
+Error configuring printer
+"""
+MESSAGE_PROTOCOL_ERROR1 = """
+This is frequently caused by running an older version of the
+firmware on the MCU(s). Fix by recompiling and flashing the
+firmware.
+"""
+MESSAGE_PROTOCOL_ERROR2 = """
+Once the underlying issue is corrected, use the "RESTART"
+command to reload the config and restart the host software.
+"""
+# the services Moonraker allows when the state names none (moonraker/assets/default_allowed_services)
+DEFAULT_ALLOWED_SERVICES = (
+    "klipper_mcu", "webcamd", "MoonCord", "KlipperScreen", "moonraker-telegram-bot",
+    "moonraker-obico", "sonar", "crowsnest", "octoeverywhere", "ratos-configurator",
+)
+PRINTER_OBJECTS_BEFORE_MCUS = ("webhooks", "configfile")
+PRINTER_OBJECTS_AFTER_MCUS = ("pause_resume", "print_stats", "virtual_sdcard", "idle_timeout")
+
+
+@dataclass(frozen=True)
+class Klippy:
+    """What Moonraker knows of klippy: its state, message and printer objects."""
+
+    state: str  # disconnected, ready, error
+    state_message: str
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def connected(self) -> bool:
+        return self.state != "disconnected"
+
+
+class ServerError(Exception):
+    """An API failure answered as Moonraker's ``{"error": ...}`` body."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------- pure derivation
+
+
+def short_mcu_name(name: str) -> str:
+    return name.split()[-1]
+
+
+def mcu_object_name(name: str) -> str:
+    """``mcu`` stays ``mcu``; a secondary MCU named ``EBBCan`` is the object ``mcu EBBCan``."""
+    return "mcu" if name == "mcu" else f"mcu {name}"
+
+
+def mcu_connects(mcu: dict[str, Any], services: dict[str, str]) -> bool:
+    """An MCU klippy can talk to: enumerated, with firmware, and its service (if any) running."""
+    needed = mcu.get("service")
+    if needed and services.get(needed) != "active":
+        return False
+    return bool(mcu.get("present", True)) and mcu.get("firmware") is not None
+
+
+def mcu_up_to_date(mcu: dict[str, Any], host_version: str) -> bool:
+    firmware = mcu["firmware"]
+    return firmware.get("version") == host_version or bool(firmware.get("protocol_compatible"))
+
+
+def protocol_error_message(state: dict[str, Any], culprit: dict[str, Any]) -> str:
+    """klippy's "MCU Protocol error" text (klippy/extras/error_mcu.py), versions per MCU."""
+    host_version = state.get("host_version", "?")
+    outdated, current = [], []
+    for mcu in state.get("mcus", []):
+        version = mcu["firmware"].get("version", "")
+        line = f"{short_mcu_name(mcu['name'])}: Current version {version}"
+        (current if version == host_version else outdated).append(line)
+    detail = culprit["firmware"].get("protocol_error") or (
+        f"mcu '{short_mcu_name(culprit['name'])}': Command format mismatch: "
+        "config_stepper oid=%c step_pin=%c dir_pin=%c invert_step=%c step_pulse_ticks=%u"
+        " vs config_stepper oid=%c step_pin=%c dir_pin=%c invert_step=%c"
+    )
+    lines = ["MCU Protocol error", MESSAGE_PROTOCOL_ERROR1,
+             f"Your Klipper version is: {host_version}", "MCU(s) which should be updated:"]
+    lines += (outdated or ["<none>"]) + ["Up-to-date MCU(s):"] + (current or ["<none>"])
+    lines += [MESSAGE_PROTOCOL_ERROR2, detail]
+    return "\n".join(lines)
+
+
+def mcu_status(mcu: dict[str, Any], with_stats: bool) -> dict[str, Any]:
+    firmware = mcu["firmware"]
+    constants = dict(firmware.get("config", {}))
+    status: dict[str, Any] = {
+        "mcu_version": firmware.get("version", ""),
+        "mcu_build_versions": firmware.get("build_versions", ""),
+        "mcu_constants": constants,
+    }
+    if with_stats:
+        # shape of klippy/mcu.py last_stats; the numbers are those of an idle board
+        status["last_stats"] = {
+            "mcu_awake": 0.003, "mcu_task_avg": 1.4e-05, "mcu_task_stddev": 1.1e-05,
+            "bytes_write": 4279, "bytes_read": 9536, "bytes_retransmit": 9,
+            "bytes_invalid": 0, "send_seq": 321, "receive_seq": 321, "retransmit_seq": 2,
+            "srtt": 0.001, "rttvar": 0.0, "rto": 0.025, "ready_bytes": 0,
+            "upcoming_bytes": 0, "freq": int(constants.get("CLOCK_FREQ", 0)),
+        }
+    return status
+
+
+def job_objects(print_state: str, filename: str) -> dict[str, dict[str, Any]]:
+    printing = print_state == "printing"
+    paused = print_state == "paused"
+    idle = "Printing" if printing else "Ready" if paused else "Idle"
+    active_file = filename if printing or paused else ""
+    return {
+        "pause_resume": {"is_paused": paused},
+        "print_stats": {
+            "filename": active_file, "total_duration": 0.0, "print_duration": 0.0,
+            "filament_used": 0.0, "state": print_state, "message": "",
+            "info": {"total_layer": None, "current_layer": None},
+        },
+        "virtual_sdcard": {
+            "file_path": active_file or None, "progress": 0.0, "is_active": printing,
+            "file_position": 0, "file_size": 0,
+        },
+        "idle_timeout": {"state": idle, "printing_time": 0.0, "idle_timeout": 600.0},
+    }
+
+
+def derive_klippy(state: dict[str, Any]) -> Klippy:
+    """klippy's state as Moonraker would see it, from the Pi's state file alone."""
+    services = state.get("services", {})
+    if services.get("klipper") != "active":
+        return Klippy("disconnected", "Klippy Disconnected")
+    mcus = state.get("mcus", [])
+    host_version = state.get("host_version", "?")
+    mcu_objects: dict[str, dict[str, Any]] = {}
+    klippy_state, message = "ready", MESSAGE_READY
+    # klippy identifies MCUs in config order and stops at the first it cannot reach
+    unreachable = next((m for m in mcus if not mcu_connects(m, services)), None)
+    if unreachable is not None:
+        klippy_state = "error"
+        message = (f"mcu '{short_mcu_name(unreachable['name'])}': Unable to connect"
+                   + MESSAGE_MCU_CONNECT_ERROR)
+        reached = mcus[: mcus.index(unreachable)]
+        for mcu in mcus:
+            connected = any(mcu is m for m in reached)
+            mcu_objects[mcu_object_name(mcu["name"])] = mcu_status(mcu, False) if connected else {}
+    else:
+        outdated = next((m for m in mcus if not mcu_up_to_date(m, host_version)), None)
+        if outdated is not None:
+            klippy_state, message = "error", protocol_error_message(state, outdated)
+        for mcu in mcus:
+            mcu_objects[mcu_object_name(mcu["name"])] = mcu_status(mcu, outdated is None)
+    objects: dict[str, dict[str, Any]] = {
+        "webhooks": {"state": klippy_state, "state_message": message},
+        "configfile": {},
+    }
+    objects.update(mcu_objects)
+    objects.update(job_objects(state.get("print_state", "standby"), state.get("print_filename", "")))
+    return Klippy(klippy_state, message, objects)
+
+
+def query_objects(klippy: Klippy, wanted: dict[str, list[str] | None]) -> dict[str, Any]:
+    """klippy's objects/query: unknown objects are ``{}``, attribute lists filter."""
+    status: dict[str, Any] = {}
+    for name, attrs in wanted.items():
+        values = klippy.objects.get(name, {})
+        if attrs is not None:
+            values = {key: value for key, value in values.items() if key in attrs}
+        status[name] = values
+    return status
+
+
+def status_reason(message: str) -> str:
+    """The HTTP status line text tornado sends for an error message.
+
+    tornado refuses reasons that are not a valid reason-phrase (newlines) or hold ``<``
+    and sends ``Unknown`` instead; the real text then only survives in the traceback.
+    """
+    if "<" in message or not re.fullmatch(r"[\t\x20-\x7e\x80-\uffff]*", message):
+        return "Unknown"
+    return message
+
+
+def error_traceback(status: int, message: str, api_error: bool) -> str:
+    """A traceback shaped like tornado's ``"\\n".join(traceback.format_exception(...))``."""
+    http_error = (
+        "Traceback (most recent call last):\n\n"
+        '  File "/home/pi/moonraker-env/lib/python3.11/site-packages/tornado/web.py",'
+        " line 1790, in _execute\n    result = await result\n\n"
+    )
+    if not api_error:
+        return (http_error + '  File "/home/pi/moonraker/moonraker/components/application.py",'
+                " line 1057, in prepare\n    raise tornado.web.HTTPError(404)\n\n"
+                f"tornado.web.HTTPError: HTTP {status}: {message}\n")
+    return (
+        "Traceback (most recent call last):\n\n"
+        '  File "/home/pi/moonraker/moonraker/components/application.py", line 702,'
+        " in _process_http_request\n    result = await self.api_defintion.request(\n\n"
+        f"moonraker.utils.exceptions.ServerError: {message}\n\n\n"
+        "The above exception was the direct cause of the following exception:\n\n\n"
+        + http_error
+        + '  File "/home/pi/moonraker/moonraker/components/application.py", line 708,'
+        " in _process_http_request\n    raise tornado.web.HTTPError(\n\n"
+        f"tornado.web.HTTPError: HTTP {status}: {message}\n"
+    )
+
+
+def error_body(status: int, message: str, api_error: bool = True) -> dict[str, Any]:
+    return {"error": {"code": status, "message": status_reason(message),
+                      "traceback": error_traceback(status, message, api_error)}}
+
+
+def allowed_services(state: dict[str, Any]) -> list[str]:
+    return list(state.get("allowed_services", DEFAULT_ALLOWED_SERVICES))
+
+
+def service_allowed(state: dict[str, Any], name: str) -> bool:
+    if "allowed_services" in state:
+        return name in state["allowed_services"]
+    # moonraker/components/machine.py: the asvc list, plus any klipper*/moonraker* unit
+    return (name in DEFAULT_ALLOWED_SERVICES
+            or re.match(r"moonraker[_-]?\d*", name) is not None
+            or re.match(r"klipper[_-]?\d*", name) is not None)
+
+
+def available_services(state: dict[str, Any]) -> list[str]:
+    return [name for name in pistate.SERVICES if service_allowed(state, name)]
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+def object_args(query: list[tuple[str, str]]) -> dict[str, list[str] | None]:
+    """Moonraker's object parser: ``?mcu&idle_timeout=state`` -> {mcu: None, idle_timeout: [state]}."""
+    return {key: (value.split(",") if value else None) for key, value in query}
+
+
+def plain_args(query: list[tuple[str, str]]) -> dict[str, Any]:
+    return {key.rsplit(":", 1)[0]: value for key, value in query}
+
+
+def printer_info(state: dict[str, Any], klippy: Klippy) -> dict[str, Any]:
+    user = state.get("klipper_user", "pi")
+    home = systemctl.home_of(state)
+    try:
+        entry = pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        uid = gid = 1000
+    return {
+        "state": klippy.state,
+        "state_message": klippy.state_message,
+        "hostname": state.get("hostname", os.uname().nodename),
+        "klipper_path": state.get("klipper_path", f"{home}/klipper"),
+        "python_path": f"{home}/klippy-env/bin/python",
+        "process_id": int(state.get("klippy_pid", 0)),
+        "user_id": uid,
+        "group_id": gid,
+        "log_file": systemctl.klippy_log_path(state),
+        "config_file": f"{home}/printer_data/config/printer.cfg",
+        "software_version": state.get("host_version", "?"),
+        "cpu_info": "4 core ?",
+    }
+
+
+def server_info(klippy: Klippy) -> dict[str, Any]:
+    return {
+        "klippy_connected": klippy.connected,
+        "klippy_state": klippy.state,
+        "components": ["application", "websockets", "internal_transport", "klippy_connection",
+                       "database", "file_manager", "klippy_apis", "machine", "data_store",
+                       "shell_command", "proc_stats", "job_state", "job_queue", "history",
+                       "authorization", "update_manager"],
+        "failed_components": [],
+        "registered_directories": ["config", "logs", "gcodes", "config_examples", "docs"],
+        "warnings": [],
+        "websocket_count": 0,
+        "moonraker_version": MOONRAKER_VERSION,
+        "api_version": API_VERSION,
+        "api_version_string": ".".join(str(part) for part in API_VERSION),
+    }
+
+
+def system_info(state: dict[str, Any]) -> dict[str, Any]:
+    available = available_services(state)
+    service_state = {}
+    for name in available:
+        active = systemctl.is_active(name, state)
+        service_state[name] = {"active_state": "active" if active else "inactive",
+                               "sub_state": "running" if active else "dead"}
+    return {"system_info": {
+        "provider": "systemd_cli",
+        "available_services": available,
+        "instance_ids": {"moonraker": "moonraker", "klipper": "klipper"},
+        "service_state": service_state,
+    }}
+
+
+class Api:
+    """Dispatches one request; holds what the handler needs after answering (restart)."""
+
+    GET_ROUTES = {"/server/info", "/printer/info", "/printer/objects/list",
+                  "/printer/objects/query", "/machine/system_info"}
+    POST_ROUTES = {"/printer/objects/query", "/printer/restart", "/printer/firmware_restart",
+                   "/printer/gcode/script", "/machine/services/stop",
+                   "/machine/services/start", "/machine/services/restart"}
+
+    def __init__(self, state_path: str | None) -> None:
+        self.state_path = state_path
+        self.after_response: list[Any] = []
+
+    def known(self, path: str) -> bool:
+        return path in self.GET_ROUTES or path in self.POST_ROUTES
+
+    def allowed(self, method: str, path: str) -> bool:
+        return path in (self.GET_ROUTES if method == "GET" else self.POST_ROUTES)
+
+    def handle(self, path: str, query: list[tuple[str, str]], body: dict[str, Any]) -> Any:
+        state = pistate.load(self.state_path)
+        klippy = derive_klippy(state)
+        if path == "/server/info":
+            return server_info(klippy)
+        if path == "/machine/system_info":
+            return system_info(state)
+        if path.startswith("/machine/services/"):
+            return self.service_action(path.rsplit("/", 1)[-1], state, {**plain_args(query), **body})
+        if not klippy.connected:
+            raise ServerError("Klippy Host not connected", 503)
+        if path == "/printer/info":
+            return printer_info(state, klippy)
+        if path == "/printer/objects/list":
+            return {"objects": list(klippy.objects)}
+        if path == "/printer/objects/query":
+            wanted = body["objects"] if "objects" in body else object_args(query)
+            if not isinstance(wanted, dict):
+                raise ServerError("Invalid argument 'objects', expected an object")
+            return {"eventtime": round(time.monotonic(), 6), "status": query_objects(klippy, wanted)}
+        if path in ("/printer/restart", "/printer/firmware_restart"):
+            systemctl.append_klippy_log(state, systemctl.klippy_connect_lines(state))
+            return "ok"
+        if path == "/printer/gcode/script":
+            if klippy.state != "ready":
+                # klippy answers any G-Code with its state message while not ready
+                raise ServerError(klippy.state_message)
+            return "ok"
+        raise ServerError("Not Found", 404)
+
+    def service_action(self, action: str, state: dict[str, Any], args: dict[str, Any]) -> str:
+        if "service" not in args:
+            raise ServerError("No data for argument: service")
+        name = str(args["service"])
+        if name == "moonraker":
+            if action != "restart":
+                raise ServerError(f"Service action '{action}' not available for moonraker")
+            self.after_response.append(restart_self)
+            return "ok"
+        if name in available_services(state):
+            systemctl.service_action(action, name, self.state_path)
+            return "ok"
+        if name in allowed_services(state):
+            raise ServerError(f"Service '{name}' not installed")
+        raise ServerError(f"Service '{name}' not allowed")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state_path: str | None = None
+
+    def version_string(self) -> str:
+        return "TornadoServer/6.4.2"
+
+    def do_GET(self) -> None:
+        self.answer("GET")
+
+    def do_POST(self) -> None:
+        self.answer("POST")
+
+    def do_DELETE(self) -> None:
+        self.answer("DELETE")
+
+    def answer(self, method: str) -> None:
+        url = urlsplit(self.path)
+        query = parse_qsl(url.query, keep_blank_values=True)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        api = Api(self.state_path)
+        if not api.known(url.path):
+            self.send_json(404, error_body(404, "Not Found", api_error=False))
+            return
+        if not api.allowed(method, url.path):
+            self.send_json(405, error_body(405, "Method Not Allowed", api_error=False))
+            return
+        body: dict[str, Any] = {}
+        if self.headers.get("Content-Type", "").strip().startswith("application/json") and raw:
+            try:
+                loaded = json.loads(raw)
+                body = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                body = {}
+        try:
+            result = api.handle(url.path, query, body)
+        except ServerError as error:
+            self.send_json(error.status, error_body(error.status, str(error)))
+            return
+        self.send_json(200, {"result": result})
+        for action in api.after_response:
+            action(self.server)
+
+    def send_json(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        if status == 200:
+            self.send_response(status)
+        else:
+            self.send_response(status, payload["error"]["message"])
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+
+def restart_self(server: ThreadingHTTPServer) -> None:
+    """Moonraker restarting itself: same pid (the pid file stays right), fresh process image."""
+
+    # sockets are close-on-exec, so the new image binds the port afresh
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "pyinfra_ratos.sim.moonraker", *sys.argv[1:]])
+
+
+def make_server(host: str, port: int, state_path: str | None) -> ThreadingHTTPServer:
+    handler = type("BoundHandler", (Handler,), {"state_path": state_path})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7125)
+    parser.add_argument("--state", default=None, help="state file (default: $RATOS_SIM_STATE)")
+    parser.add_argument("--pid-file", default=None)
+    args = parser.parse_args(argv)
+    server = make_server(args.host, args.port, args.state)
+    if args.pid_file:
+        os.makedirs(os.path.dirname(args.pid_file) or ".", exist_ok=True)
+        procs.write_pidfile(args.pid_file)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
+    print(f"moonraker stand-in listening on {args.host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except (SystemExit, KeyboardInterrupt):
+        pass
+    finally:
+        server.server_close()
+        if args.pid_file and procs.pidfile_alive(args.pid_file) == os.getpid():
+            os.unlink(args.pid_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
