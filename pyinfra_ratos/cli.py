@@ -1,0 +1,78 @@
+"""``ratos-fleet``: the operator's command line, over pyinfra's own API and CLI.
+
+Exit codes: 0 all converged, 1 some printers failed or were skipped, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_PRINTERS, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _sim_up(args: argparse.Namespace) -> int:
+    from pyinfra_ratos.sim import farm
+
+    info = farm.up(args.scenario, args.state, ssh_port=args.ssh_port)
+    print(f"farm up: {len(info['pis'])} Pis in {info['seconds']} s; inventory: {args.state}/inventory.py")
+    for pi in info["pis"]:
+        print(f"  {pi['name']:<20} {pi['address']}:{info['ssh_port']}  {pi['network']}")
+    return EXIT_OK
+
+
+def _sim_down(args: argparse.Namespace) -> int:
+    from pyinfra_ratos.sim import farm
+
+    stopped = farm.down(args.state)
+    print(f"farm down: stopped the daemon ({stopped['daemon']}) and {stopped['pis']} Pis")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pyinfra_ratos.sim.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ratos-fleet", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sim = commands.add_parser("sim", help="the virtual RatOS farm (needs root)")
+    sim_commands = sim.add_subparsers(dest="sim_command", required=True)
+    up = sim_commands.add_parser("up", help="start a farm from a scenario file")
+    up.add_argument("scenario", help="scenario TOML file")
+    up.add_argument("--state", required=True, help="state directory of this farm")
+    up.add_argument("--ssh-port", type=int, default=22, help="port the Pis' sshd answer on (default 22)")
+    up.set_defaults(func=_sim_up)
+    down = sim_commands.add_parser("down", help="stop the farm of a state directory")
+    down.add_argument("--state", required=True, help="state directory of this farm")
+    down.set_defaults(func=_sim_down)
+
+    demo = commands.add_parser("demo", help="run the main job on a built-in virtual farm (needs root)")
+    demo.add_argument("--keep", action="store_true", help="leave the farm running afterwards")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pyinfra_ratos.catalog import CatalogError
+    from pyinfra_ratos.sim.farm import FarmError
+    from pyinfra_ratos.sim.scenario import ScenarioError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ScenarioError, CatalogError) as exc:
+        print(f"ratos-fleet: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FarmError as exc:
+        print(f"ratos-fleet: {exc}", file=sys.stderr)
+        return EXIT_PRINTERS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

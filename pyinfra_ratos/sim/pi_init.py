@@ -1,0 +1,168 @@
+"""PID 1 of one virtual Pi: builds its private world, starts its services, then reaps.
+
+Started by the farm daemon as ``unshare --mount --uts --net --pid --fork ... python3 -m
+pyinfra_ratos.sim.pi_init PI_DIR`` (Debian's python3, stdlib only). Inside those fresh namespaces
+it mounts copy-on-write ``/etc /usr /var /root /opt /srv`` (overlayfs: the farm's base layer and
+the machine's own tree below, the Pi's upper dir on top), the Pi's own ``/home``, private
+``/tmp /run /dev /proc``, sets the hostname, brings up the Pi's own network, starts Moonraker and
+Klipper through the ``systemctl`` stand-in and writes ``PI_DIR/ready``. When it dies, the kernel
+kills every process of the Pi and drops its mounts and network with the namespaces: that is how the
+farm stops a Pi without ever looking processes up by name.
+
+``PI_DIR/pi.json`` (written by the farm) tells it everything::
+
+    {"name": "vcore-01", "base": "/state/base", "network": "online",
+     "services": {"moonraker": "active", "klipper": "active"}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import traceback
+
+from pyinfra_ratos.sim import procs
+
+OVERLAID = ("/etc", "/usr", "/var", "/root", "/opt", "/srv")
+DEVICES = {  # name: (major, minor, mode)
+    "null": (1, 3, 0o666),
+    "zero": (1, 5, 0o666),
+    "full": (1, 7, 0o666),
+    "random": (1, 8, 0o666),
+    "urandom": (1, 9, 0o666),
+    "tty": (5, 0, 0o666),
+}
+
+
+def run(*argv: str) -> None:
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+
+
+def outer_pid() -> int:
+    """Our pid as the root namespace sees it, read before /proc is remounted."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("NSpid:"):
+                return int(line.split()[1])
+    raise RuntimeError("no NSpid in /proc/self/status")
+
+
+def mount(fstype: str, source: str, target: str, options: str = "") -> None:
+    argv = ["mount", "-t", fstype]
+    if options:
+        argv += ["-o", options]
+    run(*argv, source, target)
+
+
+def setup_mounts(pi_dir: str, base: str) -> None:
+    run("mount", "--make-rprivate", "/")
+    for top in OVERLAID:
+        if not os.path.isdir(top):
+            continue
+        name = top.strip("/")
+        upper = os.path.join(pi_dir, "upper", name)
+        work = os.path.join(pi_dir, "work", name)
+        os.makedirs(upper, exist_ok=True)
+        os.makedirs(work, exist_ok=True)
+        lower = top
+        base_layer = os.path.join(base, name)
+        if os.path.isdir(base_layer):
+            lower = f"{base_layer}:{top}"
+        mount("overlay", "overlay", top, f"lowerdir={lower},upperdir={upper},workdir={work}")
+    run("mount", "--bind", os.path.join(pi_dir, "home"), "/home")
+    mount("tmpfs", "tmpfs", "/tmp", "mode=1777,size=256m")
+    mount("tmpfs", "tmpfs", "/run", "mode=0755,size=64m")
+    for directory in ("/run/sshd", "/run/ratos-sim", "/run/lock"):
+        os.makedirs(directory, exist_ok=True)
+    os.chmod("/run/sshd", 0o755)
+    mount("proc", "proc", "/proc")
+    setup_dev()
+
+
+def setup_dev() -> None:
+    mount("tmpfs", "tmpfs", "/dev", "mode=0755,size=8m")
+    for name, (major, minor, mode) in DEVICES.items():
+        path = f"/dev/{name}"
+        os.mknod(path, stat.S_IFCHR | mode, os.makedev(major, minor))
+        os.chmod(path, mode)
+    for directory in ("/dev/pts", "/dev/shm", "/dev/serial"):
+        os.makedirs(directory)
+    mount("devpts", "devpts", "/dev/pts", "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    os.symlink("pts/ptmx", "/dev/ptmx")
+    mount("tmpfs", "tmpfs", "/dev/shm", "mode=1777")
+    for index, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{index}", f"/dev/{name}")
+    os.symlink("/proc/self/fd", "/dev/fd")
+
+
+def setup_network(network: str) -> None:
+    """The Pi's own network: loopback only, so nothing it sends can leave this machine.
+
+    An online Pi has a default route (onto its own loopback), and names of the outside world it
+    needs resolve, through its /etc/hosts, to stand-ins on its own loopback. An offline Pi has no
+    default route at all: connects fail at once with "Network is unreachable", DNS fails.
+    """
+    run("ip", "link", "set", "lo", "up")
+    if network == "online":
+        run("ip", "route", "add", "default", "dev", "lo")
+
+
+def start_services(services: dict[str, str]) -> None:
+    for unit in ("moonraker", "klipper", "klipper-mcu"):
+        if services.get(unit, "active") == "active":
+            run("/usr/local/bin/systemctl", "start", unit)
+
+
+def reap_forever() -> None:
+    signals = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    while True:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+        info = signal.sigtimedwait(signals, 60)
+        if info is not None and info.si_signo != signal.SIGCHLD:
+            return  # our exit takes the whole Pi down with it
+
+
+def write_file(dir_fd: int, name: str, text: str) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644, dir_fd=dir_fd)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def main(pi_dir: str) -> int:
+    # The Pi's own /tmp, /home... may hide the state directory once mounted: keep a handle on it.
+    pi_fd = os.open(pi_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with open(os.path.join(pi_dir, "pi.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+        procs.write_pidfile(os.path.join(pi_dir, "init.pid"), outer_pid())
+        setup_mounts(pi_dir, config["base"])
+        socket.sethostname(config["name"])
+        setup_network(config["network"])
+        os.environ.update(
+            PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            HOME="/root",
+        )
+        os.chdir("/")
+        start_services(config.get("services", {}))
+    except Exception:
+        write_file(pi_fd, "init.log", traceback.format_exc())
+        return 1
+    write_file(pi_fd, "ready", "ready\n")
+    reap_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
