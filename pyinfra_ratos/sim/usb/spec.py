@@ -1,0 +1,96 @@
+"""The board-spec file the USB emulator reads, with the defaults each MCU family implies.
+
+Stdlib only (the emulator runs under Debian's python3).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+MODES = ("klipper", "dfu", "katapult", "can-bridge", "rp2040-boot", "absent")
+FAULTS = (
+    "dfu-exit-74", "dfu-exit-251", "no-reenumerate", "stuck-dfu",
+    "ignore-bootloader-request", "slow-erase",
+)
+
+# alt-0 string and wTransferSize of the ROM DFU, by MCU prefix (longest prefix wins)
+ROM_DFU = {
+    "stm32h7": ("@Internal Flash   /0x08000000/8*128Kg", 1024),
+    "stm32h743": ("@Internal Flash   /0x08000000/16*128Kg", 1024),
+    "stm32f446": ("@Internal Flash  /0x08000000/04*016Kg,01*064Kg,03*128Kg", 2048),
+    "stm32f4": ("@Internal Flash  /0x08000000/04*016Kg,01*064Kg,07*128Kg", 2048),
+    "stm32g0": ("@Internal Flash   /0x08000000/256*02Kg", 1024),
+    "rp2040": ("@Flash /0x10000000/1024*04Kg", 256),
+}
+
+
+def _rom_defaults(mcu: str) -> tuple[str, int]:
+    prefixes = sorted((p for p in ROM_DFU if mcu.startswith(p)), key=len, reverse=True)
+    return ROM_DFU[prefixes[0]] if prefixes else ROM_DFU["stm32h7"]
+
+
+def _int(value: int | str) -> int:
+    return value if isinstance(value, int) else int(value, 0)
+
+
+@dataclass
+class BoardSpec:
+    port: str
+    board: str
+    mcu: str
+    mode: str
+    serial: str
+    app_address: int
+    dfu_flash_map: str
+    dfu_transfer_size: int
+    image: str | None
+    bootloader: bytes
+    faults: list[str] = field(default_factory=list)
+    mcu_name: str | None = None
+    bootloader_request: str = "dfu"  # what the 1200-baud request leads to: "dfu" or "katapult"
+
+    @property
+    def busnum(self) -> int:
+        return int(self.port.split("-", 1)[0])
+
+    @property
+    def devpath(self) -> str:
+        return self.port.split("-", 1)[1]
+
+
+def board_from_dict(raw: dict) -> BoardSpec:
+    mcu = raw["mcu"]
+    flash_map, transfer = _rom_defaults(mcu)
+    mode = raw.get("mode", "klipper")
+    faults = list(raw.get("faults", []))
+    for value, allowed, what in ((mode, MODES, "mode"),) + tuple((f, FAULTS, "fault") for f in faults):
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+    bootloader = raw.get("bootloader")
+    return BoardSpec(
+        port=raw["port"],
+        board=raw.get("board", ""),
+        mcu=mcu,
+        mode=mode,
+        serial=raw.get("serial") or raw.get("board", ""),
+        app_address=_int(raw.get("app_address", 0x08000000)),
+        dfu_flash_map=raw.get("dfu_flash_map") or flash_map,
+        dfu_transfer_size=_int(raw.get("dfu_transfer_size") or transfer),
+        image=raw.get("image"),
+        bootloader=bootloader.encode() if isinstance(bootloader, str) else b"",
+        faults=faults,
+        mcu_name=raw.get("mcu_name"),
+        bootloader_request=raw.get("bootloader_request", "dfu"),
+    )
+
+
+def load(path: str) -> list[BoardSpec]:
+    with open(path, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    boards = raw["boards"] if isinstance(raw, dict) else raw
+    specs = [board_from_dict(entry) for entry in boards]
+    ports = [spec.port for spec in specs]
+    if len(set(ports)) != len(ports):
+        raise ValueError(f"two boards on one USB port in {path}: {ports}")
+    return specs
