@@ -27,7 +27,8 @@ from pyinfra_ratos.sim.scenario import BoardSpec, PiSpec, Scenario, load_scenari
 PI_UID = PI_GID = 1000
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # .../pyinfra_ratos
 SIM_LIB = "usr/local/lib/ratos-sim"
-INTERNET_STANDIN = "127.0.2.1"  # inside an online Pi: where its outside world (git remote) answers  # inside the base layer: the sim code the Pis run
+INTERNET_STANDIN = "127.0.2.1"
+USB_BUS_DIR = "/run/usbsim"  # inside each Pi: its emulated USB bus (UMOCKDEV_DIR); short, see sim.usb  # inside an online Pi: where its outside world (git remote) answers  # inside the base layer: the sim code the Pis run
 
 SSHD_CONFIG = """\
 # sshd of a virtual RatOS Pi: started per connection in inetd mode (sshd -i) by the farm daemon.
@@ -128,7 +129,12 @@ def build_base(base: Path) -> None:
     _write(etc / "group", _with_pi_user("/etc/group", groups))
     _write(etc / "shadow", _with_pi_user("/etc/shadow", lambda l: l + ["pi:*:19700:0:99999:7:::"]), 0o640)
     _write(etc / "sudoers.d" / "010_pi-nopasswd", "pi ALL=(ALL) NOPASSWD: ALL\n", 0o440)
-    _write(etc / "ssh" / "sshd_config", SSHD_CONFIG)
+    # Every process of a Pi sees that Pi's emulated USB bus: ld.so.preload loads umockdev's
+    # preload library into every program, setuid sudo included (sudo strips LD_PRELOAD), and it
+    # acts only where UMOCKDEV_DIR is set: by sshd for every session, kept by sudo.
+    _write(etc / "ld.so.preload", _umockdev_preload() + "\n")
+    _write(etc / "sudoers.d" / "020_usb-bus", f'Defaults env_keep += "UMOCKDEV_DIR"\n', 0o440)
+    _write(etc / "ssh" / "sshd_config", SSHD_CONFIG + f"SetEnv UMOCKDEV_DIR={USB_BUS_DIR}\n")
     _write(base / "usr" / "local" / "bin" / "systemctl", SYSTEMCTL_WRAPPER.format(lib=SIM_LIB), 0o755)
     lib = base / SIM_LIB / "pyinfra_ratos"
     lib.mkdir(parents=True)
@@ -139,6 +145,13 @@ def build_base(base: Path) -> None:
     if (PACKAGE_DIR / "catalog.py").exists():
         shutil.copy2(PACKAGE_DIR / "catalog.py", lib / "catalog.py")
     (base / "var" / "log" / "ratos-sim").mkdir(parents=True)
+
+
+def _umockdev_preload() -> str:
+    found = sorted(Path("/usr/lib").glob("*/libumockdev-preload.so.0"))
+    if not found:
+        raise FarmError("umockdev's preload library is missing: apt-get install umockdev")
+    return str(found[0])
 
 
 def _chip_serial(pi: str, board: BoardSpec) -> str:
@@ -207,17 +220,40 @@ def prepare_pi(
     owner = (0, 0) if pi.klipper_owner == "root" else (PI_UID, PI_GID)
     _run("chown", "-R", f"{owner[0]}:{owner[1]}", str(home / "klipper"))
 
-    mcus = []
+    mcus, usb_boards = [], []
+    images = upper / "var" / "lib" / "ratos-sim" / "images"
     for spec, board in zip(pi.boards, boards):
+        entry = builds.catalog[spec.board]
         image = builds.get(spec.firmware, spec.board)
         board["image_dir"] = str(image) if image else None
-        mcus.append({
+        mcu = {
             "name": spec.mcu_name,
             "board": spec.board,
             "port": spec.port,
             "present": spec.mode == "klipper" and image is not None,
             "firmware": _firmware_record(image) if spec.mode == "klipper" else None,
-        })
+        }
+        if entry.interface == "linux":
+            mcu["service"] = "klipper-mcu"  # the host MCU talks while klipper-mcu runs
+        elif entry.interface == "can":
+            pass  # behind a CAN bus: not on this Pi's USB
+        else:
+            pi_image = None
+            if image is not None and (image / "klipper.bin").exists():
+                images.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(image / "klipper.bin", images / f"{spec.firmware}-{spec.board}.bin")
+                pi_image = f"/var/lib/ratos-sim/images/{spec.firmware}-{spec.board}.bin"
+            mode = "can-bridge" if entry.interface == "usbcan" and spec.mode == "klipper" else spec.mode
+            usb_boards.append({
+                "port": spec.port, "board": spec.board, "mcu": entry.mcu, "mode": mode,
+                "serial": board["serial"], "app_address": entry.app_address,
+                "dfu_flash_map": entry.dfu_flash_map, "image": pi_image,
+                "bootloader": f"{entry.name} bootloader", "faults": list(spec.faults),
+                "mcu_name": spec.mcu_name,
+                "bootloader_request": "katapult" if spec.mode == "katapult" else "dfu",
+            })
+        mcus.append(mcu)
+    _write(upper / "var" / "lib" / "ratos-sim" / "usb-spec.json", json.dumps({"boards": usb_boards}, indent=1) + "\n")
     state = {
         "hostname": pi.name,
         "print_state": pi.state,
@@ -237,6 +273,7 @@ def prepare_pi(
         "base": str(base),
         "network": pi.network,
         "services": {"klipper": pi.klipper, "moonraker": pi.moonraker, "klipper-mcu": "active"},
+        "usb_bus": USB_BUS_DIR,
         "boards": boards,
     }
     _write(pi_dir / "pi.json", json.dumps(config, indent=1) + "\n")

@@ -26,8 +26,10 @@ import subprocess
 import sys
 import traceback
 
-from pyinfra_ratos.sim import procs
+# imported before the mounts: the farm's copy of the sim may be hidden by the Pi's own /tmp
+from pyinfra_ratos.sim import procs, usb
 
+SIM_LIB = "/usr/local/lib/ratos-sim"
 OVERLAID = ("/etc", "/usr", "/var", "/root", "/opt", "/srv")
 DEVICES = {  # name: (major, minor, mode)
     "null": (1, 3, 0o666),
@@ -112,6 +114,17 @@ def setup_network(network: str) -> None:
         run("ip", "route", "add", "default", "dev", "lo")
 
 
+def start_usb(bus_dir: str) -> None:
+    """The Pi's boards on its own emulated USB bus (see pyinfra_ratos.sim.usb)."""
+    usb.start(
+        "/var/lib/ratos-sim/usb-spec.json",
+        state_dir="/var/lib/ratos-sim/usb",
+        bus_dir=bus_dir,
+        pid_file="/run/ratos-sim/usb.pid",
+        pistate_path="/var/lib/ratos-sim/state.json",
+    )
+
+
 def start_services(services: dict[str, str]) -> None:
     for unit in ("moonraker", "klipper", "klipper-mcu"):
         if services.get(unit, "active") == "active":
@@ -153,8 +166,11 @@ def main(pi_dir: str) -> int:
         os.environ.update(
             PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             HOME="/root",
+            # the sim code as the Pi itself sees it (the farm's path may be hidden by now)
+            PYTHONPATH=SIM_LIB,
         )
         os.chdir("/")
+        start_usb(config["usb_bus"])
         start_services(config.get("services", {}))
     except Exception:
         write_file(pi_fd, "init.log", traceback.format_exc())

@@ -73,7 +73,7 @@ def start(spec: str, state_dir: str, bus_dir: str, pid_file: str, pistate_path: 
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env.pop("UMOCKDEV_DIR", None)
-    env["PYTHONPATH"] = _PROJECT_ROOT
+    env.setdefault("PYTHONPATH", _PROJECT_ROOT)  # a virtual Pi passes its own copy of the sim
     log = open(log_path or os.path.join(state_dir, "emulator.log"), "ab")
     process = subprocess.Popen(emulator_command(spec, state_dir, bus_dir, pid_file, pistate_path),
                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import grp
 import json
 import os
 import shutil
@@ -344,9 +345,14 @@ class Bus:
         self.random_root = self.testbed.get_root_dir()
         _remove_stale_bus(bus_dir)
         os.rename(self.random_root, bus_dir)
+        # Any Pi user lists USB devices (sysfs is world-readable on a Pi), and the preload of
+        # every client binds its uevent socket (event<fd>) in this dir: sticky and world-writable
+        # like /tmp.
+        os.chmod(bus_dir, 0o1777)
         os.symlink(os.path.abspath(bus_dir), self.random_root)
         self.root = os.path.abspath(bus_dir)
         os.environ["UMOCKDEV_DIR"] = self.root  # umockdev's uevent sender resolves through it
+        self._open_socket("_default")  # every client's preload talks to it, root or not
         self.boards = [Board(self, spec) for spec in specs]
 
     def log(self, port: str, event: str, **fields: Any) -> None:
@@ -433,6 +439,8 @@ class Bus:
                 + f"E: SUBSYSTEM=tty\nE: DEVNAME=/dev/{board.tty}\nA: dev=166:{board.tty[6:]}\n")
             node_path = os.path.join(self.root, "dev", board.tty)
             session.pty = os.readlink(node_path) if os.path.islink(node_path) else None
+            if session.pty:
+                _as_serial_tty(session.pty)
             for link in links:  # udev's links are relative; umockdev's absolute ones leak its path
                 path = os.path.join(self.root, "dev", link)
                 os.unlink(path)
@@ -491,6 +499,15 @@ class Bus:
         handler.connect("handle-ioctl", handle)
         self.testbed.attach_ioctl(node, handler)
         self.attached[node] = session
+        # Permissions are the node files' own (usbfs 0644 root: a user's read-write open fails
+        # with EACCES, so libusb says LIBUSB_ERROR_ACCESS as on a Pi without udev rules); the
+        # socket behind a node that did open must always accept, or the preload exits.
+        self._open_socket(node.lstrip("/"))
+
+    def _open_socket(self, relative: str) -> None:
+        path = os.path.join(self.root, "ioctl", relative)
+        if os.path.exists(path):
+            os.chmod(path, 0o666)
 
     @classmethod
     def syspath(cls, spec: BoardSpec) -> str:
@@ -576,6 +593,19 @@ class Bus:
         self.attached.clear()
         _unlink(self.random_root)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _as_serial_tty(pty: str) -> None:
+    """A USB serial tty on a Pi is root:dialout 0660 (pi is in dialout); a fresh pty is not."""
+    try:
+        dialout = grp.getgrnam("dialout").gr_gid
+    except KeyError:
+        return
+    try:
+        os.chown(pty, 0, dialout)
+        os.chmod(pty, 0o660)
+    except PermissionError:
+        pass  # not root (standalone tests): the pty stays its creator's
 
 
 def _remove_stale_bus(bus_dir: str) -> None:
