@@ -274,6 +274,7 @@ def prepare_pi(
         "network": pi.network,
         "services": {"klipper": pi.klipper, "moonraker": pi.moonraker, "klipper-mcu": "active"},
         "usb_bus": USB_BUS_DIR,
+        "internet": INTERNET_STANDIN,
         "boards": boards,
     }
     _write(pi_dir / "pi.json", json.dumps(config, indent=1) + "\n")

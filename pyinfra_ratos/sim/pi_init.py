@@ -30,6 +30,7 @@ import traceback
 from pyinfra_ratos.sim import procs, usb
 
 SIM_LIB = "/usr/local/lib/ratos-sim"
+SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 OVERLAID = ("/etc", "/usr", "/var", "/root", "/opt", "/srv")
 DEVICES = {  # name: (major, minor, mode)
     "null": (1, 3, 0o666),
@@ -114,6 +115,33 @@ def setup_network(network: str) -> None:
         run("ip", "route", "add", "default", "dev", "lo")
 
 
+def serve_internet_standin(address: str) -> None:
+    """What an online Pi reaches of the outside world: its git remote's host, on its own loopback.
+
+    /etc/hosts of an online Pi maps the hosts it needs (github.com) to ``address``; this thread
+    accepts TCP there (https and git ports), so reachability checks see an online Pi as online
+    without a packet leaving the machine.
+    """
+    import threading
+
+    run("ip", "addr", "add", f"{address}/32", "dev", "lo")
+    for port in (443, 9418):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((address, port))
+        listener.listen(64)
+
+        def accept(sock: socket.socket = listener) -> None:
+            while True:
+                conn, _ = sock.accept()
+                conn.close()
+
+        # the thread inherits a mask blocking the signals PID 1 waits for, so they reach it
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        threading.Thread(target=accept, daemon=True).start()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
 def start_usb(bus_dir: str) -> None:
     """The Pi's boards on its own emulated USB bus (see pyinfra_ratos.sim.usb)."""
     usb.start(
@@ -132,7 +160,7 @@ def start_services(services: dict[str, str]) -> None:
 
 
 def reap_forever() -> None:
-    signals = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signals = SIGNALS
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     while True:
         while True:
@@ -163,6 +191,8 @@ def main(pi_dir: str) -> int:
         setup_mounts(pi_dir, config["base"])
         socket.sethostname(config["name"])
         setup_network(config["network"])
+        if config["network"] == "online":
+            serve_internet_standin(config["internet"])
         os.environ.update(
             PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             HOME="/root",
