@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import selectors
 import signal
 import socket
@@ -82,7 +81,7 @@ class Farm:
                 elif (pi_dir / "init.pid").exists() and procs.pidfile_alive(str(pi_dir / "init.pid")) is None:
                     pending.discard(name)
                     failed.append(name)
-            self.reap()
+            procs.reap_children()
             time.sleep(0.05)
         return failed + sorted(pending)
 
@@ -115,15 +114,6 @@ class Farm:
         )
         conn.close()
 
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-
     def serve(self) -> None:
         while not self.stopping:
             for key, _ in self.selector.select(timeout=1.0):
@@ -132,7 +122,7 @@ class Farm:
                 except BlockingIOError:
                     continue
                 self.hand_over(conn, key.data)
-            self.reap()
+            procs.reap_children()
 
     def stop(self) -> None:
         for pi in self.config["pis"]:

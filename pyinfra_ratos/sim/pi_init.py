@@ -160,17 +160,10 @@ def start_services(services: dict[str, str]) -> None:
 
 
 def reap_forever() -> None:
-    signals = SIGNALS
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     while True:
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-        info = signal.sigtimedwait(signals, 60)
+        procs.reap_children()
+        info = signal.sigtimedwait(SIGNALS, 60)
         if info is not None and info.si_signo != signal.SIGCHLD:
             return  # our exit takes the whole Pi down with it
 

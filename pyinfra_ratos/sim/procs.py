@@ -100,3 +100,14 @@ def wait_namespaces_empty(namespaces: set[str], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"processes still run in {sorted(left)}")
         time.sleep(0.02)
+
+
+def reap_children() -> None:
+    """Collect every child that has exited, without waiting for the others."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
