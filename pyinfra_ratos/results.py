@@ -1,0 +1,68 @@
+"""Per-board results of a firmware run, as plain JSON-able records, and their summary.
+
+One record per (host, board): what it ran before and after, what was done and why. The report
+of a fleet update is a list of these. Pure Python, no pyinfra import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pyinfra_ratos.flash_plan import FlashPlan
+
+ACTIONS = ("flashed", "skipped", "failed", "refused", "planned")
+METHODS = ("dfu-util", "pyusb", "linux")
+
+# plan action -> record action before anything ran
+_PLAN_ACTIONS = {"skip": "skipped", "refuse": "refused", "flash": "planned"}
+
+
+@dataclass(frozen=True)
+class FlashRecord:
+    host: str
+    board: str
+    port: str | None
+    mcu_name: str
+    before_version: str | None
+    after_version: str | None
+    action: str
+    method: str | None
+    duration_s: float
+    verified: bool
+    read_back: bool | None
+    reason: str
+
+    def __post_init__(self) -> None:
+        # a typo here would silently vanish from the summary counts
+        if self.action not in ACTIONS:
+            raise ValueError(f"action {self.action!r} is not one of {', '.join(ACTIONS)}")
+        if self.method is not None and self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def record_for_plan(host: str, mcu_name: str, plan: FlashPlan) -> FlashRecord:
+    """The record of a plan before it runs (skipped / refused / planned)."""
+    after = plan.before_version if plan.action != "flash" else None
+    # a skip is itself a verification: the MCU reported the artifact's version and constants
+    return FlashRecord(
+        host=host, board=plan.board_id, port=plan.port, mcu_name=mcu_name,
+        before_version=plan.before_version, after_version=after, action=_PLAN_ACTIONS[plan.action],
+        method=plan.method, duration_s=0.0, verified=plan.action == "skip", read_back=None,
+        reason=plan.reason,
+    )
+
+
+def summarise(records: Iterable[FlashRecord]) -> dict[str, int]:
+    """Counts per action plus ``total``; every action is present (0 when none)."""
+    counts = dict.fromkeys(ACTIONS, 0)
+    total = 0
+    for record in records:
+        counts[record.action] += 1
+        total += 1
+    counts["total"] = total
+    return counts

@@ -1,0 +1,354 @@
+"""The flash plan: skip, refuse or flash, decided from facts, the catalog and a real built image.
+
+Tests of design.md section 3 are named after the rule they protect.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyinfra_ratos.catalog import Board, load_catalog
+from pyinfra_ratos.firmware_image import inspect_image
+from pyinfra_ratos.flash_plan import (
+    Artifact,
+    DfuDownload,
+    EnsureIdle,
+    FlashPlan,
+    InstallBinary,
+    RequestBootloader,
+    RestartService,
+    StartKlipper,
+    StopKlipper,
+    Verify,
+    WaitDfu,
+    WaitKlipper,
+    judge_dfu_result,
+    plan_flash,
+)
+from pyinfra_ratos.identity import FirmwareIdentity, identity_of
+from pyinfra_ratos.sim.klipper_repo import create_template_repo
+
+CATALOG = load_catalog()
+H723 = CATALOG["btt-octopus-pro-h723-11"]
+H723_V10 = CATALOG["btt-octopus-pro-h723"]   # heaters on in DFU: never unattended
+EBB = CATALOG["btt-ebb36-12"]                # G0B1 at 0x08000000
+MANTA = CATALOG["btt-manta-m8p-11"]          # G0B1 at 0x08002000
+RPI = CATALOG["rpi"]
+GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+IDLE = {"moonraker": True, "klippy_state": "ready", "print_state": "standby", "idle_state": "Idle",
+        "sdcard_active": False, "busy": False}
+PRINTING = {**IDLE, "print_state": "printing", "idle_state": "Printing", "busy": True}
+PAUSED = {**IDLE, "print_state": "paused", "idle_state": "Ready", "busy": True}
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory):
+    """Build a board with the fake Klipper tree (two make calls) -> an Artifact as on the Pi."""
+    root = tmp_path_factory.mktemp("plan")
+    repo = root / "klipper"
+    version = create_template_repo(repo)["current"]["version"]
+    cache: dict[str, Artifact] = {}
+
+    def build(board: Board) -> Artifact:
+        if board.id not in cache:
+            config, out = root / f"{board.id}.config", root / "build" / board.id
+            config.write_text(board.kconfig)
+            for targets in (["olddefconfig"], []):
+                subprocess.run(["make", f"KCONFIG_CONFIG={config}", f"OUT={out}/", *targets], cwd=repo,
+                               env=GIT_ENV, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            resolved = config.read_text()
+            image = inspect_image((out / board.firmware_file).read_bytes(), board.firmware_file.rsplit(".")[-1])
+            cache[board.id] = Artifact(identity_of(version, resolved, board), image,
+                                       str(out / board.firmware_file), resolved)
+        return cache[board.id]
+    return build
+
+
+def klipper_usb(board: Board, port: str = "1-1.3", tty: str = "/dev/ttyACM0") -> dict[str, Any]:
+    return {"port": port, "vid_pid": "1d50:614e", "mode": "klipper", "manufacturer": "Klipper",
+            "product": board.mcu, "serial": board.id, "mcu": board.mcu, "busnum": 1, "devnum": 4,
+            "tty": tty, "by_id": f"/dev/serial/by-id/usb-Klipper_{board.mcu}_{board.id}-if00",
+            "by_path": None, "ratos_link": f"/dev/RatOS/{board.id}", "dfu_flash_map": None,
+            "board_id": board.id, "board_candidates": [b.id for b in CATALOG.values() if b.mcu == board.mcu]}
+
+
+def dfu_usb(board: Board, port: str) -> dict[str, Any]:
+    return {**klipper_usb(board, port), "vid_pid": "0483:df11", "mode": "dfu", "manufacturer": "STMicroelectronics",
+            "serial": "200364500000", "mcu": None, "tty": None, "by_id": None, "ratos_link": None,
+            "board_id": None}
+
+
+def running(artifact: Artifact, connected: bool = True, **constants: Any) -> dict[str, Any]:
+    return {"version": artifact.identity.version, "build_versions": artifact.image.build_versions,
+            "constants": {**artifact.image.config, **constants}, "connected": connected, "matches_host": True}
+
+
+def plan(board: Board, artifact: Artifact, attached: dict | None = None, mcu: dict | None = None,
+         activity: dict | None = None, **flags: Any) -> FlashPlan:
+    attached = {"1-1.3": klipper_usb(board)} if attached is None else attached
+    return plan_flash(board, attached, mcu, IDLE if activity is None else activity, artifact, **flags)
+
+
+# ---------------------------------------------------------------- the normal paths
+
+def test_klipper_mode_board_is_flashed_through_its_bootloader_request(artifact) -> None:
+    art = artifact(H723)
+    result = plan(H723, art, mcu={"version": "v0.12.0-0-g097b935", "constants": {"MCU": "stm32h723xx"},
+                                  "connected": True})
+    assert result.action == "flash" and result.method == "dfu-util" and result.port == "1-1.3"
+    assert result.steps == (
+        EnsureIdle(), StopKlipper(), RequestBootloader("/dev/ttyACM0", "1-1.3"), WaitDfu("1-1.3", 10.0),
+        DfuDownload(port="1-1.3", address=0x08020000, image=art.path, alt=0, leave=True),
+        WaitKlipper("1-1.3", 30.0),
+    )
+    assert result.finally_steps == (StartKlipper(),)
+    assert result.verify_steps == (Verify("mcu", art.identity.version),)
+    assert (result.before_version, result.expected_version) == ("v0.12.0-0-g097b935", art.identity.version)
+
+
+def test_board_already_in_dfu_is_flashed_without_a_bootloader_request(artifact) -> None:
+    result = plan(H723, artifact(H723), attached={"1-1.3": dfu_usb(H723, "1-1.3")})
+    assert result.action == "flash"
+    assert not any(isinstance(step, RequestBootloader) for step in result.steps)
+
+
+def test_board_running_the_identity_is_skipped_with_version_and_identity(artifact) -> None:
+    art = artifact(H723)
+    result = plan(H723, art, mcu=running(art))
+    assert result.skip and result.steps == ()
+    assert art.identity.version in result.reason and art.identity.name in result.reason
+
+
+def test_same_version_with_another_crystal_is_flashed(artifact) -> None:
+    art = artifact(H723)
+    assert plan(H723, art, mcu=running(art, CLOCK_REF_FREQ=8000000)).action == "flash"
+
+
+@pytest.mark.parametrize("mcu", [None, {}, {"version": "x", "connected": False}])
+def test_board_whose_firmware_is_unknown_is_flashed(artifact, mcu: dict | None) -> None:
+    assert plan(H723, artifact(H723), mcu=mcu).action == "flash"
+
+
+def test_disconnected_mcu_is_not_taken_as_up_to_date(artifact) -> None:
+    art = artifact(H723)
+    assert plan(H723, art, mcu=running(art, connected=False)).action == "flash"
+
+
+def test_linux_host_mcu_installs_the_binary_and_restarts_klipper_mcu(artifact) -> None:
+    art = artifact(RPI)
+    result = plan(RPI, art, attached={}, mcu_name="rpi")
+    assert result.action == "flash" and result.method == "linux"
+    assert result.steps == (EnsureIdle(), StopKlipper(), InstallBinary(art.path, "/usr/local/bin/klipper_mcu"),
+                            RestartService("klipper-mcu"))
+    assert result.verify_steps == (Verify("rpi", art.identity.version),)
+    assert plan(RPI, art, attached={}, mcu=running(art)).skip
+
+
+def test_pyusb_backend_is_named_in_the_plan(artifact) -> None:
+    assert plan(H723, artifact(H723), backend="pyusb").method == "pyusb"
+    with pytest.raises(ValueError, match="dfu-util"):
+        plan(H723, artifact(H723), backend="stm32flash")
+
+
+# ---------------------------------------------------------------- rule 1: never while printing
+
+@pytest.mark.parametrize("activity", [PRINTING, PAUSED], ids=["printing", "paused"])
+def test_rule1_busy_printer_is_never_stopped_or_flashed(artifact, activity: dict) -> None:
+    result = plan(H723, artifact(H723), activity=activity)
+    assert result.refused and result.steps == () and "busy" in result.reason
+
+
+def test_rule1_unknown_printer_state_never_counts_as_idle(artifact) -> None:
+    result = plan(H723, artifact(H723), activity={})
+    assert result.refused and "unknown" in result.reason
+
+
+def test_rule1_idle_is_rechecked_right_before_klipper_is_stopped(artifact) -> None:
+    for result in (plan(H723, artifact(H723)), plan(RPI, artifact(RPI), attached={})):
+        assert result.steps[0] == EnsureIdle() and result.steps[1] == StopKlipper()
+
+
+def test_rule1_a_board_already_up_to_date_is_skipped_even_while_printing(artifact) -> None:
+    art = artifact(H723)
+    assert plan(H723, art, mcu=running(art), activity=PRINTING).skip
+
+
+# ---------------------------------------------------------------- rule 2: never unattended
+
+def test_rule2_never_unattended_board_is_refused_without_the_operator_flag(artifact) -> None:
+    result = plan(H723_V10, artifact(H723_V10))
+    assert result.refused and H723_V10.unattended_reason in result.reason and "attended" in result.reason
+
+
+def test_rule2_never_unattended_board_is_flashed_with_the_operator_flag(artifact) -> None:
+    assert plan(H723_V10, artifact(H723_V10), attended_flash=True).action == "flash"
+
+
+def test_rule2_the_flag_does_not_override_a_busy_printer(artifact) -> None:
+    assert plan(H723_V10, artifact(H723_V10), attended_flash=True, activity=PRINTING).refused
+
+
+# ---------------------------------------------------------------- rule 3: the image must fit
+
+def test_rule3_image_for_another_mcu_is_refused(artifact) -> None:
+    skr3 = CATALOG["btt-skr-3"]  # H743 at the H723's address
+    result = plan(skr3, artifact(H723), attached={"1-1.3": klipper_usb(skr3)})
+    assert result.refused and "stm32h723xx" in result.reason and "stm32h743xx" in result.reason
+
+
+def test_rule3_image_for_another_application_address_is_refused(artifact) -> None:
+    result = plan(MANTA, artifact(EBB), attached={"1-1.3": klipper_usb(MANTA)})
+    assert result.refused and "0x08002000" in result.reason
+
+
+def test_rule3_offset_too_small_for_the_vector_check_is_caught_by_the_artifact_config(artifact) -> None:
+    # a 0x08002000 image on a 0x08000000 board: its reset handler still lies inside the image
+    art = artifact(MANTA)
+    assert art.image.vector_in_range(EBB.app_address)
+    relabelled = Artifact(FirmwareIdentity(art.identity.version, art.identity.config_sha256, EBB.id),
+                          art.image, art.path, art.resolved_config)
+    result = plan(EBB, relabelled, attached={"1-1.3": klipper_usb(EBB)})
+    assert result.refused and "FLASH_APPLICATION_ADDRESS" in result.reason
+
+
+def test_rule3_artifact_built_for_another_board_is_refused(artifact) -> None:
+    # same MCU and address, but another board's config (serial, pins): not this board's build
+    result = plan(H723_V10, artifact(H723), attached={"1-1.3": klipper_usb(H723_V10)}, attended_flash=True)
+    assert result.refused and f"built for board {H723.id}" in result.reason
+
+
+def test_rule3_config_that_does_not_hash_to_the_identity_is_refused(artifact) -> None:
+    art = artifact(H723)
+    swapped = Artifact(art.identity, art.image, art.path, art.resolved_config + "CONFIG_X=y\n")
+    assert "does not hash" in plan(H723, swapped).reason
+
+
+def test_rule3_image_whose_version_differs_from_its_identity_is_refused(artifact) -> None:
+    art = artifact(H723)
+    stale = Artifact(FirmwareIdentity("v0.14.0-0-gdeadbee", art.identity.config_sha256, H723.id),
+                     art.image, art.path)
+    assert "stale or swapped" in plan(H723, stale).reason
+
+
+def test_rule3_device_at_the_port_running_another_mcu_is_refused(artifact) -> None:
+    other = {**klipper_usb(H723), "mcu": "stm32f446xx", "board_id": None, "board_candidates": []}
+    result = plan(H723, artifact(H723), attached={"1-1.3": other}, port="1-1.3")
+    assert result.refused and "stm32f446xx" in result.reason
+
+
+# ---------------------------------------------------------------- rule 4: Klipper always restarted
+
+def test_rule4_klipper_is_started_on_every_exit_path_once_stopped(artifact) -> None:
+    plans = [plan(H723, artifact(H723)), plan(H723, artifact(H723), attached={"1-1.3": dfu_usb(H723, "1-1.3")}),
+             plan(RPI, artifact(RPI), attached={})]
+    for result in plans:
+        assert StopKlipper() in result.steps
+        assert result.finally_steps == (StartKlipper(),)
+        assert StartKlipper() not in result.steps  # only the finally block starts it, exactly once
+
+
+def test_rule4_success_is_verified_by_version_not_by_exit_status(artifact) -> None:
+    result = plan(H723, artifact(H723))
+    assert result.verify_steps == (Verify("mcu", artifact(H723).identity.version),)
+    assert isinstance(result.steps[-1], WaitKlipper) and result.steps[-1].port == result.port
+
+
+GOOD = "Download\t[=========================] 100%  32768 bytes\nDownload done.\nFile downloaded successfully\n"
+
+
+@pytest.mark.parametrize("exit_code, tail", [
+    (0, ""),
+    (74, "Error during download get_status\n"),
+    (251, "can't detach\n"),
+])
+def test_rule4_exit_74_or_251_after_a_good_download_is_not_a_failure(exit_code: int, tail: str) -> None:
+    ok, reason = judge_dfu_result(exit_code, GOOD + tail, True, "v1", "v1")
+    assert ok and "v1" in reason
+
+
+def test_rule4_exit_zero_without_the_board_coming_back_is_a_failure() -> None:
+    ok, reason = judge_dfu_result(0, GOOD, False, None, "v1")
+    assert not ok and "did not come back" in reason
+
+
+def test_rule4_board_back_with_another_version_is_a_failure() -> None:
+    ok, reason = judge_dfu_result(0, GOOD, True, "v0", "v1")
+    assert not ok and "v0" in reason and "v1" in reason
+
+
+def test_rule4_no_download_message_is_a_failure_even_with_exit_zero() -> None:
+    assert judge_dfu_result(0, "Opening DFU capable USB device...\n", True, "v1", "v1")[0] is False
+
+
+@pytest.mark.parametrize("output, why", [
+    ("dfu-util: No DFU capable USB device available\n", "no board in DFU"),
+    ("dfu-util: Last page at 0x0801ffff is not writeable\n", "write-protected"),
+    ('dfu-util: Wrong state after command "ERASE_PAGE" download\n', "error while erasing"),
+    ("dfu-util: More than one DFU capable USB device found! Try `--list'\n", "select the board by USB port"),
+])
+def test_rule4_known_dfu_errors_are_failures_with_a_reason(output: str, why: str) -> None:
+    ok, reason = judge_dfu_result(74, GOOD + output, True, "v1", "v1")
+    assert not ok and why in reason
+
+
+# ---------------------------------------------------------------- rule 6: select by USB port
+
+def test_rule6_dfu_download_is_addressed_by_the_boards_usb_port(artifact) -> None:
+    attached = {"1-1.2": dfu_usb(H723, "1-1.2"), "1-1.4": dfu_usb(H723, "1-1.4")}
+    result = plan(H723, artifact(H723), attached=attached, port="1-1.4")
+    downloads = [step for step in result.steps if isinstance(step, DfuDownload)]
+    assert [step.port for step in downloads] == ["1-1.4"]
+    assert all(step.port == "1-1.4" for step in result.steps if hasattr(step, "port"))
+
+
+def test_rule6_two_boards_in_dfu_without_a_pinned_port_are_ambiguous(artifact) -> None:
+    attached = {"1-1.2": dfu_usb(H723, "1-1.2"), "1-1.4": dfu_usb(H723, "1-1.4")}
+    result = plan(H723, artifact(H723), attached=attached)
+    assert result.refused and "ambiguous" in result.reason and "1-1.2" in result.reason
+
+
+def test_rule6_two_boards_reporting_the_same_id_are_ambiguous(artifact) -> None:
+    attached = {"1-1.2": klipper_usb(H723, "1-1.2"), "1-1.4": klipper_usb(H723, "1-1.4", "/dev/ttyACM1")}
+    assert "ambiguous" in plan(H723, artifact(H723), attached=attached).reason
+
+
+def test_board_found_by_its_serial_among_others(artifact) -> None:
+    attached = {"1-1.2": dfu_usb(EBB, "1-1.2"), "1-1.4": klipper_usb(H723, "1-1.4", "/dev/ttyACM1")}
+    assert plan(H723, artifact(H723), attached=attached).port == "1-1.4"
+
+
+# ---------------------------------------------------------------- boards we cannot flash (yet)
+
+def test_board_not_on_usb_is_refused(artifact) -> None:
+    result = plan(H723, artifact(H723), attached={})
+    assert result.refused and "not found on USB" in result.reason
+    assert "nothing is attached at USB port 1-1.9" in plan(H723, artifact(H723), port="1-1.9").reason
+
+
+def test_board_in_katapult_is_not_supported_yet(artifact) -> None:
+    katapult = {**klipper_usb(H723), "mode": "katapult", "vid_pid": "1d50:6177"}
+    result = plan(H723, artifact(H723), attached={"1-1.3": katapult})
+    assert result.refused and "Katapult" in result.reason and "not supported yet" in result.reason
+
+
+def test_can_board_is_not_supported_yet(artifact) -> None:
+    can = CATALOG["btt-ebb36-12-can"]
+    result = plan(can, artifact(can), attached={})
+    assert result.refused and "not supported yet" in result.reason
+
+
+def test_rp2040_is_not_supported_yet(artifact) -> None:
+    pico = CATALOG["rpi-pico"]
+    result = plan(pico, artifact(pico), attached={"1-1.3": klipper_usb(pico)})
+    assert result.refused and "RP2040" in result.reason
+
+
+def test_dfu_device_that_looks_like_another_board_is_refused(artifact) -> None:
+    attached = {"1-1.3": dfu_usb(EBB, "1-1.3")}
+    result = plan(H723, artifact(H723), attached=attached, port="1-1.3")
+    assert result.refused and "looks like" in result.reason
