@@ -21,6 +21,7 @@ setup(
         "pyinfra_ratos",
         "pyinfra_ratos.sim",
         "pyinfra_ratos.sim.usb",
+        "pyinfra_ratos.dfu",
         *(f"pyinfra_ratos.{name}" for name in SUBPACKAGES),
     ],
     package_dir={
