@@ -20,7 +20,9 @@ Board-spec file (JSON), ``{"boards": [...]}`` or a bare list, one object per boa
      "image": "/path/klipper.bin",   # flashed at app_address at first start; null = blank
      "bootloader": "BTT-BOOTLOADER", # text pattern repeated below app_address; null = erased
      "faults": [],                   # dfu-exit-74 dfu-exit-251 no-reenumerate stuck-dfu
-                                     # ignore-bootloader-request slow-erase
+                                     # ignore-bootloader-request slow-erase corrupt-write
+                                     # (corrupt-write: once per emulator run, the first byte of
+                                     # the 3rd block programmed after the first erase is inverted)
      "mcu_name": "mcu",              # pistate "mcus" entry kept in sync; null = none
      "bootloader_request": "dfu"}    # where the 1200-baud request leads: dfu | katapult
 
@@ -28,7 +30,7 @@ State directory (``<state_dir>``)::
 
     <port>/flash.bin   the whole alt-0 flash (base = map start); kept across restarts
     events.jsonl       {"t", "port", "event": "mode"|"unplug"|"erase"|"mass-erase"|"write"|
-                        "leave-request"|"bootloader-request"|..., ...}
+                        "corrupt-write"|"leave-request"|"bootloader-request"|..., ...}
     boards.json        {port: {"mode", "devnum", "tty", "board", "version"}} now
 
 A board in ``klipper`` mode reports the firmware decoded from its flash (``firmware.boots``);

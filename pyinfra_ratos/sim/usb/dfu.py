@@ -29,6 +29,33 @@ class Stall(Exception):
     """The device answers the request with a STALL handshake."""
 
 
+class CorruptWrite:
+    """Fault ``corrupt-write``: one flipped byte in what gets programmed, once per emulator run.
+
+    Armed by the first sector erase; the 3rd data block programmed after it has its first byte
+    inverted (the ROM still answers OK, as a marginal flash cell would). Only that one write is
+    hit, so a second flash of the same image repairs the board: deterministic for tests.
+    """
+
+    NTH_BLOCK = 3
+
+    def __init__(self) -> None:
+        self.writes: int | None = None  # None: no erase yet; -1: already fired
+
+    def erased(self) -> None:
+        if self.writes is None:
+            self.writes = 0
+
+    def apply(self, data: bytes) -> bytes:
+        if self.writes is None or self.writes < 0 or not data:
+            return data
+        self.writes += 1
+        if self.writes < self.NTH_BLOCK:
+            return data
+        self.writes = -1
+        return bytes([data[0] ^ 0xFF]) + data[1:]
+
+
 class DfuSe:
     def __init__(self, flash: Flash, transfer_size: int, slow_erase: bool,
                  log: Callable[..., None]) -> None:
@@ -45,6 +72,7 @@ class DfuSe:
         self.after_busy = (DNLOAD_IDLE, STATUS["OK"])
         self.on_leave: Callable[[], None] = lambda: None  # manifest reported: the ROM jumps
         self.on_leave_request: Callable[[], None] = lambda: None  # zero-length DNLOAD received
+        self.corrupt: CorruptWrite | None = None  # fault corrupt-write, shared by the board's sessions
 
     # --- requests -----------------------------------------------------------------------------
     def request(self, request: int, value: int, data: bytes, length: int) -> bytes:
@@ -111,7 +139,10 @@ class DfuSe:
         if self.alt != 0:
             return DFU_ERROR, STATUS["errWRITE"]
         address = self.address + (block - 2) * self.transfer_size
-        error = self.flash.program(address, data)
+        programmed = self.corrupt.apply(data) if self.corrupt is not None else data
+        if programmed != data:
+            self.log("corrupt-write", address=address, was=data[0], now=programmed[0])
+        error = self.flash.program(address, programmed)
         self.log("write", address=address, length=len(data), error=error)
         return ok if error is None else (DFU_ERROR, STATUS[error])
 
@@ -135,6 +166,8 @@ class DfuSe:
                 self.log("erase-refused", sector=index, address=sector.address)
                 return DFU_ERROR, STATUS["errTARGET"]
             self.flash.erase(index)
+            if self.corrupt is not None:
+                self.corrupt.erased()
             self.poll_ms = self._erase_ms(sector.size)
             self.log("erase", sector=index, address=sector.address, size=sector.size)
             return ok
@@ -161,4 +194,6 @@ class DfuSe:
         if found is None or not found[1].readable:
             self._fail("errADDRESS")
         end = min(address + length, self.flash.base + self.flash.size)
+        if end - address < length:
+            self.state = DFU_IDLE  # DFU 1.1: a short frame ends the upload
         return self.flash.read(address, end - address)

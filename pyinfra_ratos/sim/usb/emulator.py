@@ -87,6 +87,7 @@ class Session:
                                  board.log)
             self.dfu.on_leave = board.on_leave
             self.dfu.on_leave_request = lambda: board.on_leave_request(self)
+            self.dfu.corrupt = board.corrupt
 
     @property
     def devnode(self) -> str:
@@ -257,6 +258,7 @@ class Board:
                     image = handle.read()
             self.flash.create(spec.bootloader, spec.app_address, image)
         self.session: Session | None = None
+        self.corrupt = dfu.CorruptWrite() if "corrupt-write" in spec.faults else None
         self.tty: str | None = None
         self.firmware: dict[str, Any] | None = None
         self.mode = "absent"
@@ -353,6 +355,7 @@ class Bus:
         self.root = os.path.abspath(bus_dir)
         os.environ["UMOCKDEV_DIR"] = self.root  # umockdev's uevent sender resolves through it
         self._open_socket("_default")  # every client's preload talks to it, root or not
+        self.ttys_used: set[str] = set()
         self.boards = [Board(self, spec) for spec in specs]
 
     def log(self, port: str, event: str, **fields: Any) -> None:
@@ -412,8 +415,12 @@ class Bus:
         return devnum
 
     def _free_tty(self) -> str:
-        used = {board.tty for board in self.boards}
-        return next(f"ttyACM{n}" for n in range(256) if f"ttyACM{n}" not in used)
+        # umockdev keeps a removed tty node's pty for the testbed's lifetime and asserts if the
+        # name comes back, so a re-enumerated board gets the next number, as Linux gives it
+        # when the old node is still held open (by-id/by-path links are what stay stable)
+        name = next(f"ttyACM{n}" for n in range(4096) if f"ttyACM{n}" not in self.ttys_used)
+        self.ttys_used.add(name)
+        return name
 
     def plug(self, board: Board, mode: str) -> None:
         board.mode = mode

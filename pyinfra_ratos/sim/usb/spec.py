@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 MODES = ("klipper", "dfu", "katapult", "can-bridge", "rp2040-boot", "absent")
 FAULTS = (
     "dfu-exit-74", "dfu-exit-251", "no-reenumerate", "stuck-dfu",
-    "ignore-bootloader-request", "slow-erase",
+    "ignore-bootloader-request", "slow-erase", "corrupt-write",
 )
 
 # alt-0 string and wTransferSize of the ROM DFU, by MCU prefix (longest prefix wins)
