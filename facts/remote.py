@@ -1,0 +1,433 @@
+"""The probe every fact of this package runs on the Pi: one stdlib-only Python 3 script.
+
+A fact's command is ``python3 -c <this file> <probe> <json args> || echo '{}'``: the script
+reads sysfs, ``/dev``, git, Moonraker and the network, and prints ONE line of JSON holding raw
+observations (no decisions). The facts' pure ``parse_*`` functions turn that into typed values
+on the controller. Every probe catches its own failures (an ``"error"`` key instead of a
+traceback) and never blocks for more than a few seconds, so the command exits 0 in every state.
+
+Runs on whatever python3 a RatOS Pi has (3.7 on the oldest images): no walrus, no ``match``, no
+runtime ``X | Y`` types. Not imported by the library: :data:`SOURCE` is its text, shipped as is.
+"""
+
+import hashlib
+import json
+import os
+import pwd
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+# The Moonraker objects PrinterActivity reads; the bundle queries them with the MCUs in one call.
+ACTIVITY_OBJECTS = "print_stats=state&idle_timeout=state&virtual_sdcard=is_active&webhooks=state"
+LOG_TAIL = 8 * 1024 * 1024  # klippy.log grows without bound between rotations: read its end only
+
+
+def _read(path, limit=4096):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit).decode("utf-8", "replace").rstrip("\n")
+    except OSError:
+        return None
+
+
+def _link_target(path):
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def _listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+# ------------------------------------------------------------------------------ USB boards
+
+DEVICE_ATTRS = ("idVendor", "idProduct", "manufacturer", "product", "serial", "busnum", "devnum",
+                "bDeviceClass")
+
+
+def probe_boards(sys_root="/sys", dev_root="/dev"):
+    """Every USB device but hubs, from sysfs; the serial links udev made for them, from /dev."""
+    base = os.path.join(sys_root, "bus/usb/devices")
+    devices = {}
+    for name in _listdir(base):
+        if ":" in name or name.startswith("usb"):  # interfaces, root hubs
+            continue
+        path = os.path.join(base, name)
+        attrs = {key: _read(os.path.join(path, key)) for key in DEVICE_ATTRS}
+        if attrs["bDeviceClass"] == "09":  # hubs hold no board
+            continue
+        interfaces = {}
+        for entry in _listdir(path):
+            if not entry.startswith(name + ":"):
+                continue
+            intf = os.path.join(path, entry)
+            interfaces[entry.split(":", 1)[1]] = {
+                "interface": _read(os.path.join(intf, "interface")),  # DfuSe: the alt-0 memory map
+                "class": _read(os.path.join(intf, "bInterfaceClass")),
+                "tty": _listdir(os.path.join(intf, "tty")),
+                "net": _listdir(os.path.join(intf, "net")),
+            }
+        devices[name] = {"attrs": attrs, "interfaces": interfaces}
+    links = {}
+    for directory in ("serial/by-id", "serial/by-path", "RatOS"):
+        folder = os.path.join(dev_root, directory)
+        links[directory] = {entry: _link_target(os.path.join(folder, entry)) for entry in _listdir(folder)}
+    return {"devices": devices, "links": links}
+
+
+# ------------------------------------------------------------------------------ ~/klipper
+
+def _run(argv, cwd=None, timeout=10):
+    try:
+        done = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout, universal_newlines=True)
+    except (OSError, subprocess.SubprocessError) as error:
+        return {"rc": -1, "out": "", "err": str(error)}
+    return {"rc": done.returncode, "out": done.stdout.strip(), "err": done.stderr.strip()[-500:]}
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def probe_klipper(path):
+    path = os.path.expanduser(path)
+    result = {"path": path, "exists": os.path.isdir(path), "ssh_user": _user_name(os.geteuid())}
+    if not result["exists"]:
+        return result
+    result["owner"] = _user_name(os.stat(path).st_uid)
+    result["venv"] = os.path.exists(os.path.join(os.path.dirname(path), "klippy-env", "bin", "python"))
+    describe = ["describe", "--always", "--tags", "--long", "--dirty"]
+    # Klipper's own command, as this user: git refuses a checkout someone else owns, as it does
+    # for klippy and the firmware build, and the version becomes "?".
+    result["describe"] = _run(["git", "-C", path] + describe)
+    # The tree itself, whoever owns it: safe.directory is honoured on the command line.
+    trusted = ["git", "-c", "safe.directory=*", "-C", path]
+    result["describe_trusted"] = _run(trusted + describe)
+    result["commit"] = _run(trusted + ["rev-parse", "HEAD"])
+    result["branch"] = _run(trusted + ["rev-parse", "--abbrev-ref", "HEAD"])
+    result["remote_url"] = _run(trusted + ["config", "--get", "remote.origin.url"])
+    return result
+
+
+# ------------------------------------------------------------------------------ Moonraker
+
+def _http_get(url, timeout=2.0):
+    """(HTTP status, decoded JSON body); status 0 when nothing answered."""
+    from urllib import error, request
+
+    opener = request.build_opener(request.ProxyHandler({}))  # Moonraker is local: never via a proxy
+    try:
+        with opener.open(url, timeout=timeout) as answer:
+            return {"status": answer.status, "body": json.loads(answer.read().decode("utf-8"))}
+    except error.HTTPError as failure:
+        try:
+            body = json.loads(failure.read().decode("utf-8"))
+        except Exception:  # an error page that is not JSON
+            body = None
+        return {"status": failure.code, "body": body}
+    except Exception as failure:  # refused, timed out, or not HTTP at all: nothing answered
+        return {"status": 0, "body": None, "error": str(failure)}
+
+
+def _klippy_log(path):
+    """The lines of klippy.log the MCU fallback needs, in order, from the end of the file."""
+    try:
+        with open(os.path.expanduser(path), "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - LOG_TAIL))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    wanted = ("Loaded MCU '", "MCU '", "Git version: ", "Start printer at ")
+    return [line for line in text.splitlines() if line.startswith(wanted)]
+
+
+def _service_state(name):
+    # "inactive"/"failed" mean nothing runs; "" when systemctl itself is missing
+    return _run(["systemctl", "is-active", name], timeout=5)["out"]
+
+
+def probe_moonraker(url, log_path, with_mcus=True, with_activity=True):
+    """Moonraker's answers in at most three local calls; klippy.log when it cannot name the MCUs."""
+    url = url.rstrip("/")
+    result = {"info": _http_get(url + "/printer/info")}
+    if result["info"]["status"] == 200:  # else Moonraker is down (0) or klippy is not connected (503)
+        parts = [ACTIVITY_OBJECTS] if with_activity else []
+        if with_mcus:
+            result["list"] = _http_get(url + "/printer/objects/list")
+            objects = ((result["list"].get("body") or {}).get("result") or {}).get("objects") or []
+            parts = [o.replace(" ", "%20") for o in objects if o == "mcu" or o.startswith("mcu ")] + parts
+        if parts:
+            result["query"] = _http_get(url + "/printer/objects/query?" + "&".join(parts))
+    if with_mcus and result["info"]["status"] != 200:
+        result["log"] = _klippy_log(log_path)
+    if with_activity and (result.get("query") or {}).get("status") != 200:
+        result["klipper_service"] = _service_state("klipper")
+    return result
+
+
+# ------------------------------------------------------------------------------ network
+
+def _default_route():
+    for line in (_read("/proc/net/route", 1 << 16) or "").splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "00000000":
+            return True
+    for line in (_read("/proc/net/ipv6_route", 1 << 16) or "").splitlines():
+        fields = line.split()
+        if len(fields) > 9 and fields[0] == "0" * 32 and fields[1] == "00" and fields[9] != "lo":
+            return True
+    return False
+
+
+def _in_background(results, key, func, *args):
+    def run():
+        try:
+            results[key] = func(*args)
+        except Exception as failure:  # one slow or failing check must not sink the others
+            results[key] = str(failure)
+    thread = threading.Thread(target=run)
+    thread.daemon = True
+    thread.start()
+    return thread
+
+
+def _resolve(name):
+    return bool(socket.getaddrinfo(name, None))
+
+
+def _connect(host, port, timeout):
+    with socket.create_connection((host, int(port)), timeout=timeout):
+        return True
+
+
+def probe_network(targets, names, timeout=3.0):
+    """Default route, DNS for ``names``, TCP to every "host:port" of ``targets``, within ``timeout``."""
+    results = {}
+    threads = [_in_background(results, "dns " + name, _resolve, name) for name in names]
+    for target in targets:
+        host, _, port = target.rpartition(":")
+        threads.append(_in_background(results, "tcp " + target, _connect, host, port, timeout))
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {
+        "default_route": _default_route(),
+        "dns": {name: results.get("dns " + name) is True for name in names},
+        "tcp": {target: results.get("tcp " + target) is True for target in targets},
+    }
+
+
+# ------------------------------------------------------------------------------ firmware files
+
+IMAGE_FILES = ("klipper.bin", "klipper.uf2", "klipper.elf")
+
+
+def _uf2_image(data):
+    blocks = []
+    for offset in range(0, len(data) - 511, 512):
+        magic0, magic1, flags, address, length = struct.unpack_from("<5I", data, offset)
+        if (magic0, magic1) == (0x0A324655, 0x9E5D5157) and not flags & 1 and length <= 476:
+            blocks.append((address, data[offset + 32:offset + 32 + length]))
+    return _flatten(blocks)
+
+
+def _elf_image(data):
+    if data[:4] != b"\x7fELF" or data[4:6] != b"\x01\x01":
+        return None, b""
+    phoff, = struct.unpack_from("<I", data, 28)
+    phentsize, phnum = struct.unpack_from("<HH", data, 42)
+    segments = []
+    for index in range(phnum):
+        kind, offset, _vaddr, paddr, size = struct.unpack_from("<5I", data, phoff + index * phentsize)
+        if kind == 1 and size:
+            segments.append((paddr, data[offset:offset + size]))
+    return _flatten(segments)
+
+
+def _flatten(segments):
+    if not segments:
+        return None, b""
+    segments.sort()
+    base, image = segments[0][0], bytearray()
+    for address, chunk in segments:
+        image[address - base:address - base + len(chunk)] = chunk
+    return base, bytes(image)
+
+
+def _dictionary(image):
+    start = image.find(b"\x78\xda")
+    while start >= 0:
+        inflater = zlib.decompressobj()
+        try:
+            decoded = json.loads(inflater.decompress(image[start:]).decode("utf-8"))
+            if inflater.eof and isinstance(decoded, dict) and decoded.get("app") == "Klipper":
+                return decoded
+        except (zlib.error, ValueError):
+            pass
+        start = image.find(b"\x78\xda", start + 1)
+    return None
+
+
+def _image_facts(name, data):
+    base, image = None, data
+    if name.endswith(".uf2"):
+        base, image = _uf2_image(data)
+    elif name.endswith(".elf"):
+        base, image = _elf_image(data)
+    found = {"base": base, "size": len(image), "vectors": []}
+    for offset in (0, 0x100):  # RP2040 images without bootloader start with the 256-byte boot2
+        if len(image) >= offset + 8:
+            found["vectors"].append([offset] + list(struct.unpack_from("<II", image, offset)))
+    dictionary = _dictionary(image)
+    if dictionary is not None:
+        found["dict"] = {"version": dictionary.get("version"),
+                         "build_versions": dictionary.get("build_versions"),
+                         "mcu": (dictionary.get("config") or {}).get("MCU")}
+    return found
+
+
+def probe_artifacts(directory):
+    directory = os.path.expanduser(directory)
+    result = {}
+    for identity in _listdir(directory):
+        folder = os.path.join(directory, identity)
+        if not os.path.isdir(folder):
+            continue
+        files, images = {}, {}
+        for name in _listdir(folder):
+            path = os.path.join(folder, name)
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except OSError:  # a directory, or unreadable: not part of the build
+                continue
+            files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            if name in IMAGE_FILES:
+                images[name] = data
+        image = None
+        for name in IMAGE_FILES:  # the file a board is flashed with first
+            if name in images:
+                image = dict(_image_facts(name, images[name]), file=name)
+                break
+        result[identity] = {"path": folder, "files": files, "image": image}
+    return result
+
+
+# ------------------------------------------------------------------------------ entry point
+
+def _guarded(func, *args):
+    try:
+        return func(*args)
+    except Exception as failure:  # a probe bug must leave the others' answers intact
+        return {"error": "%s: %s" % (type(failure).__name__, failure)}
+
+
+def probe_audit(args):
+    """Everything a fleet audit needs, in one process: boards, checkout, MCUs, activity, network."""
+    klipper = _guarded(probe_klipper, args["klipper_path"])
+    remote = (klipper.get("remote_url") or {}).get("out", "") if isinstance(klipper, dict) else ""
+    return {
+        "boards": _guarded(probe_boards),
+        "klipper": klipper,
+        "moonraker": _guarded(probe_moonraker, args["moonraker_url"], args["klippy_log"]),
+        "network": _guarded(probe_reachability, remote, args.get("hosts", []), args["moonraker_url"],
+                            args.get("timeout", 3.0)),
+    }
+
+
+def probe_reachability(remote_url, hosts, moonraker_url, timeout):
+    targets, names = [], []
+    remote = remote_endpoint(remote_url)
+    for host, port in ([remote] if remote else []) + [split_target(h) for h in hosts]:
+        if "%s:%s" % (host, port) not in targets:
+            targets.append("%s:%s" % (host, port))
+        if not _is_address(host) and host not in names:
+            names.append(host)
+    moonraker = remote_endpoint(moonraker_url)
+    moonraker_target = "%s:%s" % moonraker if moonraker else ""
+    checked = probe_network(targets + ([moonraker_target] if moonraker_target not in targets else []),
+                            names, timeout)
+    return dict(checked, remote_url=remote_url, remote="%s:%s" % remote if remote else "",
+                targets=targets, moonraker_target=moonraker_target)
+
+
+def split_target(text):
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and "]" not in port:
+        return host.strip("[]"), int(port)
+    return text.strip("[]"), 443
+
+
+def remote_endpoint(url):
+    """(host, port) a git or HTTP URL connects to; None for local paths."""
+    url = (url or "").strip()
+    defaults = {"https": 443, "http": 80, "git": 9418, "ssh": 22, "git+ssh": 22, "ssh+git": 22}
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        if scheme not in defaults:
+            return None
+        hostport = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        host, sep, port = hostport.rpartition(":")
+        if sep and port.isdigit():
+            return host.strip("[]"), int(port)
+        return hostport.strip("[]"), defaults[scheme]
+    if ":" in url and "/" not in url.split(":", 1)[0]:  # scp-like: git@github.com:Klipper3d/klipper
+        return url.split(":", 1)[0].rsplit("@", 1)[-1], 22
+    return None
+
+
+def _is_address(host):
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def main(argv):
+    probe, args = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
+    if probe == "boards":
+        result = probe_boards()
+    elif probe == "klipper":
+        result = probe_klipper(args["path"])
+    elif probe == "moonraker":
+        result = probe_moonraker(args["url"], args.get("klippy_log", ""), args.get("mcus", True),
+                                 args.get("activity", True))
+    elif probe == "network":
+        remote = ""
+        if args.get("klipper_path"):
+            remote = _run(["git", "-c", "safe.directory=*", "-C", os.path.expanduser(args["klipper_path"]),
+                           "config", "--get", "remote.origin.url"])["out"]
+        result = probe_reachability(remote, args.get("hosts", []), args["moonraker_url"],
+                                    args.get("timeout", 3.0))
+    elif probe == "artifacts":
+        result = probe_artifacts(args["directory"])
+    elif probe == "audit":
+        result = probe_audit(args)
+    else:
+        result = {"error": "unknown probe %r" % probe}
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except Exception as failure:  # still one line of JSON, still exit 0
+        sys.stdout.write(json.dumps({"error": "%s: %s" % (type(failure).__name__, failure)}) + "\n")
