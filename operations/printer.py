@@ -1,0 +1,376 @@
+"""
+Write a RatOS printer's configuration without losing a byte the user owns.
+
+Files in the config folder (``~/printer_data/config``), RatOS's split:
+
+- ``RatOS.cfg``: generated from the templates and the inventory, owned by the tool, rewritten
+  whenever its rendering changes;
+- ``printer.cfg``: owned by the user (their sections, Klipper's SAVE_CONFIG calibration), with
+  ``[include RatOS.cfg]`` first; created when missing, otherwise left alone unless adoption or
+  regeneration is asked for (``user_config``);
+- ``<file>.<YYYYmmdd-HHMMSS-ns>.bak``: the previous version of every replaced file (newest N kept);
+- ``.pyinfra-ratos-restart-<service>``: a restart owed to a printer that was busy when it changed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pyinfra import host, logger, state
+from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api.command import FileUploadCommand
+
+from pyinfra_ratos import klipper_config as kc
+from pyinfra_ratos import printer_model as pm
+from pyinfra_ratos.catalog import Board, load_catalog
+from pyinfra_ratos.facts.boards import AttachedBoards
+from pyinfra_ratos.facts.printer import PrinterActivity
+from pyinfra_ratos.facts.printer_files import PrinterFiles, encode_text, sha256_text, shell_path
+from pyinfra_ratos.templates import TemplateRenderError, render
+
+MOONRAKER_URL = "http://127.0.0.1:7125"
+USER_CONFIG_MODES = ("keep", "adopt", "regenerate")
+WHEN_BUSY = ("write", "defer")
+MARGIN_BYTES = 16 * 1024  # never fill a file system to the last block
+
+
+def restart_marker(service: str) -> str:
+    return f".pyinfra-ratos-restart-{service}"
+
+
+# --- pure decisions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    name: str
+    text: str
+    old_text: str | None  # None: the file does not exist (or was too big to read)
+    old_sha256: str | None  # None: the file must still be missing when written
+    old_size: int
+    reason: str
+
+
+def file_write(name: str, text: str, current: Mapping[str, Any] | None, reason: str) -> FileWrite | None:
+    """A write when ``text`` differs from the file on the Pi, else None."""
+    exists = bool(current and current.get("exists"))
+    if exists and current["sha256"] == sha256_text(text):  # type: ignore[index]
+        return None
+    return FileWrite(name=name, text=text, old_text=current.get("text") if exists else None,  # type: ignore[union-attr]
+                     old_sha256=current["sha256"] if exists else None,  # type: ignore[index]
+                     old_size=int(current["size"]) if exists else 0, reason=reason)  # type: ignore[index]
+
+
+def plan_user_file(
+    mode: str, current_text: str | None, exists: bool, generated_name: str, generated_text: str,
+    rendered_user: str,
+) -> tuple[str | None, str | None, list[str]]:
+    """``(new text or None, note, errors)`` for the user-owned file."""
+    if not exists:
+        return rendered_user, "created", []
+    if current_text is None:
+        return None, f"too big to read: left alone", []
+    orphans = kc.orphan_autosave_lines(current_text)
+    if mode == "keep":
+        if kc.includes_file(current_text, generated_name):
+            return None, None, []
+        return None, f"does not include {generated_name}, so the generated file has no effect " \
+                     f"(user_config='adopt' adds the include)", []
+    if mode == "adopt":
+        if kc.includes_file(current_text, generated_name):
+            return None, None, []
+        return kc.adopt_user_config(current_text, generated_name, kc.superseded_by(generated_text)), "adopted", []
+    if orphans:
+        return None, None, [f"lines {', '.join(map(str, orphans[:5]))} start with '#*#' but there is no SAVE_CONFIG "
+                            "marker line above them: regenerating would lose them. Fix the file by hand first"]
+    _, block = kc.split_save_config(current_text)
+    return kc.merge_save_config(rendered_user, block), "regenerated (SAVE_CONFIG block kept)", []
+
+
+def new_problems(old_text: str | None, new_text: str) -> list[kc.Problem]:
+    """Problems of ``new_text`` that ``old_text`` did not have (line numbers aside)."""
+    def key(problem: kc.Problem) -> str:
+        return re.sub(r"line \d+", "line N", problem.message)
+
+    known = {key(p) for p in kc.validate(old_text, allow_save_config=True)} if old_text is not None else set()
+    return [p for p in kc.validate(new_text, allow_save_config=True) if key(p) not in known]
+
+
+def needed_bytes(writes: Sequence[FileWrite]) -> int:
+    """New copies, plus backups of the old ones (the old files are only freed after the rename)."""
+    return sum(len(encode_text(w.text)) + w.old_size for w in writes) + MARGIN_BYTES
+
+
+def unified_diff(name: str, old: str | None, new: str) -> list[str]:
+    return [line.rstrip("\n") for line in difflib.unified_diff(
+        (old or "").splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"a/{name}" if old is not None else "/dev/null", tofile=f"b/{name}")]
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def fail_command(message: str) -> StringCommand:
+    """Fail this host only (an exception would stop every host), with the message on stderr."""
+    return StringCommand("printf", "'%s\\n'", QuoteString(message), ">&2;", "exit", "1")
+
+
+def install_command(directory: str, write: FileWrite, temp_name: str, backups: int) -> StringCommand:
+    """Check the uploaded copy, back the old file up, keep owner and mode, rename, prune backups."""
+    new_sha = sha256_text(write.text)
+    old_check = (
+        f'[ -e "$f" ] || fail "it disappeared on the Pi since it was read; rerun"\n'
+        f'[ "$(sha256sum < "$f" | cut -c1-64)" = {write.old_sha256} ] || '
+        'fail "it changed on the Pi since it was read (a SAVE_CONFIG?); rerun"\n'
+        'b="$f.$(date +%Y%m%d-%H%M%S-%N).bak"\n'
+        'cp -p -- "$f" "$b" || { rm -f -- "$b"; fail "no room for the backup $b (disk full?)"; }\n'
+        'chmod --reference="$f" -- "$t" && chown --reference="$f" -- "$t" 2>/dev/null || '
+        'fail "cannot give the new copy the owner and mode of the old one (run with _sudo=True)"'
+        if write.old_sha256 else
+        '[ -e "$f" ] && fail "it appeared on the Pi since it was read; rerun"\n'
+        'chmod 644 -- "$t"'
+    )
+    script = "\n".join([
+        f"cd {shell_path(directory)} || exit 1",
+        f"f={shlex.quote(write.name)}; t={shlex.quote(temp_name)}",
+        'fail() { rm -f -- "$t"; echo "pyinfra-ratos: $f: $1; $f left unchanged" >&2; exit 1; }',
+        f'[ "$(sha256sum < "$t" | cut -c1-64)" = {new_sha} ] || fail "the uploaded copy is incomplete (disk full?)"',
+        old_check,
+        'sync -- "$t" 2>/dev/null',
+        'mv -f -- "$t" "$f" || fail "rename failed"',
+        f'ls -1 -- "$f".*.bak 2>/dev/null | sort -r | tail -n +{backups + 1} | while IFS= read -r old; do rm -f -- "$old"; done',
+        "exit 0",
+    ])
+    return StringCommand("sh", "-c", QuoteString(script))
+
+
+def restart_command(directory: str, service: str, url: str) -> StringCommand:
+    """Restart a service through Moonraker (then systemctl), unless a print started meanwhile:
+    the plan read the printer idle, but on a big farm minutes pass before this runs."""
+    marker = shlex.quote(restart_marker(service))
+    query = f"{url}/printer/objects/query?print_stats&idle_timeout"
+    script = "\n".join([
+        f"cd {shell_path(directory)} || exit 1",
+        f"q=$(curl -s -m 5 {shlex.quote(query)})",
+        "if printf '%s' \"$q\" | grep -Eq '\"state\": *\"(printing|paused|Printing)\"'; then",
+        f"  touch {marker}; echo 'pyinfra-ratos: the printer started printing: {service} restart left pending'; exit 0",
+        "fi",
+        f"curl -sf -m 60 -X POST -H 'Content-Type: application/json' -d '{{\"service\": \"{service}\"}}' "
+        f"{shlex.quote(url + '/machine/services/restart')} >/dev/null || sudo -n systemctl restart {service} || exit 1",
+        f"rm -f {marker}",
+    ])
+    return StringCommand("sh", "-c", QuoteString(script))
+
+
+def mark_pending_command(directory: str, service: str) -> StringCommand:
+    return StringCommand("sh", "-c", QuoteString(f"cd {shell_path(directory)} && touch {shlex.quote(restart_marker(service))}"))
+
+
+def show_diffs(writes: Sequence[FileWrite]) -> None:
+    """Under ``--diff``, or in the change-detection pass (``--dry``, the confirm prompt), once."""
+    if state.is_executing and not (state.config.DIFF and not state.check_for_changes):
+        return
+    for write in writes:
+        host.log(f"{'Will modify' if write.old_sha256 else 'Will create'} {write.name} ({write.reason})", logger.info)
+        if write.old_sha256 and write.old_text is None:
+            logger.info("  (old file too big to show)")
+        for line in unified_diff(write.name, write.old_text, write.text):
+            logger.info("  %s", line)
+
+
+def apply_writes(
+    directory: str, writes: Sequence[FileWrite], free_bytes: int, backups: int, service: str,
+    busy: bool, restart: bool, url: str, pending: bool,
+):
+    """Commands for a set of writes and the restart they call for (shared with moonraker pins)."""
+    if writes:
+        need = needed_bytes(writes)
+        if free_bytes < need:
+            yield fail_command(
+                f"{host.name}: disk full: {directory} has {free_bytes // 1024} KiB free, writing "
+                f"{', '.join(w.name for w in writes)} needs {need // 1024} KiB (new copies and backups). "
+                "Nothing was written; free some space and rerun.")
+            return
+        show_diffs(writes)
+        for write in writes:
+            temp_name = f".{write.name}.pyinfra-ratos.tmp"
+            yield FileUploadCommand(BytesIO(encode_text(write.text)), f"{directory}/{temp_name}")
+            yield install_command(directory, write, temp_name, backups)
+    if not restart or not (writes or pending):
+        return
+    if busy:
+        host.log(f"{service} restart pending: the printer is busy (it runs on the next deploy when idle)",
+                 logger.warning)
+        if writes and not pending:
+            yield mark_pending_command(directory, service)
+        return
+    yield restart_command(directory, service, url)
+
+
+def check_common(backups: int, when_busy: str) -> None:
+    if isinstance(backups, bool) or not isinstance(backups, int) or backups < 1:
+        raise OperationValueError(f"backups={backups!r}: keep at least one backup (an int >= 1)")
+    if when_busy not in WHEN_BUSY:
+        raise OperationValueError(f"when_busy={when_busy!r}: use one of {', '.join(WHEN_BUSY)}")
+
+
+def printer_busy(url: str) -> bool:
+    activity = host.get_fact(PrinterActivity, url=url)
+    # no answer at all is not "idle": never restart what we cannot see
+    return bool(activity.get("busy", True)) if activity else True
+
+
+# --- the operation ---------------------------------------------------------------------------
+
+
+@operation()
+def config(
+    printer: Mapping[str, Any] | None = None,
+    config_dir: str = "~/printer_data/config",
+    generated_file: str = "RatOS.cfg",
+    user_file: str = "printer.cfg",
+    user_config: str = "adopt",
+    templates: str | None = None,
+    backups: int = 5,
+    when_busy: str = "write",
+    restart: bool = True,
+    moonraker_url: str = MOONRAKER_URL,
+    catalog: Mapping[str, Board] | None = None,
+):
+    """
+    Render a RatOS printer's configuration and converge the Pi's files to it.
+
+    + printer: the printer's inventory data (keys: see ``pyinfra_ratos.printer_model``); default:
+      the host's data (``printer_model``, ``printer_size``, ``boards``, ``hotend``, ...)
+    + config_dir: Klipper's config folder on the Pi
+    + generated_file: the file the tool owns (``RatOS.cfg``), rendered from ``RatOS.cfg.j2``
+    + user_file: the file the user owns (``printer.cfg``), from ``printer.cfg.j2`` when missing
+    + user_config: what to do with an existing user file: ``keep`` it as is; ``adopt`` it (default:
+      when it lacks ``[include <generated_file>]``, add it before the first section and comment
+      out the sections the generated file now sets, keeping everything else byte for byte);
+      ``regenerate`` it from its template, carrying the SAVE_CONFIG block over byte for byte
+    + templates: a folder of the user's templates, searched first (default: host data
+      ``printer_templates``)
+    + backups: backups kept per file (``<file>.<timestamp>.bak``)
+    + when_busy: the printer prints: ``write`` the files and leave the Klipper restart pending
+      (done by the next deploy that finds it idle), or ``defer`` everything to a later deploy
+    + restart: restart Klipper (through Moonraker) after a change, when the printer is idle
+
+    Nothing is written when the host data, the rendering or the rendered config is invalid (the
+    host fails with the field or the template line named), nor when the file system lacks room.
+    Writes are atomic (upload next to the file, rename); a file that changed on the Pi since it
+    was read (a SAVE_CONFIG meanwhile) is not overwritten.
+
+    **Example:**
+
+    .. code:: python
+
+        printer.config(
+            name="RatOS configuration",
+            printer={"printer_model": "v-core-3", "printer_size": 300,
+                     "boards": [{"board": "btt-octopus-pro-h723-11"}]},
+        )
+    """
+    if user_config not in USER_CONFIG_MODES:
+        raise OperationValueError(f"user_config={user_config!r}: use one of {', '.join(USER_CONFIG_MODES)}")
+    check_common(backups, when_busy)
+    for label, name in (("generated_file", generated_file), ("user_file", user_file)):
+        if "/" in name or not name.endswith(".cfg") or kc.value_problem(name):
+            raise OperationValueError(f"{label}={name!r}: a plain file name ending in .cfg")
+
+    data = dict(printer) if printer is not None else {k: host.data.get(k) for k in pm.DATA_KEYS
+                                                     if host.data.get(k) is not None}
+    template_dir = templates or data.get("printer_templates")
+    try:
+        spec = pm.parse_printer_data(host.name, data, catalog if catalog is not None else load_catalog())
+    except pm.PrinterDataError as error:
+        yield fail_command(str(error))
+        return
+
+    needs_usb = any(e.serial is None and e.board.interface not in ("linux", "can") for e in spec.boards)
+    attached = host.get_fact(AttachedBoards) if needs_usb else {}
+
+    def render_both(previous: Mapping[str, str]) -> tuple[str, str, list[str]]:
+        notes, serials = [], {}
+        for entry in spec.boards:
+            choice = pm.choose_serial(entry, attached, previous.get(entry.section))
+            serials[entry.mcu_name] = choice.path
+            if choice.note:
+                notes.append(choice.note)
+        context = {**pm.template_context(spec, serials), "generated": generated_file}
+        return render("RatOS.cfg.j2", context, template_dir), render("printer.cfg.j2", context, template_dir), notes
+
+    try:
+        generated_text, user_rendered, notes = render_both({})
+    except TemplateRenderError as error:
+        yield fail_command(f"{host.name}: {error}. Nothing was written.")
+        return
+
+    # one round trip: both files, the restart marker, and every include target the renderings name
+    includes = [t for t in kc.include_targets(generated_text) + kc.include_targets(user_rendered)
+                if not kc.is_glob(t) and t != generated_file]
+    files = host.get_fact(
+        PrinterFiles, config_dir=config_dir,
+        files=(generated_file, user_file, restart_marker("klipper")),
+        read=(generated_file, user_file), includes=tuple(dict.fromkeys(includes)),
+    )
+    if not files:
+        yield fail_command(f"{host.name}: {config_dir} does not exist on the Pi. Nothing was written; "
+                           "is this a RatOS Pi (printer_data)?")
+        return
+    current = files["files"]
+    previous = pm.previous_serials(current[generated_file]["text"])
+    if previous:
+        # a board that is not running Klipper right now keeps the serial it has
+        try:
+            generated_text, user_rendered, notes = render_both(previous)
+        except TemplateRenderError as error:
+            yield fail_command(f"{host.name}: {error}. Nothing was written.")
+            return
+
+    def present(target: str) -> bool:
+        return target == generated_file or files["includes"].get(target, False)
+
+    errors = [f"{generated_file} (from RatOS.cfg.j2) {p}" for p in
+              kc.validate(generated_text) + kc.missing_includes(generated_text, present)]
+    user_text, user_note, user_errors = plan_user_file(
+        user_config, current[user_file]["text"], current[user_file]["exists"], generated_file, generated_text,
+        user_rendered)
+    errors += [f"{user_file}: {e}" for e in user_errors]
+    if user_text is not None:
+        # the user's own quirks (klippy tolerates duplicates, say) are theirs: report what we add
+        problems = new_problems(current[user_file]["text"] if user_config == "adopt" else None, user_text)
+        # includes the user wrote are theirs too: check only those our template asked for
+        problems += kc.missing_includes(user_text, lambda t: files["includes"].get(t, True) or t == generated_file)
+        source = "adopted" if user_config == "adopt" and current[user_file]["exists"] else "from printer.cfg.j2"
+        errors += [f"{user_file} ({source}) {p}" for p in problems]
+    if errors:
+        yield fail_command(f"{host.name}: invalid configuration, nothing was written:\n" +
+                           "\n".join(f"  - {e}" for e in errors))
+        return
+    for note in notes:
+        host.log(note, logger.warning)
+    if user_note and user_text is None:
+        host.log(f"{user_file}: {user_note}", logger.warning)
+
+    writes = [w for w in (
+        file_write(generated_file, generated_text, current[generated_file], "generated"),
+        file_write(user_file, user_text, current[user_file], user_note or "") if user_text is not None else None,
+    ) if w is not None]
+    pending = current[restart_marker("klipper")]["exists"]
+    if not writes and not pending:
+        host.noop(f"{generated_file} and {user_file} are up to date")
+        return
+    busy = printer_busy(moonraker_url) if restart or when_busy == "defer" else False
+    if busy and when_busy == "defer" and writes:
+        host.log(f"deferred: the printer is busy; {', '.join(w.name for w in writes)} not written "
+                 "(the next deploy that finds it idle writes them)", logger.warning)
+        return
+    yield from apply_writes(files["dir"], writes, files["free_bytes"], backups, "klipper", busy, restart,
+                            moonraker_url, pending)

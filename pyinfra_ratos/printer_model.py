@@ -1,0 +1,330 @@
+"""A printer as the inventory describes it: host data validated into a spec, then a template context.
+
+Pure Python (no pyinfra). Every error names the host, the field and the fix, and all of a host's
+errors are reported at once.
+
+Inventory host data keys (``printer_config`` deploy, ``printer.config`` operation)::
+
+    printer_model     "v-core-3" | "v-core-4" | "v-minion"                       (required)
+    printer_size      build size in mm: v-core-3 200/300/400/500, v-core-4 300/400/500,
+                      v-minion 180                                  (default: the model's usual)
+    boards            list of tables, the control board first                    (required)
+                        board        catalog id, e.g. "btt-octopus-pro-h723-11"
+                        mcu_name     Klipper's name: "mcu" (control board), "toolboard_t0",
+                                     "rpi" ...  (default: mcu, toolboard_t<n>, rpi for the host MCU)
+                        port         USB port path ("1-1.3"), to tell identical boards apart
+                        serial       explicit serial path; skips the USB lookup
+                        canbus_uuid  12 hex digits, required for CAN boards
+    hotend            RatOS hotend file name, e.g. "rapido"      -> [include RatOS/hotends/<x>.cfg]
+    extruder          RatOS extruder file name, e.g. "orbiter-v2-0" -> RatOS/extruders/<x>.cfg
+    probe             RatOS probe file name, e.g. "bltouch"       -> RatOS/z-probe/<x>.cfg
+    stepper_driver    "tmc2209" (default), "tmc2226", "tmc2240", "tmc5160", "tmc2130", "tmc2660"
+    stepper_current   {"x": 1.6, "y": 1.6, "z": 1.2, "e": 0.7}: run_current in A (0.1..3.5)
+    klipper_commit    the fleet's Klipper commit (40 hex digits), pinned in moonraker.conf
+    printer_templates a folder of the user's own templates, searched before the packaged ones
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinfra_ratos.catalog import Board
+from pyinfra_ratos.klipper_config import value_problem
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    name: str
+    sizes: tuple[int, ...]
+    default_size: int
+    z_steppers: int  # stepper_z, stepper_z1 ... : stepper_current["z"] applies to each
+
+
+MODELS: dict[str, ModelInfo] = {
+    "v-core-3": ModelInfo("v-core-3", "Rat Rig V-Core 3.1", (200, 300, 400, 500), 300, 3),
+    "v-core-4": ModelInfo("v-core-4", "Rat Rig V-Core 4", (300, 400, 500), 400, 3),
+    "v-minion": ModelInfo("v-minion", "Rat Rig V-Minion", (180,), 180, 1),
+}
+STEPPER_DRIVERS = ("tmc2209", "tmc2226", "tmc2240", "tmc5160", "tmc2130", "tmc2660")
+CURRENT_RANGE = (0.1, 3.5)
+AXES = ("x", "y", "z", "e")
+HOST_MCU_SERIAL = "/tmp/klipper_host_mcu"
+# where RatOS keeps each kind of component file, relative to the config folder
+COMPONENT_FOLDERS = {"hotend": "RatOS/hotends", "extruder": "RatOS/extruders", "probe": "RatOS/z-probe"}
+DATA_KEYS = ("printer_model", "printer_size", "boards", "hotend", "extruder", "probe", "stepper_driver",
+             "stepper_current", "klipper_commit", "printer_templates")
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_MCU_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+_PORT = re.compile(r"^[1-9][0-9]?-[1-9][0-9]?(\.[1-9][0-9]?){0,4}$")
+_SERIAL = re.compile(r"^/[A-Za-z0-9_./:+@=,-]+$")
+_CANBUS_UUID = re.compile(r"^[0-9a-f]{12}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class PrinterDataError(ValueError):
+    """A host's inventory data that cannot describe a printer; lists every bad field."""
+
+    def __init__(self, host: str, errors: Sequence[str]) -> None:
+        self.host = host
+        self.errors = list(errors)
+        super().__init__(f"{host}: invalid printer data in the inventory:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+@dataclass(frozen=True)
+class BoardEntry:
+    board: Board
+    mcu_name: str
+    port: str | None = None
+    serial: str | None = None
+    canbus_uuid: str | None = None
+
+    @property
+    def section(self) -> str:
+        return "mcu" if self.mcu_name == "mcu" else f"mcu {self.mcu_name}"
+
+
+@dataclass(frozen=True)
+class PrinterSpec:
+    host: str
+    model: ModelInfo
+    size: int
+    boards: tuple[BoardEntry, ...]
+    hotend: str | None = None
+    extruder: str | None = None
+    probe: str | None = None
+    stepper_driver: str = "tmc2209"
+    stepper_current: Mapping[str, float] = field(default_factory=dict)
+    klipper_commit: str | None = None
+
+
+def _slug(errors: list[str], data: Mapping[str, Any], key: str, example: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SLUG.match(value):
+        errors.append(f"{key}: {value!r} is not a file name of lower-case letters, digits, '-', '_' or '.'. "
+                      f"Fix: set {key} = {example!r} (the RatOS file name without .cfg) or remove it")
+        return None
+    return value
+
+
+def parse_printer_data(host: str, data: Mapping[str, Any], catalog: Mapping[str, Board]) -> PrinterSpec:
+    """Validate one host's data into a :class:`PrinterSpec`; raises :class:`PrinterDataError`."""
+    errors: list[str] = []
+    model = None
+    model_id = data.get("printer_model")
+    if model_id is None:
+        errors.append(f"printer_model: missing. Fix: set printer_model to one of {', '.join(MODELS)}")
+    elif model_id not in MODELS:
+        errors.append(f"printer_model: {model_id!r} is not a known model. Fix: use one of {', '.join(MODELS)}")
+    else:
+        model = MODELS[model_id]
+
+    size = data.get("printer_size")
+    if model is not None:
+        if size is None:
+            size = model.default_size
+        elif isinstance(size, bool) or not isinstance(size, int) or size not in model.sizes:
+            errors.append(f"printer_size: {size!r} is not a {model.id} size. "
+                          f"Fix: use one of {', '.join(map(str, model.sizes))}")
+
+    boards = _parse_boards(errors, data.get("boards"), catalog)
+    hotend = _slug(errors, data, "hotend", "rapido")
+    extruder = _slug(errors, data, "extruder", "orbiter-v2-0")
+    probe = _slug(errors, data, "probe", "bltouch")
+
+    driver = data.get("stepper_driver", "tmc2209")
+    if driver not in STEPPER_DRIVERS:
+        errors.append(f"stepper_driver: {driver!r} is not known. Fix: use one of {', '.join(STEPPER_DRIVERS)}")
+
+    currents: dict[str, float] = {}
+    raw_currents = data.get("stepper_current", {})
+    if not isinstance(raw_currents, Mapping):
+        errors.append(f"stepper_current: {raw_currents!r} is not a table. Fix: write {{\"x\": 1.6, \"z\": 1.2}}")
+    else:
+        for axis, amps in raw_currents.items():
+            if axis not in AXES:
+                errors.append(f"stepper_current.{axis}: unknown axis. Fix: use {', '.join(AXES)}")
+            elif isinstance(amps, bool) or not isinstance(amps, (int, float)) or not (
+                CURRENT_RANGE[0] <= amps <= CURRENT_RANGE[1]
+            ):
+                errors.append(f"stepper_current.{axis}: {amps!r} is not a current in amperes. "
+                              f"Fix: use a number from {CURRENT_RANGE[0]} to {CURRENT_RANGE[1]}")
+            else:
+                currents[axis] = float(amps)
+
+    commit = data.get("klipper_commit")
+    if commit is not None and (not isinstance(commit, str) or not _COMMIT.match(commit)):
+        errors.append(f"klipper_commit: {commit!r} is not a full commit hash. "
+                      "Fix: use the 40 lower-case hex digits of `git rev-parse HEAD` in the fleet's ~/klipper")
+
+    if errors or model is None:
+        raise PrinterDataError(host, errors)
+    return PrinterSpec(host=host, model=model, size=size, boards=tuple(boards), hotend=hotend, extruder=extruder,
+                       probe=probe, stepper_driver=driver, stepper_current=currents, klipper_commit=commit)
+
+
+def _parse_boards(errors: list[str], raw: Any, catalog: Mapping[str, Board]) -> list[BoardEntry]:
+    example = '[{"board": "btt-octopus-pro-h723-11"}, {"board": "btt-ebb42-12", "mcu_name": "toolboard_t0"}]'
+    if not raw or not isinstance(raw, Sequence) or isinstance(raw, str):
+        errors.append(f"boards: missing or not a list. Fix: set boards = {example}")
+        return []
+    entries: list[BoardEntry] = []
+    toolboards = 0
+    for index, item in enumerate(raw):
+        where = f"boards[{index}]"
+        if not isinstance(item, Mapping) or "board" not in item:
+            errors.append(f"{where}: {item!r} is not a table with a 'board' key. Fix: write {{\"board\": \"<catalog id>\"}}")
+            continue
+        unknown = sorted(set(item) - {"board", "mcu_name", "port", "serial", "canbus_uuid"})
+        if unknown:
+            errors.append(f"{where}: unknown keys {', '.join(unknown)}. Fix: use board, mcu_name, port, serial, canbus_uuid")
+        board = catalog.get(item["board"]) if isinstance(item["board"], str) else None
+        if board is None:
+            errors.append(f"{where}.board: {item['board']!r} is not in the board catalog. "
+                          "Fix: use a catalog id (pyinfra_ratos/boards/*.toml) or add a board file")
+            continue
+        if "mcu_name" in item:
+            mcu_name = item["mcu_name"]
+        elif board.interface == "linux":
+            mcu_name = "rpi"
+        elif board.toolboard:
+            mcu_name = f"toolboard_t{toolboards}"
+        else:
+            mcu_name = "mcu" if not any(e.mcu_name == "mcu" for e in entries) else board.id.replace("-", "_")
+        toolboards += board.toolboard
+        if not isinstance(mcu_name, str) or not _MCU_NAME.match(mcu_name):
+            errors.append(f"{where}.mcu_name: {mcu_name!r} is not a Klipper MCU name. "
+                          "Fix: lower-case letters, digits and '_' (e.g. toolboard_t0)")
+            continue
+        port, serial, uuid = item.get("port"), item.get("serial"), item.get("canbus_uuid")
+        if port is not None and (not isinstance(port, str) or not _PORT.match(port)):
+            errors.append(f"{where}.port: {port!r} is not a USB port path. Fix: write it like \"1-1.3\" (see lsusb -t)")
+        if serial is not None and (not isinstance(serial, str) or not _SERIAL.match(serial)):
+            problem = value_problem(serial) if isinstance(serial, str) else None
+            errors.append(f"{where}.serial: {problem or repr(serial) + ' is not an absolute device path'}. "
+                          "Fix: write a path such as /dev/serial/by-id/usb-Klipper_stm32h723xx_...-if00")
+        if board.interface == "can" and serial is None and (
+            not isinstance(uuid, str) or not _CANBUS_UUID.match(uuid)
+        ):
+            errors.append(f"{where}.canbus_uuid: {uuid!r} is not a CAN UUID. "
+                          "Fix: set the 12 hex digits reported by Katapult's flashtool -q (e.g. \"a1b2c3d4e5f6\")")
+        entries.append(BoardEntry(board, mcu_name, port, serial, uuid))
+    names = [e.mcu_name for e in entries]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        errors.append(f"boards: mcu_name {name!r} is used twice. Fix: give each board its own mcu_name")
+    if entries and "mcu" not in names:
+        errors.append("boards: no board is the main 'mcu'. Fix: set mcu_name = \"mcu\" on the control board")
+    return entries
+
+
+# --- serial paths from the AttachedBoards fact -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class SerialChoice:
+    path: str | None  # None: CAN board (canbus_uuid) or nothing known
+    note: str | None = None  # why a fallback was used (shown to the operator)
+
+
+def choose_serial(entry: BoardEntry, attached: Mapping[str, Mapping[str, Any]], previous: str | None) -> SerialChoice:
+    """The ``serial:`` of one MCU: explicit, host MCU, ``/dev/RatOS/<id>`` when that link exists,
+    else the board's by-id path; when the board is not running Klipper right now (being flashed,
+    unplugged), the serial already configured, so a board in DFU does not flap the config."""
+    if entry.serial:
+        return SerialChoice(entry.serial)
+    if entry.board.interface == "linux":
+        return SerialChoice(HOST_MCU_SERIAL)
+    if entry.board.interface == "can":
+        return SerialChoice(None)
+    candidates = [info for info in attached.values() if entry.port is None or info.get("port") == entry.port]
+    exact = [info for info in candidates if info.get("board_id") == entry.board.id
+             or info.get("ratos_link") == f"/dev/RatOS/{entry.board.id}"]
+    if not exact and entry.port is None:
+        exact = [info for info in candidates if info.get("board_id") is None and info.get("mode") == "klipper"
+                 and entry.board.id in (info.get("board_candidates") or [])]
+    elif not exact and entry.port is not None:
+        exact = candidates
+    fallback = previous or f"/dev/RatOS/{entry.board.id}"
+    if len(exact) > 1:
+        ports = ", ".join(sorted(str(info.get("port")) for info in exact))
+        return SerialChoice(fallback, f"{entry.board.id} is attached {len(exact)} times (ports {ports}); "
+                                      f"set boards[].port to pick one; keeping {fallback}")
+    if exact and exact[0].get("mode") == "klipper":
+        info = exact[0]
+        path = info.get("ratos_link") or info.get("by_id")
+        if path:
+            return SerialChoice(path)
+    state = f"in {exact[0].get('mode')} mode" if exact else "not attached"
+    return SerialChoice(fallback, f"{entry.board.id} ({entry.mcu_name}) is {state}; keeping serial {fallback}")
+
+
+def previous_serials(generated_text: str | None) -> dict[str, str]:
+    """``{section: serial}`` of the ``[mcu ...]`` sections of the generated file now on the Pi."""
+    found: dict[str, str] = {}
+    section = None
+    for line in (generated_text or "").splitlines():
+        header = re.match(r"^\[([^\]]+)\]", line)
+        if header:
+            section = header.group(1).strip()
+            continue
+        option = re.match(r"^serial\s*[:=]\s*(\S+)", line)
+        if option and section is not None and (section == "mcu" or section.startswith("mcu ")):
+            found[section] = option.group(1)
+    return found
+
+
+# --- template context ------------------------------------------------------------------------
+
+
+def template_context(spec: PrinterSpec, serials: Mapping[str, str | None]) -> dict[str, Any]:
+    """What the templates see. ``serials``: ``{mcu_name: path or None}``."""
+    mcus = []
+    for entry in spec.boards:
+        mcus.append({
+            "name": entry.mcu_name,
+            "section": entry.section,
+            "board": entry.board.id,
+            "board_name": entry.board.name,
+            "toolboard": entry.board.toolboard,
+            "host": entry.board.interface == "linux",
+            # pin aliases of MCU boards; the host MCU has no pin file
+            "include": None if entry.board.interface == "linux" else f"RatOS/boards/{entry.board.id}/config.cfg",
+            "serial": serials.get(entry.mcu_name),
+            "canbus_uuid": entry.canbus_uuid,
+        })
+    control = next(m for m in mcus if m["name"] == "mcu")
+    steppers = []
+    currents = spec.stepper_current
+    for axis in ("x", "y"):
+        if axis in currents:
+            steppers.append({"section": f"{spec.stepper_driver} stepper_{axis}", "run_current": currents[axis]})
+    if "z" in currents:
+        for index in range(spec.model.z_steppers):
+            name = "stepper_z" if index == 0 else f"stepper_z{index}"
+            steppers.append({"section": f"{spec.stepper_driver} {name}", "run_current": currents["z"]})
+    if "e" in currents:
+        steppers.append({"section": f"{spec.stepper_driver} extruder", "run_current": currents["e"]})
+    components = {key: f"{COMPONENT_FOLDERS[key]}/{value}.cfg"
+                  for key, value in (("hotend", spec.hotend), ("extruder", spec.extruder), ("probe", spec.probe))
+                  if value}
+    return {
+        "host": spec.host,
+        "model": {"id": spec.model.id, "name": spec.model.name, "size": spec.size,
+                  "include": f"RatOS/printers/{spec.model.id}/{spec.model.id}.cfg"},
+        "size": {"x": spec.size, "y": spec.size, "z": spec.size},
+        "control_board": control,
+        "toolboards": [m for m in mcus if m["toolboard"]],
+        "host_mcu": next((m for m in mcus if m["host"]), None),
+        "mcus": mcus,
+        "components": components,
+        "hotend": spec.hotend,
+        "extruder": spec.extruder,
+        "probe": spec.probe,
+        "steppers": steppers,
+    }
