@@ -307,13 +307,16 @@ def inventory_text(state_dir: Path, pis: list[dict[str, Any]], port: int) -> str
         '    "ssh_strict_host_key_checking": "yes",',
         '    "ssh_allow_agent": False,',
         '    "ssh_look_for_keys": False,',
+        "    # the controller side of the farm: its Klipper checkout (the Pis' commit) and build cache",
+        f'    "klipper_source": "{state / "klipper-template"}",',
+        f'    "firmware_cache": "{state / "firmware-cache"}",',
         "}",
         "",
         "pis = [",
     ]
     for pi in pis:
-        boards = [{"board": b["board"], "mcu_name": b["mcu_name"]} for b in pi["boards"]]
-        lines.append(f'    ("{pi["name"]}", {{**_ssh, "ssh_hostname": "{pi["address"]}", "sim_boards": {boards!r}}}),')
+        boards = [{"board": b["board"], "mcu_name": b["mcu_name"], "port": b["port"]} for b in pi["boards"]]
+        lines.append(f'    ("{pi["name"]}", {{**_ssh, "ssh_hostname": "{pi["address"]}", "boards": {boards!r}}}),')
     lines.append("]")
     return "\n".join(lines) + "\n"
 

@@ -48,8 +48,8 @@ class RunningFarm:
         ]
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check)
 
-    def pyinfra(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [str(VENV_BIN / "pyinfra"), "-y", str(self.inventory), *args]
+    def pyinfra(self, *args: str, check: bool = True, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [str(VENV_BIN / "pyinfra"), "-y", str(inventory or self.inventory), *args]
         # pyinfra prints its progress and command output on stderr: keep both, in order
         return subprocess.run(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, check=check

@@ -1,0 +1,70 @@
+"""
+Converge the firmware of every board of every host: build once per identity, flash what differs.
+
+.. code:: sh
+
+    pyinfra -y INVENTORY deploys/firmware.py
+    pyinfra -y INVENTORY deploys/firmware.py --data attended_flash=true   # someone is watching
+
+Per host it reads the Pi in two SSH commands (``FleetAudit``, ``FirmwareArtifacts``), builds on
+the controller what its boards need (each identity once per run, from ``klipper_source`` at the
+commit the Pi runs), ships an artifact only to a Pi that lacks it, and flashes each board whose MCU
+does not run its identity yet, unless the printer is busy or the board must never be flashed
+unattended. Inventory keys: see :mod:`pyinfra_ratos.firmware_settings`. A converged host yields
+no command.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from pyinfra_ratos.builder import BuildError, shared_builder
+from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos.deploys import executed_by_pyinfra
+from pyinfra_ratos.facts.audit import FleetAudit
+from pyinfra_ratos.facts.firmware import FirmwareArtifacts
+from pyinfra_ratos.firmware_settings import firmware_settings
+from pyinfra_ratos.flash_plan import Artifact, plan_flash
+from pyinfra_ratos.identity import BuildVersionError
+from pyinfra_ratos.operations import firmware
+
+@deploy("Converge board firmware")
+def converge_firmware() -> None:
+    settings = firmware_settings(host.name, host.data.dict(), host.inventory.get_override_data(), load_catalog())
+    audit = host.get_fact(FleetAudit)
+    klipper = audit["klipper"]
+    if not klipper.get("commit") or not klipper.get("version"):
+        why = klipper.get("git_error") or "no Klipper checkout at ~/klipper"
+        firmware.refuse(name="Firmware", reason=f"cannot tell which Klipper the Pi runs: {why}")
+        return
+    artifacts = host.get_fact(FirmwareArtifacts)
+    mcus = audit["mcu_firmware"].get("mcus", {})
+    builder = shared_builder(settings.klipper_source, settings.cache, settings.allow_unclean)
+    for target in settings.targets:
+        title = f"Firmware {target.mcu_name} ({target.board.id})"
+        try:
+            built = builder.build(klipper["commit"], target.board, target.fragment)
+        except (BuildError, BuildVersionError) as error:
+            firmware.refuse(name=title, reason=f"{target.board.id}: {error}")
+            continue
+        if built.identity.version != klipper["version"]:
+            firmware.refuse(name=title, reason=(
+                f"{target.board.id}: commit {klipper['commit'][:12]} builds as {built.identity.version} on the "
+                f"controller but the Pi's Klipper describes itself as {klipper['version']} (a dirty or modified "
+                "checkout on the Pi?): not flashing firmware that would never match it"))
+            continue
+        plan = plan_flash(
+            target.board, audit["boards"], mcus.get(target.mcu_name), audit["activity"],
+            Artifact(built.identity, built.image, firmware.artifact_path(built), built.resolved_config),
+            mcu_name=target.mcu_name, port=target.port, attended_flash=settings.attended_flash,
+            backend=settings.backend,
+        )
+        if plan.action == "flash":
+            firmware.upload(name=f"Upload {built.identity.name}", artifact=built,
+                            present=artifacts.get(built.identity.name))
+        firmware.flash(name=title, plan=plan, mcu_name=target.mcu_name)
+
+
+if executed_by_pyinfra(globals()):
+    converge_firmware()

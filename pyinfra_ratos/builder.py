@@ -1,0 +1,184 @@
+"""Build firmware once per identity on the controller, from a local Klipper checkout.
+
+A farm has few distinct (Klipper commit, board config) pairs and many printers, so the fleet's
+firmware is built here, once per pair, and shipped to every Pi that needs it. The controller's
+checkout (``klipper_source``: any clone of the Klipper repository holding the Pis' commit) is
+never touched: each commit is built in its own shared clone under the cache directory, with the
+two make calls Klipper wants (``olddefconfig`` then the build, absolute ``KCONFIG_CONFIG`` and
+``OUT``), so the version is clean and equals what the Pi's klippy reports for that commit.
+
+Artifacts are cached by identity under ``cache_dir/<identity>/`` (the same layout as on the Pi:
+see :mod:`pyinfra_ratos.identity`), so a second run and every other printer reuse them; every real
+build appends a line to ``cache_dir/builds.jsonl`` (what the "builds once" tests count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyinfra_ratos.catalog import Board
+from pyinfra_ratos.firmware_image import ImageInfo, inspect_image
+from pyinfra_ratos.identity import FirmwareIdentity, artifact_manifest, check_buildable_version, identity_of
+from pyinfra_ratos.kconfig import verify_resolved
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyinfra-ratos" / "firmware"
+OUTPUTS = ("klipper.bin", "klipper.uf2", "klipper.elf", "klipper.dict")
+
+
+class BuildError(RuntimeError):
+    """A build that must not be flashed; the message names the board and the fix."""
+
+
+@dataclass(frozen=True)
+class BuiltArtifact:
+    identity: FirmwareIdentity
+    directory: Path  # on the controller: klipper.* + klipper.dict + config + build.log + identity.json
+    firmware_file: str  # the file the board flashes (the catalog's firmware_file)
+    image: ImageInfo
+    resolved_config: str
+
+    def files(self) -> list[str]:
+        return sorted(name for name in os.listdir(self.directory) if not name.startswith("."))
+
+
+def _run(argv: list[str], cwd: Path, log: list[str]) -> str:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    log.append(f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}")
+    if done.returncode != 0:
+        raise BuildError(f"{' '.join(argv)} failed (exit {done.returncode}) in {cwd}: "
+                         f"{(done.stderr or done.stdout).strip()[-500:]}")
+    return done.stdout
+
+
+class Builder:
+    """Builds (commit, board, fragment) once per process and once per identity on disk."""
+
+    def __init__(self, source: str | Path, cache_dir: str | Path | None = None, allow_unclean: bool = False) -> None:
+        self.source = Path(source).expanduser().resolve()
+        self.cache = Path(cache_dir or DEFAULT_CACHE).expanduser().resolve()
+        self.allow_unclean = allow_unclean
+        self._lock = threading.Lock()
+        self._done: dict[tuple[str, str, str], BuiltArtifact] = {}
+
+    def build(self, commit: str, board: Board, fragment: str) -> BuiltArtifact:
+        key = (commit, board.id, fragment)
+        with self._lock:
+            if key not in self._done:
+                self._done[key] = self._build(commit, board, fragment)
+            return self._done[key]
+
+    # --- steps -----------------------------------------------------------------------------
+
+    def _checkout(self, commit: str) -> Path:
+        """A clean shared clone of ``source`` at ``commit`` (made once per commit)."""
+        if not (self.source / ".git").exists():
+            raise BuildError(f"klipper_source {self.source} is not a git checkout of Klipper; "
+                             "clone https://github.com/Klipper3d/klipper there (with tags)")
+        tree = self.cache / "trees" / commit
+        if not (tree / ".git").exists():
+            if tree.exists():
+                shutil.rmtree(tree)
+            tree.parent.mkdir(parents=True, exist_ok=True)
+            log: list[str] = []
+            probe = subprocess.run(["git", "-C", str(self.source), "cat-file", "-e", f"{commit}^{{commit}}"],
+                                   capture_output=True)
+            if probe.returncode != 0:
+                raise BuildError(f"the controller's Klipper checkout {self.source} lacks commit {commit} "
+                                 "that the Pi runs: git fetch (with tags) in it, or update the Pis")
+            _run(["git", "clone", "-q", "--shared", "--no-checkout", str(self.source), str(tree)], self.cache, log)
+            _run(["git", "checkout", "-q", "--detach", commit], tree, log)
+        return tree
+
+    def _build(self, commit: str, board: Board, fragment: str) -> BuiltArtifact:
+        tree = self._checkout(commit)
+        work = self.cache / "work" / hashlib.sha256(f"{commit}\0{board.id}\0{fragment}".encode()).hexdigest()[:16]
+        if work.exists():
+            shutil.rmtree(work)
+        out = work / "out"
+        out.mkdir(parents=True)
+        config = work / "config"
+        config.write_text(fragment, encoding="utf-8")
+        log: list[str] = []
+        make = ["make", f"KCONFIG_CONFIG={config}", f"OUT={out}/"]
+        _run(make + ["olddefconfig"], tree, log)  # never in the same make call as the build
+        resolved = config.read_text(encoding="utf-8")
+        problems = verify_resolved(board, fragment, resolved)
+        if problems:
+            raise BuildError(f"board {board.id}: Kconfig did not resolve as asked: "
+                             + "; ".join(str(problem) for problem in problems))
+        version = _run(["git", "describe", "--always", "--tags", "--long", "--dirty"], tree, log).strip()
+        identity = identity_of(check_buildable_version(version, self.allow_unclean), resolved, board)
+        target = self.cache / identity.name
+        if not (target / "identity.json").exists():
+            started = time.monotonic()
+            _run(make + [f"-j{os.cpu_count() or 1}"], tree, log)
+            self._store(target, identity, board, out, resolved, log)
+            with open(self.cache / "builds.jsonl", "a", encoding="utf-8") as record:
+                record.write(json.dumps({"identity": identity.name, "board": board.id, "commit": commit,
+                                         "seconds": round(time.monotonic() - started, 3)}) + "\n")
+        shutil.rmtree(work, ignore_errors=True)
+        return self._load(target, identity, board)
+
+    def _store(self, target: Path, identity: FirmwareIdentity, board: Board, out: Path, resolved: str,
+               log: list[str]) -> None:
+        staging = target.with_name(target.name + ".partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        hashes = {}
+        for name in OUTPUTS:
+            if (out / name).exists():
+                shutil.copy2(out / name, staging / name)
+        (staging / "config").write_text(resolved, encoding="utf-8")
+        (staging / "build.log").write_text("".join(log), encoding="utf-8")
+        for name in sorted(os.listdir(staging)):
+            hashes[name] = hashlib.sha256((staging / name).read_bytes()).hexdigest()
+        if board.firmware_file not in hashes:
+            raise BuildError(f"board {board.id}: the build made no {board.firmware_file} (see {staging}/build.log)")
+        dictionary = json.loads((staging / "klipper.dict").read_text(encoding="utf-8"))
+        if dictionary.get("version") != identity.version:
+            raise BuildError(f"board {board.id}: the build reports version {dictionary.get('version')!r}, "
+                             f"the checkout describes as {identity.version!r} (a dirty or unreadable tree?)")
+        manifest = artifact_manifest(identity, str(dictionary.get("config", {}).get("MCU", "")), hashes)
+        (staging / "identity.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)  # a half-written artifact never carries an identity's name
+
+    def _load(self, target: Path, identity: FirmwareIdentity, board: Board) -> BuiltArtifact:
+        data = (target / board.firmware_file).read_bytes()
+        image = inspect_image(data, board.firmware_file.rsplit(".", 1)[1])
+        return BuiltArtifact(identity, target, board.firmware_file, image,
+                             (target / "config").read_text(encoding="utf-8"))
+
+
+def builds_made(cache_dir: str | Path) -> list[dict[str, object]]:
+    """The real builds recorded in a cache directory (one JSON object per build)."""
+    path = Path(cache_dir) / "builds.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# One builder per (source, cache, allow_unclean) for the whole process: pyinfra plans hosts
+# concurrently and runs a deploy file afresh for each, so the registry lives here, in a module
+# imported once, and every host shares its builds.
+_SHARED: dict[tuple[str, str, bool], Builder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_builder(source: str | Path, cache_dir: str | Path | None = None, allow_unclean: bool = False) -> Builder:
+    key = (str(Path(source).expanduser().resolve()), str(Path(cache_dir or DEFAULT_CACHE).expanduser().resolve()),
+           allow_unclean)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = Builder(source, cache_dir, allow_unclean)
+        return _SHARED[key]
