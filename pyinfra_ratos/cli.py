@@ -37,6 +37,35 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep)
 
 
+def _status(args: argparse.Namespace) -> int:
+    """Validate the inventory (no SSH on bad input), then one FleetAudit command per Pi."""
+    from pyinfra_ratos import fleet_api  # first: pyinfra_cli patches the stdlib for gevent on import
+    from pyinfra_ratos.catalog import load_catalog
+    from pyinfra_ratos.facts.audit import FleetAudit
+    from pyinfra_ratos.hostdata import InventoryError, validate_inventory
+    from pyinfra_ratos.report import render_status, status_rows
+
+    try:
+        inventory = fleet_api.load_inventory(args.inventory, limit=args.limit)
+        settings = validate_inventory(fleet_api.host_data(inventory), fleet_api.override_data(inventory),
+                                      load_catalog())
+    except (fleet_api.InventoryLoadError, InventoryError) as exc:
+        print(f"ratos-fleet: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    state = fleet_api.make_state(inventory, parallel=args.parallel, connect_timeout=args.connect_timeout)
+    audits = fleet_api.gather(state, FleetAudit)
+    fleet_api.disconnect(state)
+    statuses = {host: status_rows(settings[host].boards, fact) for host, fact in audits.items()}
+    good = all(status["reachable"] and status["converged"] for status in statuses.values())
+    if args.json:
+        hosts = {host: {"status": fact.status, "error": fact.error, "seconds": round(fact.seconds, 3),
+                        "summary": statuses[host], "facts": fact.value} for host, fact in audits.items()}
+        print(json.dumps({"inventory": str(args.inventory), "converged": good, "hosts": hosts}, indent=1))
+    else:
+        print(render_status(statuses), end="")
+    return EXIT_OK if good else EXIT_PRINTERS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ratos-fleet", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the main job on a built-in virtual farm (needs root)")
     demo.add_argument("--keep", action="store_true", help="leave the farm running afterwards")
     demo.set_defaults(func=_demo)
+    status = commands.add_parser("status", help="read every printer (one SSH command each): boards, firmware, activity")
+    status.add_argument("inventory", help="pyinfra inventory file (group_data/ beside it is read too)")
+    status.add_argument("--limit", action="append", metavar="HOST|GROUP|GLOB", help="only these hosts (repeatable)")
+    status.add_argument("--json", action="store_true", help="print the facts as JSON instead of the table")
+    status.add_argument("--parallel", type=int, default=None, help="Pis read at once (default: pyinfra's choice)")
+    status.add_argument("--connect-timeout", type=int, default=10, help="seconds before a Pi counts as unreachable")
+    status.set_defaults(func=_status)
     return parser
 
 

@@ -4,16 +4,20 @@ Host and group data keys (the ``firmware`` deploy)::
 
     boards            list of tables (as for the printer configuration):
                         board        catalog id, e.g. "btt-octopus-pro-h723-11"       (required)
-                        mcu_name     Klipper's name: "mcu", "toolboard_t0", ... (default: mcu, then
-                                     toolboard_t0, toolboard_t1, ...)
+                        mcu_name     Klipper's name (default: mcu for the control board, toolboard_t0,
+                                     toolboard_t1 ... for toolboards, rpi for the host MCU)
                         port         USB port path ("1-1.3"): required to tell identical boards apart
                         kconfig      {symbol: value} Kconfig overrides for this board's build, e.g.
                                      {"USB_SERIAL_NUMBER": "btt-octopus-pro-h723-11-t0"}
+                      (one parser for both deploys: pyinfra_ratos.hostdata.parse_boards)
     klipper_source    a Klipper git checkout on the controller holding the Pis' commit: the fleet's
                       firmware is built there, once per identity                       (required)
     firmware_cache    where built artifacts are kept on the controller
                       (default: ~/.cache/pyinfra-ratos/firmware)
-    flash_backend     "dfu-util" (default) or "pyusb"
+    flash_backend     how DFU boards are written: "dfu-util" (default) or "pyusb" (the project's
+                      pyinfra_ratos.dfu client, installed on the Pi from the controller: it reads
+                      the flash back before leaving DFU, so a bad write fails and stays in DFU);
+                      also per run: --data flash_backend=pyusb
     allow_unclean_build  true to flash builds of a dirty or undescribable checkout (default false)
 
 Per run, never in the inventory (``--data attended_flash=true``)::
@@ -25,7 +29,6 @@ Pure Python: the deploy hands it ``host.data`` and the run's override data.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +37,9 @@ from typing import Any
 from pyinfra_ratos.builder import DEFAULT_CACHE
 from pyinfra_ratos.catalog import Board
 from pyinfra_ratos.flash_plan import BACKENDS
-from pyinfra_ratos.kconfig import KconfigError, OverrideValue, render_fragment
+from pyinfra_ratos.hostdata import parse_boards
+from pyinfra_ratos.kconfig import OverrideValue, render_fragment
 
-PORT_RE = re.compile(r"^[1-9][0-9]*-[1-9][0-9]*(\.[1-9][0-9]*){0,5}$")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
@@ -82,45 +85,10 @@ def as_flag(value: Any) -> bool | None:
 
 
 def parse_targets(errors: list[str], raw: Any, catalog: Mapping[str, Board]) -> list[FirmwareTarget]:
-    if not isinstance(raw, list) or not raw:
-        errors.append("field 'boards' must be a non-empty list of tables such as "
-                      "[{\"board\": \"btt-octopus-pro-h723-11\"}]")
-        return []
-    targets = []
-    for index, entry in enumerate(raw):
-        where = f"field 'boards[{index}]'"
-        if not isinstance(entry, Mapping):
-            errors.append(f"{where} must be a table with a 'board' key")
-            continue
-        board_id = entry.get("board")
-        if board_id not in catalog:
-            errors.append(f"{where}.board is {board_id!r}, not a catalog board id; use one of the files in "
-                          "pyinfra_ratos/boards/ or add your own board file")
-            continue
-        mcu_name = entry.get("mcu_name", "mcu" if index == 0 else f"toolboard_t{index - 1}")
-        if not isinstance(mcu_name, str) or not re.match(r"^[A-Za-z0-9_]+$", mcu_name):
-            errors.append(f"{where}.mcu_name is {mcu_name!r}; use letters, digits and '_' (e.g. toolboard_t0)")
-            continue
-        port = entry.get("port")
-        if port is not None and (not isinstance(port, str) or not PORT_RE.match(port)):
-            errors.append(f"{where}.port is {port!r}; use a USB port path such as '1-1.3' "
-                          "(ls /dev/serial/by-path on the Pi)")
-            continue
-        overrides = entry.get("kconfig", {})
-        if not isinstance(overrides, Mapping):
-            errors.append(f"{where}.kconfig must be a table of Kconfig symbols, e.g. {{\"CANBUS_FREQUENCY\": 1000000}}")
-            continue
-        target = FirmwareTarget(catalog[board_id], mcu_name, port, dict(overrides))
-        try:
-            target.fragment  # noqa: B018 - renders now, so a bad override fails before any Pi is touched
-        except KconfigError as error:
-            errors.append(f"{where}.kconfig: {error}")
-            continue
-        targets.append(target)
-    names = [t.mcu_name for t in targets]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        errors.append(f"field 'boards': mcu_name {name!r} is used twice; each board needs its own")
-    return targets
+    # one boards parser for every deploy (the printer configuration reads the same list)
+    specs, problems = parse_boards(raw, catalog)
+    errors.extend(f"field '{name}': {text}" for name, text in problems)
+    return [FirmwareTarget(s.board, s.mcu_name, s.port, s.kconfig) for s in specs]
 
 
 def firmware_settings(host: str, data: Mapping[str, Any], override: Mapping[str, Any],

@@ -15,6 +15,8 @@ Inventory host data keys (``printer_config`` deploy, ``printer.config`` operatio
                         port         USB port path ("1-1.3"), to tell identical boards apart
                         serial       explicit serial path; skips the USB lookup
                         canbus_uuid  12 hex digits, required for CAN boards
+                        kconfig      firmware build overrides (see firmware_settings)
+                      (one parser for both deploys: pyinfra_ratos.hostdata.parse_boards)
     hotend            RatOS hotend file name, e.g. "rapido"      -> [include RatOS/hotends/<x>.cfg]
     extruder          RatOS extruder file name, e.g. "orbiter-v2-0" -> RatOS/extruders/<x>.cfg
     probe             RatOS probe file name, e.g. "bltouch"       -> RatOS/z-probe/<x>.cfg
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyinfra_ratos.catalog import Board
-from pyinfra_ratos.klipper_config import value_problem
+from pyinfra_ratos.hostdata import parse_boards
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,6 @@ DATA_KEYS = ("printer_model", "printer_size", "boards", "hotend", "extruder", "p
              "stepper_current", "klipper_commit", "printer_templates")
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_MCU_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
-_PORT = re.compile(r"^[1-9][0-9]?-[1-9][0-9]?(\.[1-9][0-9]?){0,4}$")
-_SERIAL = re.compile(r"^/[A-Za-z0-9_./:+@=,-]+$")
-_CANBUS_UUID = re.compile(r"^[0-9a-f]{12}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -170,57 +168,10 @@ def parse_printer_data(host: str, data: Mapping[str, Any], catalog: Mapping[str,
 
 
 def _parse_boards(errors: list[str], raw: Any, catalog: Mapping[str, Board]) -> list[BoardEntry]:
-    example = '[{"board": "btt-octopus-pro-h723-11"}, {"board": "btt-ebb42-12", "mcu_name": "toolboard_t0"}]'
-    if not raw or not isinstance(raw, Sequence) or isinstance(raw, str):
-        errors.append(f"boards: missing or not a list. Fix: set boards = {example}")
-        return []
-    entries: list[BoardEntry] = []
-    toolboards = 0
-    for index, item in enumerate(raw):
-        where = f"boards[{index}]"
-        if not isinstance(item, Mapping) or "board" not in item:
-            errors.append(f"{where}: {item!r} is not a table with a 'board' key. Fix: write {{\"board\": \"<catalog id>\"}}")
-            continue
-        unknown = sorted(set(item) - {"board", "mcu_name", "port", "serial", "canbus_uuid"})
-        if unknown:
-            errors.append(f"{where}: unknown keys {', '.join(unknown)}. Fix: use board, mcu_name, port, serial, canbus_uuid")
-        board = catalog.get(item["board"]) if isinstance(item["board"], str) else None
-        if board is None:
-            errors.append(f"{where}.board: {item['board']!r} is not in the board catalog. "
-                          "Fix: use a catalog id (pyinfra_ratos/boards/*.toml) or add a board file")
-            continue
-        if "mcu_name" in item:
-            mcu_name = item["mcu_name"]
-        elif board.interface == "linux":
-            mcu_name = "rpi"
-        elif board.toolboard:
-            mcu_name = f"toolboard_t{toolboards}"
-        else:
-            mcu_name = "mcu" if not any(e.mcu_name == "mcu" for e in entries) else board.id.replace("-", "_")
-        toolboards += board.toolboard
-        if not isinstance(mcu_name, str) or not _MCU_NAME.match(mcu_name):
-            errors.append(f"{where}.mcu_name: {mcu_name!r} is not a Klipper MCU name. "
-                          "Fix: lower-case letters, digits and '_' (e.g. toolboard_t0)")
-            continue
-        port, serial, uuid = item.get("port"), item.get("serial"), item.get("canbus_uuid")
-        if port is not None and (not isinstance(port, str) or not _PORT.match(port)):
-            errors.append(f"{where}.port: {port!r} is not a USB port path. Fix: write it like \"1-1.3\" (see lsusb -t)")
-        if serial is not None and (not isinstance(serial, str) or not _SERIAL.match(serial)):
-            problem = value_problem(serial) if isinstance(serial, str) else None
-            errors.append(f"{where}.serial: {problem or repr(serial) + ' is not an absolute device path'}. "
-                          "Fix: write a path such as /dev/serial/by-id/usb-Klipper_stm32h723xx_...-if00")
-        if board.interface == "can" and serial is None and (
-            not isinstance(uuid, str) or not _CANBUS_UUID.match(uuid)
-        ):
-            errors.append(f"{where}.canbus_uuid: {uuid!r} is not a CAN UUID. "
-                          "Fix: set the 12 hex digits reported by Katapult's flashtool -q (e.g. \"a1b2c3d4e5f6\")")
-        entries.append(BoardEntry(board, mcu_name, port, serial, uuid))
-    names = [e.mcu_name for e in entries]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        errors.append(f"boards: mcu_name {name!r} is used twice. Fix: give each board its own mcu_name")
-    if entries and "mcu" not in names:
-        errors.append("boards: no board is the main 'mcu'. Fix: set mcu_name = \"mcu\" on the control board")
-    return entries
+    # one boards parser for every deploy (the firmware pipeline reads the same list)
+    specs, problems = parse_boards(raw, catalog)
+    errors.extend(f"{name}: {text}" for name, text in problems)
+    return [BoardEntry(s.board, s.mcu_name, s.port, s.serial, s.canbus_uuid) for s in specs]
 
 
 # --- serial paths from the AttachedBoards fact -----------------------------------------------

@@ -1,0 +1,164 @@
+"""``ratos-fleet status`` on the virtual farm: one SSH command per Pi, and none for a bad inventory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyinfra_ratos.sim import farm as sim_farm
+
+from .conftest import VENV_BIN, RunningFarm, start_farm
+
+SCENARIO = """
+[[pi]]
+name = "st-current"            # both MCUs run the host's version
+[[pi.boards]]
+board = "btt-octopus-pro-h723-11"
+firmware = "current"
+[[pi.boards]]
+board = "btt-ebb42-12"
+mcu_name = "toolboard_t0"
+firmware = "current"
+
+[[pi]]
+name = "st-behind"             # printing, and its MCU is behind the host
+state = "printing"
+[[pi.boards]]
+board = "btt-octopus-pro-h723-11"
+firmware = "old"
+
+[[pi]]
+name = "st-offline"            # no default route, its board in ROM DFU
+network = "offline"
+[[pi.boards]]
+board = "btt-octopus-pro-h723-11"
+mode = "dfu"
+firmware = "old"
+"""
+PIS = ("st-current", "st-behind", "st-offline")
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    state = tmp_path_factory.mktemp("farm-status")
+    scenario = state.parent / f"{state.name}-scenario.toml"
+    scenario.write_text(SCENARIO)
+    running = start_farm(scenario, state)
+    try:
+        yield running
+    finally:
+        sim_farm.down(state)
+
+
+def status(farm: RunningFarm, *args: str, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [str(VENV_BIN / "ratos-fleet"), "status", str(inventory or farm.inventory), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def ssh_commands(farm: RunningFarm) -> dict[str, int]:
+    counts = {}
+    for pi in PIS:
+        log = farm.upper(pi) / "var/log/ratos-sim/sshd.log"
+        counts[pi] = log.read_text(errors="replace").count("Starting session") if log.exists() else 0
+    return counts
+
+
+def derived(farm: RunningFarm, tmp_path: Path, body: str) -> Path:
+    """An inventory made from the farm's: its ``pis`` rewritten by ``body``."""
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(f"exec(open({str(farm.inventory)!r}).read())\n{body}\n")
+    return inventory
+
+
+def rows(stdout: str) -> dict[str, list[list[str]]]:
+    found: dict[str, list[list[str]]] = {}
+    for line in stdout.splitlines():
+        words = line.split()
+        if words and words[0] in (*PIS, "st-gone"):
+            found.setdefault(words[0], []).append(words)
+    return found
+
+
+def test_status_shows_every_board_against_the_host_version_with_one_ssh_command_per_pi(farm: RunningFarm) -> None:
+    before = ssh_commands(farm)
+    done = status(farm)
+    after = ssh_commands(farm)
+    assert {pi: after[pi] - before[pi] for pi in PIS} == dict.fromkeys(PIS, 1)
+    assert done.returncode == 1, done.stdout + done.stderr  # st-behind and st-offline are not converged
+    table = rows(done.stdout)
+    current = farm.info["versions"]["current"]["version"]
+    old = farm.info["versions"]["old"]["version"]
+    assert [(r[5], r[6], r[7], r[8], r[9]) for r in table["st-current"]] == [
+        ("mcu", "btt-octopus-pro-h723-11", "1-1.1", "klipper", current),
+        ("toolboard_t0", "btt-ebb42-12", "1-1.2", "klipper", current),
+    ]
+    assert all(" ".join(r[-3:]) == "up to date" for r in table["st-current"])
+    behind = table["st-behind"][0]
+    assert behind[:5] == ["st-behind", "yes", "online", behind[3], "yes"] and behind[9] == old
+    assert behind[-1] == "behind"
+    offline = table["st-offline"][0]
+    assert offline[1:3] == ["yes", "offline"] and offline[8] == "dfu" and offline[-1] == "unknown"
+    assert "3 printers: 1 converged, 2 not converged, 0 unreachable, 1 busy" in done.stdout
+
+
+def test_a_converged_printer_alone_exits_0(farm: RunningFarm) -> None:
+    done = status(farm, "--limit", "st-current")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert list(rows(done.stdout)) == ["st-current"]
+
+
+def test_json_prints_each_pis_facts_and_its_summary(farm: RunningFarm) -> None:
+    done = status(farm, "--json", "--limit", "st-behind", "--limit", "st-off*")
+    assert done.returncode == 1
+    found = json.loads(done.stdout)
+    assert found["converged"] is False and sorted(found["hosts"]) == ["st-behind", "st-offline"]
+    behind = found["hosts"]["st-behind"]
+    assert behind["status"] == "ok" and behind["error"] == ""
+    assert set(behind["facts"]) == {"boards", "klipper", "mcu_firmware", "activity", "network"}
+    assert behind["facts"]["activity"]["busy"] is True
+    assert behind["facts"]["mcu_firmware"]["mcus"]["mcu"]["matches_host"] is False
+    assert behind["summary"]["boards"][0]["firmware"] == "behind"
+    assert found["hosts"]["st-offline"]["summary"]["network"] == "offline"
+
+
+def test_an_unreachable_printer_is_reported_not_raised(farm: RunningFarm, tmp_path: Path) -> None:
+    inventory = derived(farm, tmp_path, (
+        "pis = pis[:1] + [('st-gone', {**pis[0][1], 'ssh_hostname': '127.0.0.1', 'ssh_port': 1})]"))
+    done = status(farm, inventory=inventory)
+    assert done.returncode == 1, done.stdout + done.stderr
+    table = rows(done.stdout)
+    assert table["st-current"][0][-3:] == ["up", "to", "date"]
+    gone = table["st-gone"][0]
+    assert gone[1] == "no" and "unreachable:" in gone
+    assert "2 printers: 1 converged, 0 not converged, 1 unreachable" in done.stdout
+
+
+def test_bad_inventory_values_are_each_one_line_and_nothing_runs_on_any_pi(farm: RunningFarm, tmp_path: Path) -> None:
+    inventory = derived(farm, tmp_path, "\n".join((
+        "pis = [(name, dict(data)) for name, data in pis]",
+        "pis[0][1]['boards'] = [{'board': 'btt-octopus-pro-h72', 'port': '1-1.1'}]",
+        "pis[1][1]['boards'] = [{'board': 'btt-octopus-pro-h723-11', 'port': 'usb1', 'serial': 'ttyACM0'}]",
+        "pis[2][1]['printer_modle'] = 'v-core-3'",
+        "pis[2][1]['attended_flash'] = True",
+    )))
+    before = ssh_commands(farm)
+    done = status(farm, inventory=inventory)
+    assert ssh_commands(farm) == before
+    assert done.returncode == 2 and done.stdout == ""
+    errors = [line.strip() for line in done.stderr.splitlines() if line.strip().startswith("host ")]
+    assert [line.split(":")[0] + ":" + line.split(":")[1].split("'")[1] for line in errors] == [
+        "host st-current:boards[0].board", "host st-behind:boards[0].port", "host st-behind:boards[0].serial",
+        "host st-offline:printer_modle", "host st-offline:attended_flash",
+    ]
+    assert "did you mean 'btt-octopus-pro-h723" in errors[0] and "did you mean 'printer_model'?" in errors[3]
+
+
+def test_an_unknown_limit_is_bad_input(farm: RunningFarm) -> None:
+    before = ssh_commands(farm)
+    done = status(farm, "--limit", "no-such-printer")
+    assert done.returncode == 2 and "--limit no-such-printer" in done.stderr
+    assert ssh_commands(farm) == before
