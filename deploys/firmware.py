@@ -10,14 +10,16 @@ Per host it reads the Pi in two SSH commands (``FleetAudit``, ``FirmwareArtifact
 the controller what its boards need (each identity once per run, from ``klipper_source`` at the
 commit the Pi runs), ships an artifact only to a Pi that lacks it, and flashes each board whose MCU
 does not run its identity yet, unless the printer is busy or the board must never be flashed
-unattended. Inventory keys: see :mod:`pyinfra_ratos.firmware_settings`. A converged host yields
-no command.
+unattended. With ``flash_backend = "pyusb"`` the pyusb DFU client is installed on a Pi before its
+first flash (one more SSH command to check it, on a Pi with something to flash). Inventory keys:
+see :mod:`pyinfra_ratos.firmware_settings`. A converged host yields no command.
 """
 
 from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import FileContents
 
 from pyinfra_ratos.builder import BuildError, shared_builder
 from pyinfra_ratos.catalog import load_catalog
@@ -41,6 +43,8 @@ def converge_firmware() -> None:
     artifacts = host.get_fact(FirmwareArtifacts)
     mcus = audit["mcu_firmware"].get("mcus", {})
     builder = shared_builder(settings.klipper_source, settings.cache, settings.allow_unclean)
+    client_checked = False
+    shipped: set[str] = set()  # two boards of one identity (a pair of Octopus) share one upload
     for target in settings.targets:
         title = f"Firmware {target.mcu_name} ({target.board.id})"
         try:
@@ -61,8 +65,14 @@ def converge_firmware() -> None:
             backend=settings.backend,
         )
         if plan.action == "flash":
-            firmware.upload(name=f"Upload {built.identity.name}", artifact=built,
-                            present=artifacts.get(built.identity.name))
+            if built.identity.name not in shipped:
+                shipped.add(built.identity.name)
+                firmware.upload(name=f"Upload {built.identity.name}", artifact=built,
+                                present=artifacts.get(built.identity.name))
+            if plan.method == "pyusb" and not client_checked:
+                client_checked = True
+                firmware.dfu_client(name="Install the pyusb DFU client",
+                                    present=host.get_fact(FileContents, path=firmware.DFU_CLIENT_STAMP))
         firmware.flash(name=title, plan=plan, mcu_name=target.mcu_name)
 
 

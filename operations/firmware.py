@@ -10,23 +10,30 @@ deploy :mod:`pyinfra_ratos.deploys.firmware` does all of it for every board of e
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gzip
+import hashlib
+import io
 import json
 import os
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
 
-from pyinfra_ratos import flash_agent
-from pyinfra_ratos.builder import BuiltArtifact
-from pyinfra_ratos.flash_plan import FlashPlan
+from pyinfra_ratos import dfu, flash_agent
+from pyinfra_ratos.builder import DEFAULT_CACHE, BuiltArtifact
+from pyinfra_ratos.flash_plan import DFU_CLIENT_VENV, FlashPlan, with_backend
 
 # relative to the SSH user's home: sftp paths and the agent's image paths resolve against it
 ARTIFACTS_DIR = "printer_data/firmware"
 _AGENT_SOURCE = Path(flash_agent.__file__).read_text(encoding="utf-8")
+# the sha256 of the installed client bundle, written last: no stamp, no (complete) client
+DFU_CLIENT_STAMP = f"{DFU_CLIENT_VENV}/pyinfra-ratos-dfu.sha256"
+_CLIENT_INIT = b'"""pyinfra-ratos on a Pi: only the pyusb DFU client (pyinfra_ratos.dfu) is installed here."""\n'
 
 
 def artifact_path(artifact: BuiltArtifact, name: str | None = None) -> str:
@@ -116,6 +123,90 @@ def upload(artifact: BuiltArtifact, present: Mapping[str, Any] | None = None):
     )
 
 
+def _python_files(package_dir: Path) -> list[Path]:
+    return sorted(path for path in package_dir.rglob("*.py") if "__pycache__" not in path.parts)
+
+
+@functools.lru_cache(maxsize=1)
+def dfu_client_bundle() -> tuple[bytes, str]:
+    """(tar.gz bytes, sha256) of what the client venv's site-packages must hold.
+
+    ``usb/`` is the controller's own pyusb (pure Python; the Pi needs only its libusb) and
+    ``pyinfra_ratos/dfu/`` the client, under a stub ``pyinfra_ratos/__init__.py``: nothing on
+    the Pi is ever fetched from the network. The tar is reproducible (sorted names, no
+    timestamps or owners), so its sha256 says whether the Pi already has this exact client.
+    """
+    import usb  # the controller's pyusb: a dependency of this package
+
+    members: list[tuple[str, bytes]] = [("pyinfra_ratos/__init__.py", _CLIENT_INIT)]
+    for package, prefix in ((Path(usb.__file__).parent, "usb"), (Path(dfu.__file__).parent, "pyinfra_ratos/dfu")):
+        members += [(f"{prefix}/{path.relative_to(package).as_posix()}", path.read_bytes())
+                    for path in _python_files(package)]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    data = gzip.compress(buffer.getvalue(), compresslevel=9, mtime=0)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _dfu_client_tarball() -> tuple[str, str]:
+    """(local path, sha256) of the bundle, written once under the controller's cache."""
+    data, sha = dfu_client_bundle()
+    path = DEFAULT_CACHE.parent / "dfu-client" / f"{sha}.tar.gz"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    return str(path), sha
+
+
+@operation()
+def dfu_client(present: Sequence[str] | str | None = None):
+    """
+    Install the pyusb DFU client (``pyinfra_ratos.dfu``) in a venv on the Pi, for ``backend="pyusb"``.
+
+    + present: what the Pi's stamp file holds (``host.get_fact(FileContents, path=DFU_CLIENT_STAMP)``)
+
+    The venv is ``~/.local/share/pyinfra-ratos/venv`` (``python3 -m venv --without-pip``); its
+    site-packages get pyusb and the client, shipped from the controller as one tar file, checked
+    by sha256 on the Pi before unpacking. No network is used on the Pi. Nothing happens when the
+    stamp already names this bundle's sha256; the stamp is written last, so a half-made venv is
+    made again on the next run.
+
+    **Example:**
+
+    .. code:: python
+
+        firmware.dfu_client(
+            name="Install the pyusb DFU client",
+            present=host.get_fact(FileContents, path=firmware.DFU_CLIENT_STAMP),
+        )
+    """
+    local, sha = _dfu_client_tarball()
+    lines = [present] if isinstance(present, str) else list(present or [])
+    if any(line.strip() == sha for line in lines):
+        host.noop(f"the pyusb DFU client {sha[:12]} is already installed")
+        return
+    top = os.path.dirname(DFU_CLIENT_VENV)
+    tar_remote = f"{top}/dfu-client.tar.gz"
+    venv = QuoteString(DFU_CLIENT_VENV)
+    yield StringCommand("mkdir", "-p", QuoteString(top))
+    yield FileUploadCommand(local, tar_remote)
+    site = StringCommand(QuoteString(f"{DFU_CLIENT_VENV}/bin/python"), "-I", "-c",
+                         QuoteString("import sysconfig; print(sysconfig.get_path('purelib'))"))
+    yield StringCommand(
+        "printf", "'%s\\n'", QuoteString(f"{sha}  {tar_remote}"), "|", "sha256sum", "--quiet", "--strict", "-c", "-",
+        "&&", "rm", "-rf", venv, "&&", "python3", "-m", "venv", "--without-pip", venv,
+        "&&", "site=$(", site, ")", "&&", "tar", "-xzf", QuoteString(tar_remote), "-C", '"$site"',
+        "&&", "rm", "-f", QuoteString(tar_remote),
+        "&&", "echo", sha, ">", QuoteString(DFU_CLIENT_STAMP),
+    )
+
+
 def _step(step: Any) -> dict[str, Any]:
     return {"step": type(step).__name__, **dataclasses.asdict(step)}
 
@@ -137,13 +228,17 @@ def agent_plan(plan: FlashPlan, mcu_name: str, moonraker_url: str) -> dict[str, 
 
 
 @operation()
-def flash(plan: FlashPlan, mcu_name: str = "mcu", moonraker_url: str = "http://127.0.0.1:7125"):
+def flash(plan: FlashPlan, mcu_name: str = "mcu", moonraker_url: str = "http://127.0.0.1:7125",
+          backend: str | None = None):
     """
     Carry out a board's flash plan on the Pi: skip, refuse, or flash and verify.
 
     + plan: the board's :class:`pyinfra_ratos.flash_plan.FlashPlan` (``plan_flash`` on facts)
     + mcu_name: Klipper's name for the board's MCU (``mcu``, ``toolboard_t0``...), for verification
     + moonraker_url: Moonraker as seen from the Pi
+    + backend: how a DFU board is written: ``dfu-util`` or ``pyusb`` (the client installed by
+      ``dfu_client``: it reads the flash back and compares before leaving DFU, so a bad write
+      leaves the board in DFU and fails); default: the plan's (``plan_flash(backend=...)``)
 
     A skip yields nothing (``host.noop`` says why). A refusal by policy (printer busy, a board that
     is never flashed unattended) is reported the same way; any other refusal (an image that does
@@ -152,7 +247,8 @@ def flash(plan: FlashPlan, mcu_name: str = "mcu", moonraker_url: str = "http://1
     before stopping Klipper, requests the bootloader, flashes by USB port, judges dfu-util by its
     output and by the board coming back, restarts Klipper on every exit path and verifies the
     version through Moonraker; its last line is the board's result record
-    (``RATOS-RESULT {...}``).
+    (``RATOS-RESULT {...}``, see :mod:`pyinfra_ratos.flash_agent`: it names the ``backend`` that
+    wrote and whether the flash was ``read_back``).
 
     **Example:**
 
@@ -171,6 +267,11 @@ def flash(plan: FlashPlan, mcu_name: str = "mcu", moonraker_url: str = "http://1
         return
     if plan.action != "flash":
         raise OperationError(f"unknown flash plan action {plan.action!r}")
+    if backend is not None:
+        try:
+            plan = with_backend(plan, backend)
+        except ValueError as error:
+            raise OperationError(str(error)) from None
     payload = json.dumps(agent_plan(plan, mcu_name, moonraker_url), sort_keys=True)
     # "$HOME" is the SSH user's (expanded before sudo): the agent finds the artifact under it
     yield StringCommand(

@@ -14,6 +14,15 @@ the expected version afterwards (or when nothing was touched because the printer
      "moonraker": "http://127.0.0.1:7125",
      "steps": [{"step": "EnsureIdle"}, {"step": "StopKlipper"}, ...],
      "finally_steps": [{"step": "StartKlipper"}], "verify_steps": [{"step": "Verify", ...}]}
+
+The result record::
+
+    {"board", "mcu_name", "port", "method", "before_version", "after_version",
+     "action": "flashed" | "failed" | "skipped", "reason", "verified": bool,
+     "backend": "dfu-util" | "pyusb" | "linux" | null,   # what wrote the firmware; null: nothing did
+     "read_back": true | false | null,   # the flash read back and compared (pyusb); null: not read back
+     "dfu_exit": int | null,             # exit status of the DFU tool that ran
+     "klipper_restarted": bool, "duration_s": float}
 """
 
 from __future__ import annotations
@@ -48,6 +57,9 @@ DFU_FAILURES: Sequence[tuple[str, str]] = (
      "the board's DFU reported an error while erasing/writing (flash protected or damaged)"),
 )
 DFU_DOWNLOADED = "File downloaded successfully"
+DOWNLOAD_TIMEOUT_S = 300  # a whole-flash write of the largest supported board takes under a minute
+COMMAND_TIMEOUT_S = 120
+VERIFY_POLL_S = 0.2  # klippy reports a reconnected MCU within a second or two
 
 
 def judge_dfu_result(exit_code: int, output_text: str, came_back: bool, reported_version: str | None,
@@ -112,6 +124,9 @@ class Agent:
         self.dfu_output = ""
         self.came_back = False
         self.klipper_stopped = False
+        self.backend: str | None = None  # what wrote the firmware, once a write started
+        self.read_back: bool | None = None
+        self.reported: str | None = None
         self.log: list[str] = []
 
     # --- steps -------------------------------------------------------------------------------
@@ -129,8 +144,10 @@ class Agent:
             raise BecameBusy(f"the printer started a job ({print_state or idle_state}) before the flash")
 
     def StopKlipper(self) -> None:
-        self.systemctl("stop", "klipper")
+        # set before the call: a stop that reports failure (a job timeout) may still have
+        # stopped it, and starting a running Klipper is harmless (design rule 4)
         self.klipper_stopped = True
+        self.systemctl("stop", "klipper")
 
     def StartKlipper(self) -> None:
         self.systemctl("start", "klipper")
@@ -138,33 +155,45 @@ class Agent:
     def RequestBootloader(self, tty: str, port: str) -> None:
         # Klipper's scripts/flash_usb.py: DTR up, 1200 baud, DTR down; the firmware reboots
         # into its bootloader (Katapult if present, else the ROM DFU)
+        # O_NOCTTY: a session leader opening a tty without it would make the board's tty its
+        # controlling terminal, and the hang-up when the board re-enumerates would kill it
+        # before Klipper is restarted; O_NONBLOCK: never wait for a carrier
         try:
-            with open(tty, "rb") as handle:
-                fd = handle.fileno()
-                fcntl.ioctl(fd, termios.TIOCMBIS, struct.pack("I", termios.TIOCM_DTR))
-                attrs = termios.tcgetattr(fd)
-                attrs[4] = attrs[5] = termios.B1200
-                termios.tcsetattr(fd, termios.TCSANOW, attrs)
-                fcntl.ioctl(fd, termios.TIOCMBIC, struct.pack("I", termios.TIOCM_DTR))
+            fd = os.open(tty, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as error:
             raise StepFailed(f"bootloader request on {tty} failed: {error}") from None
+        try:
+            fcntl.ioctl(fd, termios.TIOCMBIS, struct.pack("I", termios.TIOCM_DTR))
+            attrs = termios.tcgetattr(fd)
+            attrs[4] = attrs[5] = termios.B1200
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+            fcntl.ioctl(fd, termios.TIOCMBIC, struct.pack("I", termios.TIOCM_DTR))
+        except OSError as error:
+            raise StepFailed(f"bootloader request on {tty} failed: {error}") from None
+        finally:
+            os.close(fd)
         self.log.append(f"bootloader request sent on {tty}")
 
     def WaitDfu(self, port: str, timeout: float) -> None:
         if not self.wait_usb(port, DFU_ID, timeout):
             found = usb_id(port)
-            now = ":".join(found) if found else "nothing"
-            raise StepFailed(f"the board did not enter DFU on USB port {port} within {timeout:g} s ({now} there)")
+            if found == KLIPPER_ID:
+                now = "it still runs Klipper: the bootloader request was ignored"
+            else:
+                now = (":".join(found) if found else "nothing") + " there"
+            raise StepFailed(f"the board did not enter DFU on USB port {port} within {timeout:g} s ({now})")
 
     def DfuDownload(self, port: str, address: int, image: str, alt: int = 0, leave: bool = True) -> None:
         target = f"{address:#010x}" + (":leave" if leave else "")
         argv = ["dfu-util", "-p", port, "-R", "-a", str(alt), "-s", target, "-D", self.path(image)]
+        self.backend = "dfu-util"
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
         except FileNotFoundError:
-            raise StepFailed("dfu-util is not installed on the Pi") from None
+            raise StepFailed("dfu-util is not installed on the Pi (apt install dfu-util)") from None
         except subprocess.TimeoutExpired:
-            raise StepFailed("dfu-util did not finish within 300 s") from None
+            raise StepFailed(f"dfu-util did not finish within {DOWNLOAD_TIMEOUT_S} s; the board is "
+                             "probably left in DFU") from None
         self.dfu_exit, self.dfu_output = done.returncode, done.stdout + done.stderr
         self.log.append(f"dfu-util exit {done.returncode}")
         for needle, why in DFU_FAILURES:
@@ -174,12 +203,41 @@ class Agent:
             last = (self.dfu_output.strip().splitlines() or ["no output"])[-1]
             raise StepFailed(f"dfu-util did not report a complete download (exit {done.returncode}): {last}")
 
+    def PyusbDownload(self, port: str, address: int, image: str, protect_below: int, venv: str) -> None:
+        """The pyinfra_ratos.dfu client: erase, write, read back and compare, then leave DFU."""
+        python = os.path.join(self.path(venv), "bin", "python")
+        if not os.access(python, os.X_OK):
+            raise StepFailed(f"the pyusb DFU client is not installed on the Pi ({python} is missing): "
+                             "the firmware deploy installs it (operation firmware.dfu_client)")
+        # -I: neither the working directory nor PYTHON* variables can shadow the client
+        argv = [python, "-I", "-m", "pyinfra_ratos.dfu", "flash", "--port", port,
+                "--address", f"{address:#010x}", "--protect-below", f"{protect_below:#010x}",
+                "--image", self.path(image), "--name", self.plan["board"]]
+        self.backend = "pyusb"
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S, cwd="/")
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"the pyusb DFU client did not finish within {DOWNLOAD_TIMEOUT_S} s; the board "
+                             "is probably left in DFU") from None
+        self.dfu_exit, self.dfu_output = done.returncode, done.stdout + done.stderr
+        self.log.append(f"pyusb client exit {done.returncode}")
+        answer = client_answer(done.stdout)
+        self.read_back = answer.get("read_back_ok")
+        if done.returncode != 0 or answer.get("ok") is not True:
+            error = answer.get("error") or (done.stderr.strip().splitlines() or ["no output"])[-1]
+            failure = answer.get("failure") or "no JSON result"
+            raise StepFailed(f"pyusb DFU client failed ({failure}, exit {done.returncode}): {error}")
+
     def WaitKlipper(self, port: str, timeout: float) -> None:
         self.came_back = self.wait_usb(port, KLIPPER_ID, timeout)
         if not self.came_back:
-            raise StepFailed(judge_dfu_result(self.dfu_exit or 0, self.dfu_output, False, None, "")[1])
+            found = usb_id(port)
+            now = "still in DFU" if found == DFU_ID else (":".join(found) + " there" if found else "nothing there")
+            raise StepFailed(f"the download completed but the board did not come back as Klipper on its USB "
+                             f"port {port} within {timeout:g} s ({now})")
 
     def InstallBinary(self, source: str, dest: str) -> None:
+        self.backend = "linux"
         self.run(["install", "-m", "0755", self.path(source), dest])
 
     def RestartService(self, name: str) -> None:
@@ -195,9 +253,9 @@ class Agent:
             reported = status.get(key, {}).get("mcu_version")
             if reported == version:
                 break
-            time.sleep(0.5)
-        if self.dfu_exit is not None:
-            ok, reason = judge_dfu_result(self.dfu_exit, self.dfu_output, self.came_back, reported, version)
+            time.sleep(VERIFY_POLL_S)
+        if self.backend == "dfu-util":
+            ok, reason = judge_dfu_result(self.dfu_exit or 0, self.dfu_output, self.came_back, reported, version)
         else:
             ok = reported == version
             reason = f"{mcu_name} runs {version}" if ok else f"{mcu_name} reports {reported or 'nothing'}, expected {version}"
@@ -220,7 +278,12 @@ class Agent:
         return False
 
     def run(self, argv: list[str]) -> None:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"{' '.join(argv)} did not finish within {COMMAND_TIMEOUT_S} s") from None
+        except OSError as error:
+            raise StepFailed(f"{' '.join(argv)} could not run: {error.strerror}") from None
         if done.returncode != 0:
             raise StepFailed(f"{' '.join(argv)} failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()}")
 
@@ -228,7 +291,10 @@ class Agent:
         self.run(["systemctl", verb, unit])
 
     def service_active(self, unit: str) -> bool:
-        return subprocess.run(["systemctl", "is-active", "--quiet", unit]).returncode == 0
+        try:
+            return subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=COMMAND_TIMEOUT_S).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return True  # unknown counts as running: the printer may be busy
 
     def call(self, step: dict[str, Any]) -> None:
         args = {key: value for key, value in step.items() if key != "step"}
@@ -238,7 +304,6 @@ class Agent:
 
     def execute(self) -> dict[str, Any]:
         started = time.monotonic()
-        self.reported: str | None = None
         result: dict[str, Any] = {
             "board": self.plan["board"], "mcu_name": self.plan.get("mcu_name"), "port": self.plan.get("port"),
             "method": self.plan.get("method"), "before_version": self.plan.get("before_version"),
@@ -269,13 +334,29 @@ class Agent:
                     result.update(action="flashed", verified=True, reason=f"{self.plan['board']}: {self.log[-1]}")
                 except StepFailed as failed:
                     failure = str(failed)
+                except Exception as error:  # noqa: BLE001 - always end with a result line
+                    failure = f"unexpected error while verifying: {error!r}"
             if failure is not None:
                 result.update(action="failed", reason=f"{self.plan['board']}: {failure}")
-        result["after_version"] = self.reported
+        # a board left alone still runs what it ran; otherwise only what Klipper reported counts
+        result["after_version"] = self.plan.get("before_version") if result["action"] == "skipped" else self.reported
         result["klipper_restarted"] = self.klipper_stopped
+        result["backend"] = self.backend
+        result["read_back"] = self.read_back
         result["dfu_exit"] = self.dfu_exit
         result["duration_s"] = round(time.monotonic() - started, 2)
         return result
+
+
+def client_answer(stdout: str) -> dict[str, Any]:
+    """The pyusb client's JSON result: its last stdout line; {} when there is none."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue
+        return answer if isinstance(answer, dict) else {}
+    return {}
 
 
 def main(argv: list[str]) -> int:

@@ -25,6 +25,8 @@ from pyinfra_ratos.identity import FirmwareIdentity, config_sha256
 from pyinfra_ratos.kconfig import derived_problems, parse_config
 
 BACKENDS = ("dfu-util", "pyusb")
+# the venv holding pyusb and pyinfra_ratos.dfu on the Pi, relative to the SSH user's home
+DFU_CLIENT_VENV = ".local/share/pyinfra-ratos/venv"
 LINUX_MCU_BINARY = "/usr/local/bin/klipper_mcu"
 LINUX_MCU_SERVICE = "klipper-mcu"
 
@@ -83,6 +85,21 @@ class DfuDownload:
 
 
 @dataclass(frozen=True)
+class PyusbDownload:
+    """``python -m pyinfra_ratos.dfu flash`` from the venv ``venv`` (relative to the SSH user's home).
+
+    Erases only sectors at or above ``protect_below``, reads the flash back and compares it
+    before leaving DFU: a bad write leaves the board in DFU instead of booting it.
+    """
+
+    port: str
+    address: int
+    image: str
+    protect_below: int
+    venv: str = DFU_CLIENT_VENV
+
+
+@dataclass(frozen=True)
 class WaitKlipper:
     """Wait for the board to come back as Klipper on the same USB port."""
 
@@ -110,7 +127,7 @@ class Verify:
 
 
 Step = Union[EnsureIdle, StopKlipper, StartKlipper, RequestBootloader, WaitDfu, DfuDownload,
-             WaitKlipper, InstallBinary, RestartService, Verify]
+             PyusbDownload, WaitKlipper, InstallBinary, RestartService, Verify]
 
 
 # ---------------------------------------------------------------- the plan
@@ -251,6 +268,27 @@ def _linux_steps(board: Board, mcu_name: str, artifact: Artifact) -> FlashPlan:
     )
 
 
+def download_step(backend: str, port: str, address: int, image: str) -> Step:
+    """The step writing ``image`` at ``address`` on the DFU device at ``port``, with ``backend``.
+
+    The pyusb client never erases below the application address: the bootloader stays.
+    """
+    if backend == "pyusb":
+        return PyusbDownload(port=port, address=address, image=image, protect_below=address)
+    return DfuDownload(port=port, address=address, image=image)
+
+
+def with_backend(plan: FlashPlan, backend: str) -> FlashPlan:
+    """The same plan, downloading with ``backend``; plans that write nothing over DFU are unchanged."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown flash backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if plan.action != "flash" or plan.method not in BACKENDS or plan.method == backend:
+        return plan
+    steps = tuple(download_step(backend, step.port, step.address, step.image)
+                  if isinstance(step, (DfuDownload, PyusbDownload)) else step for step in plan.steps)
+    return replace(plan, method=backend, steps=steps)
+
+
 def _dfu_steps(board: Board, entry: Mapping[str, Any], mcu_name: str, artifact: Artifact,
                backend: str, dfu_timeout: float, klipper_timeout: float) -> FlashPlan:
     port = entry["port"]
@@ -259,7 +297,7 @@ def _dfu_steps(board: Board, entry: Mapping[str, Any], mcu_name: str, artifact: 
         body.append(RequestBootloader(entry["tty"], port))
     body += [
         WaitDfu(port, dfu_timeout),
-        DfuDownload(port=port, address=board.app_address, image=artifact.path),
+        download_step(backend, port, board.app_address, artifact.path),
         WaitKlipper(port, klipper_timeout),
     ]
     return FlashPlan(

@@ -20,6 +20,7 @@ from pyinfra_ratos.flash_plan import (
     EnsureIdle,
     FlashPlan,
     InstallBinary,
+    PyusbDownload,
     RequestBootloader,
     RestartService,
     StartKlipper,
@@ -29,6 +30,7 @@ from pyinfra_ratos.flash_plan import (
     WaitKlipper,
     judge_dfu_result,
     plan_flash,
+    with_backend,
 )
 from pyinfra_ratos.identity import FirmwareIdentity, identity_of
 from pyinfra_ratos.sim.klipper_repo import create_template_repo
@@ -153,6 +155,25 @@ def test_pyusb_backend_is_named_in_the_plan(artifact) -> None:
     assert plan(H723, artifact(H723), backend="pyusb").method == "pyusb"
     with pytest.raises(ValueError, match="dfu-util"):
         plan(H723, artifact(H723), backend="stm32flash")
+
+
+def test_pyusb_backend_writes_with_the_client_and_never_erases_below_the_app(artifact) -> None:
+    art = artifact(H723)
+    result = plan(H723, art, backend="pyusb")
+    downloads = [step for step in result.steps if isinstance(step, (DfuDownload, PyusbDownload))]
+    assert downloads == [PyusbDownload(port="1-1.3", address=0x08020000, image=art.path, protect_below=0x08020000)]
+    assert isinstance(result.steps[-1], WaitKlipper)
+
+
+def test_with_backend_swaps_only_the_download_step(artifact) -> None:
+    by_dfu_util = plan(H723, artifact(H723))
+    by_pyusb = with_backend(by_dfu_util, "pyusb")
+    assert by_pyusb == plan(H723, artifact(H723), backend="pyusb")
+    assert with_backend(by_pyusb, "dfu-util") == by_dfu_util
+    linux = plan(RPI, artifact(RPI), attached={}, mcu_name="rpi")
+    assert with_backend(linux, "pyusb") == linux  # nothing to write over DFU
+    with pytest.raises(ValueError, match="pyusb"):
+        with_backend(by_dfu_util, "openocd")
 
 
 # ---------------------------------------------------------------- rule 1: never while printing

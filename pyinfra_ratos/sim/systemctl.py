@@ -29,6 +29,7 @@ UNITS = {
 }
 MOONRAKER_MODULE = "pyinfra_ratos.sim.moonraker"
 DEFAULT_MOONRAKER_PID_FILE = "/run/ratos-sim/moonraker.pid"
+KLIPPER_MCU_BINARY = "/usr/local/bin/klipper_mcu"  # what klipper-mcu.service runs
 UID_ENV = "RATOS_SIM_UID"  # who the caller is, for tests that cannot drop root
 SYSTEMD_VERSION = "252.33-1~deb12u1"
 CHANGING_VERBS = {"start", "stop", "restart", "reload", "try-restart", "reload-or-restart",
@@ -216,6 +217,24 @@ def set_service_flag(name: str, active: bool, path: str | None) -> None:
         state.setdefault("services", {})[name] = "active" if active else "inactive"
 
 
+def start_klipper_mcu(path: str | None) -> None:
+    """Like the real unit, run the installed host-MCU binary: the MCUs served by klipper-mcu then
+    report the dictionary embedded in it. Without an installed binary the scenario's firmware stays."""
+    from pyinfra_ratos.sim.usb.firmware import find_dictionary, firmware_summary
+
+    try:
+        with open(KLIPPER_MCU_BINARY, "rb") as handle:
+            dictionary = find_dictionary(handle.read())
+    except OSError:
+        dictionary = None
+    with pistate.update(path) as state:
+        state.setdefault("services", {})["klipper-mcu"] = "active"
+        if dictionary is not None:
+            for mcu in state.get("mcus", []):
+                if mcu.get("service") == "klipper-mcu":
+                    mcu["firmware"] = firmware_summary(dictionary)
+
+
 # ---------------------------------------------------------------- moonraker
 
 
@@ -273,6 +292,8 @@ def start_service(name: str, path: str | None = None) -> None:
         start_klipper(path)
     elif name == "moonraker":
         start_moonraker(path)
+    elif name == "klipper-mcu":
+        start_klipper_mcu(path)
     else:
         set_service_flag(name, True, path)
 

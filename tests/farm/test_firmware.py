@@ -13,6 +13,7 @@ import pytest
 from pyinfra_ratos.builder import Builder, builds_made
 from pyinfra_ratos.catalog import load_catalog
 from pyinfra_ratos.kconfig import render_fragment
+from pyinfra_ratos.operations import firmware
 from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim.klipper_repo import build_firmware
 
@@ -20,7 +21,7 @@ from .conftest import RunningFarm, start_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "firmware-lab.toml"
 DEPLOY = Path(__file__).parents[2] / "deploys" / "firmware.py"
-RESULT = re.compile(r"RATOS-RESULT (\{.*\})")
+RESULT = re.compile(r'RATOS-RESULT (\{".*\})')
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
         sim_farm.down(state)
 
 
-def deploy(lab: RunningFarm, *limit: str, data: str | None = None) -> str:
+def deploy(lab: RunningFarm, *limit: str, data: str | None = None, verbose: bool = False) -> str:
     args = [str(DEPLOY)]
     for name in limit:
         args += ["--limit", name]
     if data:
         args += ["--data", data]
+    if verbose:
+        args.append("-vvv")  # command output too: the result records of successful flashes
     return lab.pyinfra(*args, check=False).stdout
 
 
@@ -165,9 +168,59 @@ def test_rule6_two_boards_in_dfu_are_each_flashed_by_port(lab: RunningFarm) -> N
     assert mcu_version(lab, "fw-pair", "second") == current(lab), out
     ports = {e["port"] for e in usb_events(lab, "fw-pair") if e["event"] == "leave-request"}
     assert ports == {"1-1.1", "1-1.2"}
+    assert len(re.findall(r"Starting operation: .*\| Upload ", out)) == 1, out  # one identity, one upload
 
 
 def test_each_identity_is_built_once_for_the_whole_run(lab: RunningFarm) -> None:
     made = builds_made(lab.state / "firmware-cache")
     identities = [b["identity"] for b in made]
     assert len(identities) == len(set(identities))
+
+
+def flash_contents(lab: RunningFarm, pi: str, port: str) -> bytes:
+    return (lab.upper(pi) / "var/lib/ratos-sim/usb" / port / "flash.bin").read_bytes()
+
+
+def shipped(lab: RunningFarm, pi: str, name: str) -> bytes:
+    """The one artifact file ``name`` the pipeline shipped to the Pi."""
+    (path,) = (lab.state / "pis" / pi / "home/pi/printer_data/firmware").glob(f"*/{name}")
+    return path.read_bytes()
+
+
+def test_pyusb_backend_catches_a_corrupted_write_by_read_back_and_a_rerun_repairs_it(lab: RunningFarm) -> None:
+    pi, port = "fw-pyusb", "1-1.1"
+    out = deploy(lab, pi, data="flash_backend=pyusb")
+    (record,) = [r for r in results(out) if r["board"] == "btt-octopus-pro-h723-11"]
+    assert (record["action"], record["backend"], record["read_back"]) == ("failed", "pyusb", False), out
+    assert "read-back differs from the image at 0x08020800" in record["reason"]
+    assert record["klipper_restarted"] is True and pistate(lab, pi)["services"]["klipper"] == "active"
+    assert 'path="1-1.1"' in lab.ssh(pi, "sudo dfu-util -l").stdout  # left in DFU, not booted
+    assert "leave-request" not in [e["event"] for e in usb_events(lab, pi)]
+    assert mcu_version(lab, pi) is None
+    assert re.search(r"\[fw-pyusb\].*Error", out)
+    stamp = lab.state / "pis" / pi / "home/pi" / firmware.DFU_CLIENT_STAMP
+    installed = stamp.stat().st_mtime_ns
+
+    rerun = deploy(lab, pi, data="flash_backend=pyusb", verbose=True)
+    (record,) = [r for r in results(rerun) if r["board"] == "btt-octopus-pro-h723-11"]
+    assert (record["action"], record["backend"], record["read_back"]) == ("flashed", "pyusb", True), rerun
+    image = shipped(lab, pi, "klipper.bin")
+    assert flash_contents(lab, pi, port)[0x20000:0x20000 + len(image)] == image
+    assert mcu_version(lab, pi) == current(lab)
+    assert stamp.stat().st_mtime_ns == installed  # the client went over once
+    assert grand_total(rerun)["error"] == 0, rerun
+
+
+def test_linux_host_mcu_gets_klipper_elf_as_klipper_mcu_and_reports_the_new_version(lab: RunningFarm) -> None:
+    pi = "fw-hostmcu"
+    assert mcu_version(lab, pi, "rpi") == lab.info["versions"]["old"]["version"]
+    out = deploy(lab, pi)
+    assert (lab.upper(pi) / "usr/local/bin/klipper_mcu").read_bytes() == shipped(lab, pi, "klipper.elf"), out
+    assert mcu_version(lab, pi, "rpi") == current(lab), out
+    answer = json.loads(lab.ssh(pi, "curl -s 'http://127.0.0.1:7125/printer/objects/query?mcu%20rpi'").stdout)
+    assert answer["result"]["status"]["mcu rpi"]["mcu_version"] == current(lab)
+    state = pistate(lab, pi)
+    assert state["services"]["klipper-mcu"] == "active" and state["services"]["klipper"] == "active"
+    rerun = deploy(lab, pi)
+    total = grand_total(rerun)
+    assert (total["success"], total["error"]) == (0, 0), rerun
