@@ -213,12 +213,13 @@ def prepare_pi(
          "firmware": b.firmware, "faults": list(b.faults), "serial": b.serial or _chip_serial(pi.name, b)}
         for b in pi.boards
     ]
-    pihome.write_home(home, pi.name, pi.model, boards, board_ids, PI_UID, PI_GID)
+    pihome.write_home(home, pi.name, pi.model, boards, board_ids, PI_UID, PI_GID, fresh=pi.fresh)
     shutil.copy2(state_dir / "id_ed25519.pub", home / ".ssh" / "authorized_keys")
     os.chown(home / ".ssh" / "authorized_keys", PI_UID, PI_GID)
-    shutil.copytree(template, home / "klipper", symlinks=True)
-    owner = (0, 0) if pi.klipper_owner == "root" else (PI_UID, PI_GID)
-    _run("chown", "-R", f"{owner[0]}:{owner[1]}", str(home / "klipper"))
+    if not pi.fresh:  # a fresh card has no Klipper checkout yet: provisioning brings it
+        shutil.copytree(template, home / "klipper", symlinks=True)
+        owner = (0, 0) if pi.klipper_owner == "root" else (PI_UID, PI_GID)
+        _run("chown", "-R", f"{owner[0]}:{owner[1]}", str(home / "klipper"))
 
     mcus, usb_boards = [], []
     images = upper / "var" / "lib" / "ratos-sim" / "images"
@@ -267,6 +268,8 @@ def prepare_pi(
         "host_build_versions": "",
         "mcus": mcus,
     }
+    if pi.fresh:
+        state["enabled"] = {"klipper": False}  # installed, never configured: nothing enabled it
     pistate.save(state, str(upper / "var" / "lib" / "ratos-sim" / "state.json"))
     config = {
         "name": pi.name,

@@ -97,6 +97,22 @@ def printer_cfg(name: str, model: str, boards: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + save_config_block(name)
 
 
+RATOS_INITIAL_INCLUDE = "RatOS/printers/initial-setup.cfg"
+
+
+def ratos_initial_printer_cfg() -> str:
+    """printer.cfg as a freshly flashed RatOS card has it: one include, no calibration at all."""
+    return "\n".join(
+        [
+            "# RatOS initial configuration: this printer has not been configured yet.",
+            "# Pick the printer and its boards in the RatOS configurator; see https://os.ratrig.com",
+            "",
+            f"[include {RATOS_INITIAL_INCLUDE}]",
+            "",
+        ]
+    )
+
+
 def moonraker_conf() -> str:
     return "\n".join(
         [
@@ -135,13 +151,17 @@ def klippy_log_header(name: str) -> str:
 
 
 def write_home(
-    home: Path, name: str, model: str, boards: list[dict[str, Any]], board_ids: list[str], uid: int, gid: int
+    home: Path, name: str, model: str, boards: list[dict[str, Any]], board_ids: list[str], uid: int, gid: int,
+    fresh: bool = False,
 ) -> None:
-    """Write ``/home/pi`` of one Pi (everything but ``~/klipper``), owned by the pi user."""
+    """Write ``/home/pi`` of one Pi (everything but ``~/klipper``), owned by the pi user.
+
+    ``fresh``: as a freshly flashed card has it, with RatOS's initial printer.cfg (no calibration).
+    """
     data = home / "printer_data"
     config = data / "config"
     files = {
-        config / "printer.cfg": printer_cfg(name, model, boards),
+        config / "printer.cfg": ratos_initial_printer_cfg() if fresh else printer_cfg(name, model, boards),
         config / "moonraker.conf": moonraker_conf(),
         data / "logs" / "klippy.log": klippy_log_header(name),
         data / "logs" / "moonraker.log": "",
@@ -153,6 +173,7 @@ def write_home(
         files[config / "RatOS" / "printers" / model_id / f"{model_id}.cfg"] = (
             f"# RatOS printer definition for {model_id}\n[printer]\nkinematics: corexy\n"
         )
+    files[config / RATOS_INITIAL_INCLUDE] = "# RatOS initial setup: macros that ask for the configurator\n"
     for board_id in board_ids:
         files[config / "RatOS" / "boards" / board_id / "config.cfg"] = (
             f"# RatOS pin definitions for {board_id}\n[board_pins {board_id}]\naliases:\n    x_step_pin=PF13\n"

@@ -6,6 +6,7 @@
     name = "vcore-01"            # also the hostname
     state = "standby"            # print_stats.state
     network = "online"           # online|offline
+    fresh = false                # true: a freshly flashed SD card (no ~/klipper, no calibration)
     [[pi.boards]]
     board = "btt-octopus-pro-h723-11"
     mode = "klipper"             # bootloader state at start
@@ -74,6 +75,9 @@ class PiSpec:
     klipper_owner: str = "pi"  # "root": the dubious-ownership trap of a checkout made by sudo
     model: str = "v-core-3"  # RatOS printer model the Pi's printer.cfg includes
     allowed_services: tuple[str, ...] = ("klipper", "moonraker", "klipper-mcu", "crowsnest")
+    # A freshly flashed RatOS SD card: no ~/klipper, RatOS's initial printer.cfg (no SAVE_CONFIG),
+    # klipper.service present but disabled and stopped (nothing configured it yet).
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSp
         raw,
         (
             "name", "state", "network", "boards", "klipper", "moonraker", "klipper_owner",
-            "allowed_services", "model",
+            "allowed_services", "model", "fresh",
         ),
     )
     if not isinstance(name, str) or not HOSTNAME_RE.match(name):
@@ -182,16 +186,21 @@ def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSp
     allowed = raw.get("allowed_services", list(PiSpec.allowed_services))
     if not isinstance(allowed, list) or not all(isinstance(s, str) for s in allowed):
         raise ScenarioError(f"{where}: key 'allowed_services' must be a list of service names")
+    fresh = raw.get("fresh", False)
+    if not isinstance(fresh, bool):
+        raise ScenarioError(f"{where}: key 'fresh' is {fresh!r}; use true or false")
     return PiSpec(
         name=name,
         state=_check(where, "state", raw.get("state", "standby"), PRINT_STATES),
         network=_check(where, "network", raw.get("network", "online"), NETWORKS),
         boards=boards,
-        klipper=_check(where, "klipper", raw.get("klipper", "active"), SERVICE_STATES),
+        # a fresh card's klipper.service has no checkout to run: stopped unless the scenario says
+        klipper=_check(where, "klipper", raw.get("klipper", "inactive" if fresh else "active"), SERVICE_STATES),
         moonraker=_check(where, "moonraker", raw.get("moonraker", "active"), SERVICE_STATES),
         klipper_owner=owner,
         allowed_services=tuple(allowed),
         model=_check(where, "model", raw.get("model", "v-core-3"), MODELS),
+        fresh=fresh,
     )
 
 

@@ -1,0 +1,252 @@
+"""
+Provision a RatOS Pi from its inventory record: from a freshly flashed SD card to a converged printer.
+
+.. code:: sh
+
+    pyinfra -y INVENTORY deploys/provision.py
+
+In order, per host: the config backup (before anything touches the config) or, on a card that was
+replaced, the restore of the newest calibrated backup; hostname and timezone; packages; the udev
+rule for ``/dev/RatOS/<serial>``; ``~/klipper`` at the fleet's pinned commit (from GitHub, or from
+the controller's bundle when the Pi is offline); services enabled and running (Klipper restarted
+on a new commit, unless printing); firmware for every board; RatOS.cfg/printer.cfg and Moonraker's
+pins; a last backup when the config changed. A converged Pi yields no command at all.
+
+pyinfra reads facts before anything runs, so what follows a Klipper checkout or a restore (firmware
+is built for the commit the Pi runs, the config is rendered over the restored printer.cfg) runs
+at execution time in a ``python.call``, reading the Pi as it is then; a converged Pi does not need
+it and stays a no-op.
+
+Host data (besides the printer's and firmware's keys, see ``printer_model``/``firmware_settings``)::
+
+    klipper_commit       the fleet's pinned Klipper commit, 40 hex digits                  (required)
+    klipper_source       a Klipper checkout on the controller holding it (bundles, firmware) (required)
+    klipper_remote       origin of a new checkout [https://github.com/Klipper3d/klipper.git]
+    klipper_bundle_cache the controller's bundle folder [~/.cache/pyinfra-ratos/bundles]
+    hostname             the Pi's hostname [the inventory name, when it is a valid hostname]
+    timezone             e.g. "Europe/Copenhagen" [left as it is]
+    build_on_pi          true: also install the ARM toolchain (--no-install-recommends) [false]
+    provision_services   systemd units enabled and running [klipper, moonraker, klipper-mcu]
+    config_backups       the controller's backup folder [~/.local/share/pyinfra-ratos/config-backups]
+    config_backup_keep   versions kept per host [20]
+    printer_config_dir, printer_user_config, printer_when_busy, printer_backups: as deploys/printer_config.py
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from io import StringIO
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import File
+from pyinfra.facts.server import Hostname, Timezone
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+from pyinfra.operations import apt, files, python, server, systemd
+
+from pyinfra_ratos.bundle import describe
+from pyinfra_ratos.deploys import executed_by_pyinfra
+from pyinfra_ratos.deploys.firmware import converge_firmware
+from pyinfra_ratos.facts.audit import FleetAudit
+from pyinfra_ratos.facts.remote import remote_endpoint
+from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
+
+BASE_PACKAGES = ("dfu-util", "python3-venv", "git")
+TOOLCHAIN = ("gcc-arm-none-eabi", "binutils-arm-none-eabi", "libnewlib-arm-none-eabi")
+SERVICES = ("klipper", "moonraker", "klipper-mcu")
+UDEV_RULE_PATH = "/etc/udev/rules.d/98-pyinfra-ratos.rules"
+# RatOS names a board's serial port after the USB serial its firmware reports (RatOS builds set it
+# to the board id), for every device whose firmware says it is Klipper: printer.cfg's
+# ``serial: /dev/RatOS/<board id>`` then survives reflashing and replugging.
+UDEV_RULE = (
+    "# Written by pyinfra-ratos (deploys/provision.py): /dev/RatOS/<USB serial> for Klipper boards.\n"
+    'SUBSYSTEM=="tty", SUBSYSTEMS=="usb", ATTRS{manufacturer}=="Klipper", ATTRS{serial}=="?*", '
+    'SYMLINK+="RatOS/$attr{serial}"\n'
+)
+UDEV_RELOAD = ("udevadm control --reload-rules && udevadm trigger --subsystem-match=tty --action=add "
+               "|| echo 'pyinfra-ratos: udev is not running here: the rule applies from the next boot'")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_TIMEZONE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class ProvisionSettings:
+    commit: str
+    source: str | None
+    remote: str
+    bundle_cache: str | None
+    hostname: str | None
+    timezone: str | None
+    build_on_pi: bool
+    services: tuple[str, ...]
+    backups: str | None
+    backup_keep: int
+    config_dir: str
+    user_config: str
+    when_busy: str
+    file_backups: int
+
+
+def _flag(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    return None
+
+
+def provision_settings(name: str, data: Mapping[str, Any]) -> tuple[ProvisionSettings | None, list[str]]:
+    """The host's provisioning data, or every problem with it (field, value, fix)."""
+    errors = []
+    commit = data.get("klipper_commit")
+    if not isinstance(commit, str) or not _COMMIT.match(commit):
+        errors.append(f"field 'klipper_commit' is {commit!r}: the fleet's pinned Klipper commit, 40 lower-case "
+                      "hex digits (`git rev-parse HEAD` in klipper_source)")
+    hostname = data.get("hostname", name if _HOSTNAME.match(name) else None)
+    if hostname is not None and (not isinstance(hostname, str) or not _HOSTNAME.match(hostname)):
+        errors.append(f"field 'hostname' is {hostname!r}: lower-case letters, digits and '-', at most 63")
+    timezone = data.get("timezone")
+    if timezone is not None and (not isinstance(timezone, str) or not _TIMEZONE.match(timezone)):
+        errors.append(f"field 'timezone' is {timezone!r}: a zone name such as 'Europe/Copenhagen'")
+    build_on_pi = _flag(data.get("build_on_pi", False))
+    if build_on_pi is None:
+        errors.append(f"field 'build_on_pi' is {data.get('build_on_pi')!r}: true or false")
+    services = data.get("provision_services", SERVICES)
+    if not isinstance(services, (list, tuple)) or not all(isinstance(s, str) and re.match(r"^[\w@.-]+$", s)
+                                                          for s in services):
+        errors.append(f"field 'provision_services' is {services!r}: a list of systemd unit names")
+    keep = data.get("config_backup_keep", backup.DEFAULT_KEEP)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        errors.append(f"field 'config_backup_keep' is {keep!r}: versions kept, an int >= 1")
+    remote = data.get("klipper_remote", klipper.DEFAULT_REMOTE)
+    if not isinstance(remote, str) or not remote:
+        errors.append(f"field 'klipper_remote' is {remote!r}: a git URL")
+    if errors:
+        return None, [f"host {name}: {e}" for e in errors]
+    return ProvisionSettings(
+        commit=commit, source=data.get("klipper_source"), remote=remote,
+        bundle_cache=data.get("klipper_bundle_cache"), hostname=hostname, timezone=timezone,
+        build_on_pi=bool(build_on_pi), services=tuple(services), backups=data.get("config_backups"),
+        backup_keep=keep, config_dir=data.get("printer_config_dir", "~/printer_data/config"),
+        user_config=data.get("printer_user_config", "adopt"), when_busy=data.get("printer_when_busy", "write"),
+        file_backups=data.get("printer_backups", 5),
+    ), []
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+# pyinfra caches no fact and its operations read theirs again: each step reads the one fact that
+# tells whether anything is to do, and calls the operation only then (a fleet's rerun stays cheap)
+
+
+def _system(settings: ProvisionSettings) -> None:
+    if settings.hostname and host.get_fact(Hostname) != settings.hostname:
+        server.hostname(name="Hostname", hostname=settings.hostname, _sudo=True)
+    if settings.timezone and host.get_fact(Timezone) != settings.timezone:
+        zone = f"/usr/share/zoneinfo/{settings.timezone}"
+        if not host.get_fact(File, path=zone):
+            firmware.refuse(name="Timezone", reason=f"timezone {settings.timezone!r}: no {zone} on the Pi (a typo?)")
+        else:
+            files.link(name="Timezone", path="/etc/localtime", target=zone, _sudo=True)
+            files.put(name="Timezone name", src=StringIO(f"{settings.timezone}\n"), dest="/etc/timezone",
+                      mode="644", _sudo=True)
+    wanted = BASE_PACKAGES + (TOOLCHAIN if settings.build_on_pi else ())
+    installed = host.get_fact(DebPackages)
+    missing = [p for p in wanted if p not in installed]
+    if missing:  # an apt-get update only when something must be installed
+        apt.packages(name="Packages", packages=missing, update=True, cache_time=3600,
+                     extra_install_args="--no-install-recommends", _sudo=True)
+    rule = files.put(name="udev rule: /dev/RatOS/<serial>", src=StringIO(UDEV_RULE), dest=UDEV_RULE_PATH,
+                     user="root", group="root", mode="644", _sudo=True)
+    server.shell(name="Reload udev rules", commands=[UDEV_RELOAD], _sudo=True, _if=rule.did_change)
+
+
+def _services(settings: ProvisionSettings) -> None:
+    units = {service: service if "." in service else f"{service}.service" for service in settings.services}
+    running = host.get_fact(SystemdStatus, services=list(units.values()))
+    enabled = host.get_fact(SystemdEnabled, services=list(units.values()))
+    for service, unit in units.items():
+        if not (running.get(unit) and enabled.get(unit)):
+            systemd.service(name=f"{service} enabled and running", service=service, running=True, enabled=True,
+                            _sudo=True)
+
+
+def _printer_configuration(settings: ProvisionSettings, config: Mapping[str, Any]) -> list[Any]:
+    # RatOS's initial printer.cfg holds nothing of the user's: replace it, don't adopt it
+    user_config = "regenerate" if config.get("initial") and not config.get("save_config") else settings.user_config
+    return [
+        printer.config(name="Klipper configuration (RatOS.cfg, printer.cfg)", config_dir=settings.config_dir,
+                       user_config=user_config, backups=settings.file_backups, when_busy=settings.when_busy),
+        moonraker.pins(name="Pin the fleet's Klipper commit in moonraker.conf", config_dir=settings.config_dir,
+                       backups=settings.file_backups, when_busy=settings.when_busy),
+    ]
+
+
+def _final_backup(settings: ProvisionSettings) -> None:
+    current = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
+    backup.config_dir(name="Back up the new configuration", dest_root=settings.backups,
+                      config_dir=settings.config_dir, keep=settings.backup_keep, current=current)
+
+
+def _converge(settings: ProvisionSettings, config: Mapping[str, Any] | None) -> None:
+    """Firmware, configuration, last backup. ``config`` None: running late, read the Pi now."""
+    late = config is None
+    if late:
+        config = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
+    converge_firmware()
+    changes = _printer_configuration(settings, config)
+    if late:
+        _final_backup(settings)
+    elif any(op.will_change for op in changes):
+        python.call(name="Back up the new configuration", function=_final_backup, settings=settings)
+
+
+@deploy("Provision a RatOS Pi")
+def provision() -> None:
+    settings, errors = provision_settings(host.name, host.data.dict())
+    if settings is None:
+        firmware.refuse(name="Provision", reason="\n".join(errors))
+        return
+    endpoint = remote_endpoint(settings.remote)
+    audit = host.get_fact(FleetAudit, hosts=[f"{endpoint[0]}:{endpoint[1]}"] if endpoint else [])
+    config = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
+
+    # the calibration is safe on the controller before anything on the Pi changes
+    restoring = backup.restore_due(config) and backup.newest_calibrated(
+        backup.host_folder(settings.backups or backup.DEFAULT_ROOT, host.name)) is not None
+    if not restoring:  # a fresh card's defaults are not worth a version
+        backup.config_dir(name="Back up the printer's config", dest_root=settings.backups,
+                          config_dir=settings.config_dir, keep=settings.backup_keep, current=config)
+    backup.restore_config(name="Restore the config of a replaced SD card", dest_root=settings.backups,
+                          config_dir=settings.config_dir, current=config)
+
+    _system(settings)
+
+    plan = klipper.plan_checkout(settings.commit, audit["klipper"], audit["network"], settings.remote)
+    klipper.checkout(
+        name="Klipper at the fleet's commit", commit=settings.commit, klipper=audit["klipper"],
+        network=audit["network"], source=settings.source, remote_url=settings.remote,
+        bundle_cache=settings.bundle_cache,
+        expected_version=describe(settings.source, settings.commit) if settings.source and plan.changes_commit else None,
+    )
+    _services(settings)
+    if plan.changes_commit:
+        # not while printing: the restart re-checks on the Pi and else leaves it pending
+        klipper.restart(name="Restart Klipper on the new commit", config_dir=settings.config_dir)
+
+    if plan.changes_commit or restoring:
+        python.call(name="Firmware and configuration for the new Klipper / restored config",
+                    function=_converge, settings=settings, config=None)
+    else:
+        _converge(settings, config)
+
+
+if executed_by_pyinfra(globals()):
+    provision()
