@@ -17,46 +17,61 @@ see :mod:`pyinfra_ratos.firmware_settings`. A converged host yields no command.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 
-from pyinfra_ratos.builder import BuildError, shared_builder
+from pyinfra_ratos.builder import BuildError, BuiltArtifact, shared_builder
 from pyinfra_ratos.catalog import load_catalog
 from pyinfra_ratos.deploys import executed_by_pyinfra
-from pyinfra_ratos.facts.audit import FleetAudit
+from pyinfra_ratos import results
+from pyinfra_ratos.connection import set_nodelay
+from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.firmware import FirmwareArtifacts
 from pyinfra_ratos.firmware_settings import firmware_settings
-from pyinfra_ratos.flash_plan import Artifact, plan_flash
+from pyinfra_ratos.flash_plan import Artifact, FlashPlan, plan_flash
 from pyinfra_ratos.identity import BuildVersionError
 from pyinfra_ratos.operations import firmware
 
-@deploy("Converge board firmware")
-def converge_firmware() -> None:
+@dataclass(frozen=True)
+class BoardStep:
+    """One board's decision: either a refusal found while building, or a flash plan."""
+
+    title: str
+    mcu_name: str
+    refusal: str | None = None
+    built: BuiltArtifact | None = None
+    plan: FlashPlan | None = None
+
+
+def plan_firmware(audit: FleetAuditDict, commit: str | None = None) -> list[BoardStep]:
+    """Build (once per identity) and plan every board of the host; adds no operation.
+
+    ``commit``: the Klipper commit the Pi will run when the flash executes (an update checks it
+    out first); default: the one it runs now.
+    """
     settings = firmware_settings(host.name, host.data.dict(), host.inventory.get_override_data(), load_catalog())
-    audit = host.get_fact(FleetAudit)
     klipper = audit["klipper"]
-    if not klipper.get("commit") or not klipper.get("version"):
+    if commit is None and (not klipper.get("commit") or not klipper.get("version")):
         why = klipper.get("git_error") or "no Klipper checkout at ~/klipper"
-        firmware.refuse(name="Firmware", reason=f"cannot tell which Klipper the Pi runs: {why}")
-        return
-    artifacts = host.get_fact(FirmwareArtifacts)
+        return [BoardStep("Firmware", "", refusal=f"cannot tell which Klipper the Pi runs: {why}")]
     mcus = audit["mcu_firmware"].get("mcus", {})
     builder = shared_builder(settings.klipper_source, settings.cache, settings.allow_unclean)
-    client_checked = False
-    shipped: set[str] = set()  # two boards of one identity (a pair of Octopus) share one upload
+    steps = []
     for target in settings.targets:
         title = f"Firmware {target.mcu_name} ({target.board.id})"
         try:
-            built = builder.build(klipper["commit"], target.board, target.fragment)
+            built = builder.build(commit or klipper["commit"], target.board, target.fragment)
         except (BuildError, BuildVersionError) as error:
-            firmware.refuse(name=title, reason=f"{target.board.id}: {error}")
+            steps.append(BoardStep(title, target.mcu_name, refusal=f"{target.board.id}: {error}"))
             continue
-        if built.identity.version != klipper["version"]:
-            firmware.refuse(name=title, reason=(
+        if commit is None and built.identity.version != klipper["version"]:
+            steps.append(BoardStep(title, target.mcu_name, refusal=(
                 f"{target.board.id}: commit {klipper['commit'][:12]} builds as {built.identity.version} on the "
                 f"controller but the Pi's Klipper describes itself as {klipper['version']} (a dirty or modified "
-                "checkout on the Pi?): not flashing firmware that would never match it"))
+                "checkout on the Pi?): not flashing firmware that would never match it")))
             continue
         plan = plan_flash(
             target.board, audit["boards"], mcus.get(target.mcu_name), audit["activity"],
@@ -64,16 +79,41 @@ def converge_firmware() -> None:
             mcu_name=target.mcu_name, port=target.port, attended_flash=settings.attended_flash,
             backend=settings.backend,
         )
-        if plan.action == "flash":
+        results.note_board(host.name, results.record_for_plan(host.name, target.mcu_name, plan))
+        steps.append(BoardStep(title, target.mcu_name, built=built, plan=plan))
+    return steps
+
+
+def apply_firmware(steps: list[BoardStep]) -> None:
+    """The operations of planned boards: upload each artifact once, then flash (or skip, refuse)."""
+    artifacts: dict | None = None  # read only when something is to be flashed
+    client_checked = False
+    shipped: set[str] = set()  # two boards of one identity (a pair of Octopus) share one upload
+    for step in steps:
+        if step.plan is None:
+            firmware.refuse(name=step.title, reason=step.refusal or "not planned")
+            continue
+        built, plan = step.built, step.plan
+        if plan.action == "flash" and built is not None:
             if built.identity.name not in shipped:
                 shipped.add(built.identity.name)
+                if artifacts is None:
+                    artifacts = host.get_fact(FirmwareArtifacts)
                 firmware.upload(name=f"Upload {built.identity.name}", artifact=built,
                                 present=artifacts.get(built.identity.name))
             if plan.method == "pyusb" and not client_checked:
                 client_checked = True
                 firmware.dfu_client(name="Install the pyusb DFU client",
                                     present=host.get_fact(FileContents, path=firmware.DFU_CLIENT_STAMP))
-        firmware.flash(name=title, plan=plan, mcu_name=target.mcu_name)
+        results.note_op(host.name, f"flash:{step.mcu_name}",
+                        firmware.flash(name=step.title, plan=plan, mcu_name=step.mcu_name))
+
+
+@deploy("Converge board firmware")
+def converge_firmware(audit: FleetAuditDict | None = None, commit: str | None = None) -> None:
+    """Converge every board of the host (``audit``: its FleetAudit when the caller read it)."""
+    set_nodelay(host)
+    apply_firmware(plan_firmware(audit if audit is not None else host.get_fact(FleetAudit), commit))
 
 
 if executed_by_pyinfra(globals()):

@@ -51,7 +51,8 @@ from pyinfra.operations import apt, files, python, server, systemd
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.deploys import executed_by_pyinfra
 from pyinfra_ratos.deploys.firmware import converge_firmware
-from pyinfra_ratos.facts.audit import FleetAudit
+from pyinfra_ratos import results
+from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
 
@@ -178,7 +179,7 @@ def _services(settings: ProvisionSettings) -> None:
                             _sudo=True)
 
 
-def _printer_configuration(settings: ProvisionSettings, config: Mapping[str, Any]) -> list[Any]:
+def printer_configuration(settings: ProvisionSettings, config: Mapping[str, Any]) -> list[Any]:
     # RatOS's initial printer.cfg holds nothing of the user's: replace it, don't adopt it
     user_config = "regenerate" if config.get("initial") and not config.get("save_config") else settings.user_config
     return [
@@ -195,13 +196,20 @@ def _final_backup(settings: ProvisionSettings) -> None:
                       config_dir=settings.config_dir, keep=settings.backup_keep, current=current)
 
 
-def _converge(settings: ProvisionSettings, config: Mapping[str, Any] | None) -> None:
-    """Firmware, configuration, last backup. ``config`` None: running late, read the Pi now."""
+def converge_printer(settings: ProvisionSettings, config: Mapping[str, Any] | None,
+                     audit: FleetAuditDict | None = None, commit: str | None = None) -> None:
+    """Firmware, configuration, last backup. ``config`` None: running late, read the Pi now.
+
+    ``audit``: the host's FleetAudit when it still describes the Pi's boards and printer;
+    ``commit``: the Klipper commit the Pi runs by the time the firmware operations execute.
+    """
     late = config is None
     if late:
         config = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
-    converge_firmware()
-    changes = _printer_configuration(settings, config)
+    converge_firmware(audit=None if late else audit, commit=commit)
+    changes = printer_configuration(settings, config)
+    results.note_op(host.name, "config", changes[0])
+    results.note_op(host.name, "pins", changes[1])
     if late:
         _final_backup(settings)
     elif any(op.will_change for op in changes):
@@ -243,9 +251,9 @@ def provision() -> None:
 
     if plan.changes_commit or restoring:
         python.call(name="Firmware and configuration for the new Klipper / restored config",
-                    function=_converge, settings=settings, config=None)
+                    function=converge_printer, settings=settings, config=None)
     else:
-        _converge(settings, config)
+        converge_printer(settings, config, audit)
 
 
 if executed_by_pyinfra(globals()):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 from collections.abc import Sequence
 
 EXIT_OK, EXIT_PRINTERS, EXIT_BAD_INPUT = 0, 1, 2
@@ -66,6 +68,46 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK if good else EXIT_PRINTERS
 
 
+def _fleet(args: argparse.Namespace, execute: bool) -> int:
+    """``update`` (execute) or ``plan``: the update deploy over the fleet, then the report."""
+    from pyinfra_ratos import fleet_api, fleet_update  # fleet_api first: gevent's patching
+    from pyinfra_ratos.report import render_table
+
+    report_dir = args.report if execute else None
+    if execute and report_dir is None:
+        report_dir = Path("ratos-reports") / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    try:
+        code, report = fleet_update.run_fleet(
+            args.inventory, limit=args.limit, execute=execute, attended_flash=getattr(args, "attended_flash", False),
+            batch_size=args.batch_size, max_failed=args.max_failed, report_dir=report_dir,
+            parallel=args.parallel, out=sys.stdout,
+        )
+    except (fleet_api.InventoryLoadError, fleet_update.InventoryError) as exc:
+        print(f"ratos-fleet: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(render_table(report), end="")
+    if report_dir is not None:
+        print(f"report: {Path(report_dir) / 'report.json'} and {Path(report_dir) / 'report.html'}")
+    return code
+
+
+def _update(args: argparse.Namespace) -> int:
+    return _fleet(args, execute=True)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    return _fleet(args, execute=False)
+
+
+def _fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inventory", help="pyinfra inventory file")
+    parser.add_argument("--limit", action="append", help="host, group or glob (repeatable)")
+    parser.add_argument("--batch-size", type=int, default=10, help="printers per batch after the canary group")
+    parser.add_argument("--max-failed", type=float, default=0.2,
+                        help="stop when more than this share of the printers so far failed (default 0.2)")
+    parser.add_argument("--parallel", type=int, default=None, help="hosts worked on at once within a batch")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ratos-fleet", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     down = sim_commands.add_parser("down", help="stop the farm of a state directory")
     down.add_argument("--state", required=True, help="state directory of this farm")
     down.set_defaults(func=_sim_down)
+
+    update = commands.add_parser("update", help="update the fleet: Klipper, firmware, configuration")
+    _fleet_arguments(update)
+    update.add_argument("--report", type=Path, default=None,
+                        help="report directory (default ./ratos-reports/<UTC time>/)")
+    update.add_argument("--attended-flash", action="store_true",
+                        help="someone watches: also flash boards never flashed unattended (data attended_flash)")
+    update.set_defaults(func=_update)
+    plan = commands.add_parser("plan", help="what update would do per printer and board; changes nothing")
+    _fleet_arguments(plan)
+    plan.set_defaults(func=_plan)
 
     demo = commands.add_parser("demo", help="run the main job on a built-in virtual farm (needs root)")
     demo.add_argument("--keep", action="store_true", help="leave the farm running afterwards")

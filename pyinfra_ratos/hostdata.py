@@ -49,6 +49,9 @@ PRINTER_KEYS = ("printer_model", "printer_size", "hotend", "extruder", "probe", 
 PRINTER_DEPLOY_KEYS = ("printer_user_config", "printer_when_busy", "printer_backups", "printer_config_dir")
 FIRMWARE_KEYS = ("klipper_source", "firmware_cache", "flash_backend", "allow_unclean_build", "attended_flash")
 SHARED_KEYS = ("boards", "klipper_commit", "custom_data_keys")
+# deploys/provision.py and deploys/update.py (checked by provision_settings there)
+PROVISION_KEYS = ("klipper_remote", "klipper_bundle_cache", "hostname", "timezone", "build_on_pi",
+                  "provision_services", "config_backups", "config_backup_keep")
 SECTIONS = ("printer", "firmware")
 
 
@@ -186,7 +189,7 @@ def pyinfra_keys() -> dict[str, Any]:
 
 
 def known_keys() -> tuple[str, ...]:
-    return (*PRINTER_KEYS, *PRINTER_DEPLOY_KEYS, *FIRMWARE_KEYS, *SHARED_KEYS, *pyinfra_keys())
+    return (*PRINTER_KEYS, *PRINTER_DEPLOY_KEYS, *FIRMWARE_KEYS, *SHARED_KEYS, *PROVISION_KEYS, *pyinfra_keys())
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:

@@ -66,3 +66,28 @@ def summarise(records: Iterable[FlashRecord]) -> dict[str, int]:
         total += 1
     counts["total"] = total
     return counts
+
+
+# --- what this process's deploys planned, per host, for the fleet report ------------------------
+# pyinfra decides at plan time (skips, refusals) what the report must say after the run; the
+# deploys note it here and ``ratos-fleet update`` merges it with what the operations then did.
+
+RUN: dict[str, dict[str, Any]] = {}
+
+
+def note(host: str, **fields: Any) -> None:
+    """Remember fields of a host's run (``klipper``, ``skipped``, ``ops`` ...)."""
+    RUN.setdefault(host, {"boards": {}, "ops": {}}).update(fields)
+
+
+def note_board(host: str, record: FlashRecord) -> None:
+    RUN.setdefault(host, {"boards": {}, "ops": {}})["boards"][record.mcu_name] = record.to_dict()
+
+
+def note_op(host: str, role: str, meta: Any) -> None:
+    """Keep an operation's meta (``config``, ``klipper``...) to read its outcome after the run."""
+    RUN.setdefault(host, {"boards": {}, "ops": {}})["ops"][role] = meta
+
+
+def clear_run() -> None:
+    RUN.clear()

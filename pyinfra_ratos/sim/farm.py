@@ -218,6 +218,8 @@ def prepare_pi(
     os.chown(home / ".ssh" / "authorized_keys", PI_UID, PI_GID)
     if not pi.fresh:  # a fresh card has no Klipper checkout yet: provisioning brings it
         shutil.copytree(template, home / "klipper", symlinks=True)
+        if pi.checkout == "old":  # a printer still on the previous Klipper release
+            _run("git", "-C", str(home / "klipper"), "checkout", "-q", "--detach", builds.versions["old"]["commit"])
         owner = (0, 0) if pi.klipper_owner == "root" else (PI_UID, PI_GID)
         _run("chown", "-R", f"{owner[0]}:{owner[1]}", str(home / "klipper"))
 
@@ -279,6 +281,8 @@ def prepare_pi(
         "usb_bus": USB_BUS_DIR,
         "internet": INTERNET_STANDIN,
         "boards": boards,
+        "model": pi.model,
+        "group": pi.group,
     }
     _write(pi_dir / "pi.json", json.dumps(config, indent=1) + "\n")
     return config
@@ -297,7 +301,8 @@ def _check_state_dir(state_dir: Path) -> None:
         raise FarmError(f"state dir {text!r}: overlayfs cannot take ':', ',' or spaces in paths; pick another")
 
 
-def inventory_text(state_dir: Path, pis: list[dict[str, Any]], port: int) -> str:
+def inventory_text(state_dir: Path, pis: list[dict[str, Any]], port: int, commit: str) -> str:
+    """A pyinfra inventory of the farm: one list per scenario group, the fleet data in ``_ssh``."""
     state = state_dir.resolve()
     lines = [
         f'"""pyinfra inventory of the virtual RatOS farm in {state} (written by `ratos-fleet sim up`)."""',
@@ -310,17 +315,25 @@ def inventory_text(state_dir: Path, pis: list[dict[str, Any]], port: int) -> str
         '    "ssh_strict_host_key_checking": "yes",',
         '    "ssh_allow_agent": False,',
         '    "ssh_look_for_keys": False,',
-        "    # the controller side of the farm: its Klipper checkout (the Pis' commit) and build cache",
+        "    # the fleet's pinned Klipper and the controller side of the farm: its Klipper checkout,",
+        "    # build cache, git bundles and config backups",
+        f'    "klipper_commit": "{commit}",',
         f'    "klipper_source": "{state / "klipper-template"}",',
         f'    "firmware_cache": "{state / "firmware-cache"}",',
+        f'    "klipper_bundle_cache": "{state / "bundles"}",',
+        f'    "config_backups": "{state / "config-backups"}",',
         "}",
-        "",
-        "pis = [",
     ]
+    groups: dict[str, list[dict[str, Any]]] = {}
     for pi in pis:
-        boards = [{"board": b["board"], "mcu_name": b["mcu_name"], "port": b["port"]} for b in pi["boards"]]
-        lines.append(f'    ("{pi["name"]}", {{**_ssh, "ssh_hostname": "{pi["address"]}", "boards": {boards!r}}}),')
-    lines.append("]")
+        groups.setdefault(pi.get("group", "pis"), []).append(pi)
+    for group, members in groups.items():
+        lines += ["", f"{group} = ["]
+        for pi in members:
+            boards = [{"board": b["board"], "mcu_name": b["mcu_name"], "port": b["port"]} for b in pi["boards"]]
+            lines.append(f'    ("{pi["name"]}", {{**_ssh, "ssh_hostname": "{pi["address"]}", '
+                         f'"printer_model": "{pi.get("model", "v-core-3")}", "boards": {boards!r}}}),')
+        lines.append("]")
     return "\n".join(lines) + "\n"
 
 
@@ -397,7 +410,7 @@ def up(scenario_path: str | Path, state_dir: str | Path, ssh_port: int = 22, tim
             raise FarmError(f"the farm did not come up (failed Pis: {failed or 'none'}){details}\n{log_tail}")
         time.sleep(0.05)
     _write(state_dir / "known_hosts", known_hosts_text(state_dir, pis, ssh_port))
-    _write(state_dir / "inventory.py", inventory_text(state_dir, pis, ssh_port))
+    _write(state_dir / "inventory.py", inventory_text(state_dir, pis, ssh_port, versions["current"]["commit"]))
     farm["seconds"] = round(time.monotonic() - started, 2)
     return farm
 

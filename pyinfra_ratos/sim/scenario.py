@@ -78,6 +78,8 @@ class PiSpec:
     # A freshly flashed RatOS SD card: no ~/klipper, RatOS's initial printer.cfg (no SAVE_CONFIG),
     # klipper.service present but disabled and stopped (nothing configured it yet).
     fresh: bool = False
+    group: str = "pis"  # the inventory group (list) the Pi is written into, e.g. "canary"
+    checkout: str = "current"  # ~/klipper at the "current" commit or the "old" release (v0.12.0)
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,12 @@ def _board(
     )
 
 
+def _group(where: str, group: Any) -> str:
+    if not isinstance(group, str) or not re.match(r"^[a-z_][a-z0-9_]*$", group):
+        raise ScenarioError(f"{where}: key 'group' is {group!r}; use a Python name such as canary or production")
+    return group
+
+
 def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSpec:
     if not isinstance(raw, dict):
         raise ScenarioError(f"pi[{index}]: each [[pi]] entry must be a table")
@@ -163,7 +171,7 @@ def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSp
         raw,
         (
             "name", "state", "network", "boards", "klipper", "moonraker", "klipper_owner",
-            "allowed_services", "model", "fresh",
+            "allowed_services", "model", "fresh", "group", "checkout",
         ),
     )
     if not isinstance(name, str) or not HOSTNAME_RE.match(name):
@@ -201,6 +209,8 @@ def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSp
         allowed_services=tuple(allowed),
         model=_check(where, "model", raw.get("model", "v-core-3"), MODELS),
         fresh=fresh,
+        group=_group(where, raw.get("group", "pis")),
+        checkout=_check(where, "checkout", raw.get("checkout", "current"), ("current", "old")),
     )
 
 

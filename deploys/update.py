@@ -1,0 +1,96 @@
+"""
+Update a printer of the fleet: config backup, Klipper to the pinned commit, firmware, configuration.
+
+.. code:: sh
+
+    pyinfra -y INVENTORY deploys/update.py            # every host, as pyinfra schedules them
+    ratos-fleet update INVENTORY                      # canary first, then batches, with the report
+
+Per host: the printer's config folder is copied to the controller first (a new version only when
+it changed); a printer that is busy (printing, paused, or whose state cannot be read) is then left
+alone and reported as skipped. Otherwise ``~/klipper`` moves to the fleet's pinned commit (from its
+remote, or the controller's bundle when the Pi is offline), Klipper restarts on it, every board is
+rebuilt-once/flashed where its MCU does not run the new identity, and RatOS.cfg, printer.cfg and
+Moonraker's pin are converged. Host data: as ``deploys/provision.py`` (``klipper_commit``,
+``klipper_source``, the printer's and the firmware's keys). A converged printer yields no command.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from pyinfra_ratos import results
+from pyinfra_ratos.bundle import describe
+from pyinfra_ratos.connection import set_nodelay
+from pyinfra_ratos.deploys import executed_by_pyinfra
+from pyinfra_ratos.deploys.firmware import apply_firmware, plan_firmware
+from pyinfra_ratos.deploys.provision import printer_configuration, provision_settings
+from pyinfra_ratos.facts.audit import FleetAudit
+from pyinfra_ratos.facts.remote import remote_endpoint
+from pyinfra_ratos.operations import backup, firmware, klipper
+
+
+def busy_reason(activity: dict) -> str | None:
+    """Why a printer must not be touched now, or None (unknown state counts as busy)."""
+    if not activity.get("busy", True):
+        return None
+    state = activity.get("print_state") or activity.get("idle_state")
+    if state:
+        return f"printer is busy ({state})"
+    return "printer state unknown (Moonraker does not answer while Klipper runs)"
+
+
+@deploy("Update printer")
+def update_printer() -> None:
+    set_nodelay(host)
+    settings, errors = provision_settings(host.name, host.data.dict())
+    if settings is None:
+        firmware.refuse(name="Update", reason="\n".join(errors))
+        return
+    endpoint = remote_endpoint(settings.remote)
+    audit = host.get_fact(FleetAudit, hosts=[f"{endpoint[0]}:{endpoint[1]}"] if endpoint else [])
+    config = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
+    before = audit["klipper"].get("version") or None
+    results.note_op(host.name, "backup", backup.config_dir(
+        name="Back up the printer's config", dest_root=settings.backups,
+        config_dir=settings.config_dir, keep=settings.backup_keep, current=config))
+    busy = busy_reason(audit["activity"])
+    if busy:
+        results.note(host.name, skipped=busy, klipper={"before": before, "after": before, "action": "skipped",
+                                                        "reason": busy})
+        host.noop(f"{busy}: not updating it now")
+        return
+    plan = klipper.plan_checkout(settings.commit, audit["klipper"], audit["network"], settings.remote)
+    boards = plan_firmware(audit, commit=settings.commit)
+    held = [step.plan.reason for step in boards if step.plan and step.plan.action == "refuse" and step.plan.hold]
+    if held and plan.changes_commit:
+        # a new Klipper on the host with a board left on the old firmware stops the printer
+        # (MCU protocol error): the printer keeps working as it is until the board can be flashed
+        reason = f"not updating: {held[0]}"
+        results.note(host.name, skipped=reason, klipper={"before": before, "after": before, "action": "skipped",
+                                                          "reason": reason})
+        host.noop(reason)
+        return
+    target = describe(settings.source, settings.commit) if settings.source and plan.changes_commit else None
+    results.note(host.name, klipper={"before": before, "after": target or before,
+                                     "action": "updated" if plan.changes_commit else "unchanged", "reason": ""})
+    results.note_op(host.name, "klipper", klipper.checkout(
+        name="Klipper at the fleet's commit", commit=settings.commit, klipper=audit["klipper"],
+        network=audit["network"], source=settings.source, remote_url=settings.remote,
+        bundle_cache=settings.bundle_cache, expected_version=target,
+    ))
+    if plan.changes_commit:
+        klipper.restart(name="Restart Klipper on the new commit", config_dir=settings.config_dir)
+    # Planned now, for the commit the checkout puts in place: the boards, the printer and its
+    # files do not change with it, and the whole update shows under --dry and `ratos-fleet plan`.
+    # If the checkout fails, pyinfra runs nothing more on that host. (The backup above already
+    # holds the config as it was; no nested operations run at execution time.)
+    apply_firmware(boards)
+    config_op, pins_op = printer_configuration(settings, config)
+    results.note_op(host.name, "config", config_op)
+    results.note_op(host.name, "pins", pins_op)
+
+
+if executed_by_pyinfra(globals()):
+    update_printer()

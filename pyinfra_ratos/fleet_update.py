@@ -1,0 +1,211 @@
+"""``ratos-fleet update`` and ``ratos-fleet plan``: the update deploy over a fleet, with the report.
+
+The inventory is validated first (bad input: exit 2, no SSH command). Then the hosts of the
+``canary`` group (when there is one) form the first batch and the others follow in batches of
+``batch_size``; each batch is one pyinfra run of :func:`pyinfra_ratos.deploys.update.update_printer`
+through pyinfra's own API (connect, add_deploy, run_ops). After each batch the share of failed
+printers so far is compared with ``max_failed``: above it, the run stops and every printer not yet
+touched is reported ``not-run``. ``plan`` makes the same decisions and runs nothing.
+"""
+
+from __future__ import annotations
+
+# first: pyinfra's CLI package patches the standard library for gevent (see fleet_api)
+from pyinfra_ratos import fleet_api  # isort: skip
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api.deploy import add_deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operations import run_ops
+from pyinfra.api.state import State
+
+from pyinfra_ratos import report as reports
+from pyinfra_ratos import results
+from pyinfra_ratos.bundle import describe
+from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos.flash_agent import RESULT_PREFIX
+from pyinfra_ratos.hostdata import InventoryError, validate_inventory
+
+CANARY = "canary"
+
+
+def make_batches(hosts: Sequence[str], canary: Sequence[str], size: int) -> list[list[str]]:
+    """Canary hosts first (one batch), then the rest in inventory order, ``size`` at a time."""
+    first = [name for name in hosts if name in canary]
+    rest = [name for name in hosts if name not in canary]
+    size = max(1, size)
+    return ([first] if first else []) + [rest[i : i + size] for i in range(0, len(rest), size)]
+
+
+def _agent_records(meta: Any) -> list[dict[str, Any]]:
+    if meta is None or not meta.is_complete():
+        return []
+    return [json.loads(line.split(RESULT_PREFIX, 1)[1]) for line in meta.stdout_lines if RESULT_PREFIX in line]
+
+
+def _errors(state: State, host: Any) -> list[str]:
+    found = []
+    for op_hash, data in state.ops[host].items():
+        meta = data.operation_meta
+        if meta.is_complete() and meta.did_error():
+            name = ", ".join(state.op_meta[op_hash].names) if op_hash in state.op_meta else "operation"
+            detail = [line for line in meta.stderr_lines if line.strip()]
+            found.append(f"{name}: {detail[-1] if detail else 'failed'}")
+    return found
+
+
+def _changed(state: State, host: Any, ignore: Sequence[Any] = ()) -> bool:
+    """Whether an operation changed the Pi (``ignore``: metas of controller-side ones, e.g. backup)."""
+    return any(d.operation_meta.is_complete() and d.operation_meta.did_change()
+               for d in state.ops[host].values() if d.operation_meta not in ignore)
+
+
+def _op_action(meta: Any, done: str, executed: bool) -> str:
+    if meta is None:
+        return "skipped"
+    if not executed:
+        return done if meta.will_change else "unchanged"
+    if not meta.is_complete():
+        return "skipped"
+    if meta.did_error():
+        return "failed"
+    return done if meta.did_change() else "unchanged"
+
+
+def printer_entry(state: State | None, host_name: str, executed: bool) -> dict[str, Any]:
+    """The report fields of one host from what its deploy noted and what its operations did."""
+    noted = results.RUN.get(host_name, {"boards": {}, "ops": {}})
+    host = state.inventory.get_host(host_name) if state else None
+    boards = dict(noted.get("boards", {}))
+    for role, meta in noted.get("ops", {}).items():
+        if role.startswith("flash:") and executed:
+            for record in _agent_records(meta):
+                base = boards.get(record.get("mcu_name"), {})
+                boards[record.get("mcu_name")] = {
+                    **base, **{k: record[k] for k in ("after_version", "duration_s", "verified", "reason")
+                               if k in record},
+                    "action": record["action"] if record["action"] in results.ACTIONS else "failed",
+                    "method": record.get("backend") or base.get("method"),
+                    "read_back": record.get("read_back"),
+                }
+    errors = _errors(state, host) if (state and executed and host) else []
+    klipper = dict(noted.get("klipper") or {})
+    if klipper and executed and klipper.get("action") == "updated":
+        outcome = _op_action(noted["ops"].get("klipper"), "updated", True)
+        if outcome == "failed":
+            klipper.update(action="failed", after=klipper.get("before"), reason=errors[0] if errors else "")
+    config = {"action": _op_action(noted.get("ops", {}).get("config"), "written", executed)}
+    if noted.get("skipped"):
+        status, reason = "skipped", noted["skipped"]
+        config = {"action": "skipped", "reason": reason}
+    elif errors:
+        status, reason = "failed", errors[0]
+    elif any(b.get("action") in ("failed",) for b in boards.values()):
+        status, reason = "failed", next(b["reason"] for b in boards.values() if b.get("action") == "failed")
+    elif any(b.get("action") == "refused" for b in boards.values()):
+        status = "skipped"
+        reason = next(b["reason"] for b in boards.values() if b.get("action") == "refused")
+    elif executed:
+        controller_side = [noted.get("ops", {}).get("backup")]
+        status, reason = ("changed" if host and _changed(state, host, controller_side) else "converged"), ""
+    else:
+        pending = klipper.get("action") == "updated" or config["action"] == "written" or any(
+            b.get("action") == "planned" for b in boards.values())
+        status, reason = ("changed" if pending else "converged"), ""
+    return {"status": status, "reason": reason, "klipper": klipper or None, "config": config,
+            "boards": list(boards.values())}
+
+
+def _groups(inventory: Any, host_name: str) -> list[str]:
+    return sorted(name for name, members in inventory.groups.items() if any(h.name == host_name for h in members))
+
+
+def run_fleet(
+    inventory_path: str | Path,
+    *,
+    limit: Sequence[str] | None = None,
+    execute: bool = True,
+    attended_flash: bool = False,
+    batch_size: int = 10,
+    max_failed: float = 0.2,
+    report_dir: str | Path | None = None,
+    parallel: int | None = None,
+    out: Any = None,
+) -> tuple[int, dict[str, Any]]:
+    """Update (``execute``) or plan the fleet; returns (exit code, report)."""
+    override = {"attended_flash": True} if attended_flash else {}
+    inventory = fleet_api.load_inventory(inventory_path, limit=limit, override_data=override)
+    validate_inventory(fleet_api.host_data(inventory), fleet_api.override_data(inventory), load_catalog(),
+                       require=("firmware", "printer"))
+    data = fleet_api.host_data(inventory)
+    commits = {d.get("klipper_commit") for d in data.values()}
+    pinned = commits.pop() if len(commits) == 1 else None
+    source = next((d.get("klipper_source") for d in data.values() if d.get("klipper_source")), None)
+    pinned_version = describe(source, pinned) if pinned and source else None
+    report = reports.new_report("update" if execute else "plan", Path(inventory_path).resolve(), pinned, pinned_version)
+    names = [host.name for host in inventory]
+    canary = [host.name for host in inventory.groups.get(CANARY, [])]
+    batches = make_batches(names, canary, batch_size)
+    stopped = None
+    done = failed = 0
+    for index, batch in enumerate(batches):
+        started = time.monotonic()
+        results.clear_run()
+        state = fleet_api.make_state(fleet_api.load_inventory(inventory_path, limit=batch, override_data=override),
+                                     parallel=parallel)
+        unreachable = fleet_api.connect(state)
+        try:
+            if len(unreachable) < len(batch):
+                add_deploy(state, _update_deploy())
+                if execute:
+                    run_ops(state)
+        except PyinfraError:
+            pass  # "No hosts remaining!" once every host failed: each host's operations say why
+        finally:
+            fleet_api.disconnect(state)
+        seconds = time.monotonic() - started
+        for name in batch:
+            groups = _groups(inventory, name)
+            if name in unreachable:
+                reports.add_printer(report, name, "unreachable", groups=groups, batch=index,
+                                    reason=f"cannot connect: {unreachable[name]}", duration_s=seconds)
+            else:
+                entry = printer_entry(state, name, execute)
+                reports.add_printer(report, name, entry["status"], groups=groups, batch=index,
+                                    reason=entry["reason"], duration_s=seconds, klipper=entry["klipper"],
+                                    config=entry["config"], boards=entry["boards"])
+        if out is not None:
+            kind = "canary" if index == 0 and canary else f"batch {index + 1}/{len(batches)}"
+            counts = reports.summarise(p for p in report["printers"] if p["batch"] == index)
+            print(f"-- {kind}: {len(batch)} printers in {seconds:.1f} s: {counts['changed']} changed, "
+                  f"{counts['converged']} converged, {counts['skipped']} skipped, {counts['failed']} failed",
+                  file=out, flush=True)
+        done += len(batch)
+        failed += sum(1 for p in report["printers"] if p["batch"] == index and p["status"] in ("failed", "unreachable"))
+        if execute and index + 1 < len(batches) and failed / done > max_failed:
+            stopped = {"after_batch": index, "reason": (
+                f"{failed} of {done} printers failed ({failed / done:.0%} > {max_failed:.0%} allowed): "
+                "stopping before the next batch")}
+            for rest_index, rest in enumerate(batches[index + 1 :], start=index + 1):
+                for name in rest:
+                    reports.add_printer(report, name, "not-run", groups=_groups(inventory, name), batch=rest_index,
+                                        reason="not run: the failure threshold stopped the update")
+            break
+    reports.finish(report, stopped_early=stopped)
+    if report_dir is not None:
+        reports.write_report(report, report_dir)
+    return report["exit_code"], report
+
+
+def _update_deploy() -> Any:
+    from pyinfra_ratos.deploys.update import update_printer
+
+    return update_printer
+
+
+__all__ = ["InventoryError", "make_batches", "printer_entry", "run_fleet"]
