@@ -1,0 +1,121 @@
+"""ratos-fleet update on a 20-Pi mixed farm: canary first, busy printers untouched, threshold, report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyinfra_ratos.sim import farm as sim_farm
+
+from .conftest import VENV_BIN, RunningFarm, start_farm
+
+BOARDS = ["btt-octopus-pro-h723-11", "btt-octopus-pro-446", "btt-skr-mini-e3-30"]
+PRINTING = {"prod-03", "prod-09", "prod-15"}
+FAILING = {"prod-05"}  # flashed, never comes back on USB
+
+
+def scenario() -> str:
+    pis = []
+    for i in range(1, 3):
+        pis.append(f'[[pi]]\nname = "canary-{i:02d}"\ngroup = "canary"\ncheckout = "old"\n'
+                   f'[[pi.boards]]\nboard = "{BOARDS[i % 3]}"\nfirmware = "old"\n')
+    for i in range(1, 19):
+        name = f"prod-{i:02d}"
+        keys = [f'name = "{name}"', 'group = "production"', 'checkout = "old"']
+        if name in PRINTING:
+            keys.append('state = "printing"')
+        if i == 7:
+            keys.append('network = "offline"')
+        board = [f'board = "{BOARDS[i % 3]}"', 'firmware = "old"']
+        if i == 11:
+            board.append('mode = "dfu"')
+        if name in FAILING:
+            board = ['board = "btt-octopus-pro-h723-11"', 'firmware = "old"', 'faults = ["no-reenumerate"]']
+        pis.append("[[pi]]\n" + "\n".join(keys) + "\n[[pi.boards]]\n" + "\n".join(board) + "\n")
+    return "\n".join(pis)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    base = tmp_path_factory.mktemp("farm-fleet")
+    (base / "fleet.toml").write_text(scenario())
+    running = start_farm(base / "fleet.toml", base / "state")
+    try:
+        yield running
+    finally:
+        sim_farm.down(base / "state")
+
+
+def ratos_fleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "ratos-fleet"), *args], capture_output=True, text=True, timeout=900)
+
+
+def klippy_pid(fleet: RunningFarm, pi: str) -> int:
+    return json.loads((fleet.upper(pi) / "var/lib/ratos-sim/state.json").read_text())["klippy_pid"]
+
+
+def sshd_sessions(fleet: RunningFarm, pi: str) -> int:
+    log = fleet.upper(pi) / "var/log/ratos-sim/sshd.log"
+    return log.read_text().count("Starting session") if log.exists() else 0
+
+
+def test_bad_inventory_is_refused_before_any_ssh_command(fleet: RunningFarm, tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        f"exec(open({str(fleet.inventory)!r}).read())\n"
+        "production = [(n, {**d, 'printer_model': 'v-core-9'}) if n == 'prod-02' else\n"
+        "              (n, {**d, 'boards': [{'board': 'btt-nope'}]}) if n == 'prod-04' else (n, d)\n"
+        "              for n, d in production]\n"
+    )
+    before = {pi["name"]: sshd_sessions(fleet, pi["name"]) for pi in fleet.info["pis"]}
+    result = ratos_fleet("update", str(inventory), "--report", str(tmp_path / "report"))
+    assert result.returncode == 2
+    assert "host prod-02: field 'printer_model'" in result.stderr
+    assert "host prod-04: field 'boards[0].board'" in result.stderr
+    assert {pi["name"]: sshd_sessions(fleet, pi["name"]) for pi in fleet.info["pis"]} == before
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_failure_threshold_stops_the_run_and_says_so(fleet: RunningFarm, tmp_path: Path) -> None:
+    # canary (2), then batches of 6: prod-05 fails in the first production batch: 1 of 8 > 10%
+    result = ratos_fleet("update", str(fleet.inventory), "--batch-size", "6", "--max-failed", "0.1",
+                         "--report", str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["stopped_early"]["after_batch"] == 1
+    assert "1 of 8 printers failed" in report["stopped_early"]["reason"]
+    status = {p["host"]: p for p in report["printers"]}
+    assert len(status) == 20  # every printer is in the report, run or not
+    assert [p["host"] for p in report["printers"] if p["batch"] == 0] == ["canary-01", "canary-02"]
+    assert status["prod-05"]["status"] == "failed"
+    assert "did not come back" in status["prod-05"]["reason"]
+    assert status["prod-03"]["status"] == "skipped" and "busy" in status["prod-03"]["reason"]
+    assert all(status[f"prod-{i:02d}"]["status"] == "not-run" for i in range(7, 19))
+    assert "STOPPED EARLY after batch 1: 1 of 8 printers failed" in result.stdout
+
+
+def test_the_update_converges_the_fleet_and_never_touches_a_printing_printer(fleet: RunningFarm, tmp_path: Path) -> None:
+    pids = {name: klippy_pid(fleet, name) for name in PRINTING}
+    result = ratos_fleet("update", str(fleet.inventory), "--batch-size", "6", "--max-failed", "0.5",
+                         "--report", str(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    status = {p["host"]: p for p in report["printers"]}
+    assert report["stopped_early"] is None
+    assert len(status) == 20 and (tmp_path / "report.html").exists()
+    for name in PRINTING:
+        assert status[name]["status"] == "skipped" and "printing" in status[name]["reason"]
+        assert klippy_pid(fleet, name) == pids[name]  # Klipper never stopped or restarted
+    for name, entry in status.items():
+        if name in PRINTING | FAILING:
+            continue
+        assert entry["status"] in ("changed", "converged"), (name, entry)
+        assert entry["klipper"]["after"] == fleet.info["versions"]["current"]["version"], name
+        assert all(b["after_version"] == fleet.info["versions"]["current"]["version"] for b in entry["boards"]), name
+    assert status["prod-07"]["klipper"]["action"] in ("updated", "unchanged")  # the offline Pi, from the bundle
+    assert result.returncode == 1  # printing printers were skipped
+    html = (tmp_path / "report.html").read_text()
+    assert all(name in html for name in status)
