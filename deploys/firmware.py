@@ -6,11 +6,11 @@ Converge the firmware of every board of every host: build once per identity, fla
     pyinfra -y INVENTORY deploys/firmware.py
     pyinfra -y INVENTORY deploys/firmware.py --data attended_flash=true   # someone is watching
 
-Per host it reads the Pi in two SSH commands (``FleetAudit``, ``FirmwareArtifacts``), builds on
-the controller what its boards need (each identity once per run, from ``klipper_source`` at the
-commit the Pi runs), ships an artifact only to a Pi that lacks it, and flashes each board whose MCU
-does not run its identity yet, unless the printer is busy or the board must never be flashed
-unattended. With ``flash_backend = "pyusb"`` the pyusb DFU client is installed on a Pi before its
+Per host it reads the Pi in one SSH command (``FleetAudit``; ``FirmwareArtifacts`` too when a
+board is to be flashed), builds on the controller what its boards need (each identity once per run,
+from ``klipper_source`` at the commit the Pi runs), ships an artifact only to a Pi that lacks it,
+and flashes each board whose MCU does not run its identity yet, unless the printer is busy or the
+board must never be flashed unattended. With ``flash_backend = "pyusb"`` the pyusb DFU client is installed on a Pi before its
 first flash (one more SSH command to check it, on a Pi with something to flash). Inventory keys:
 see :mod:`pyinfra_ratos.firmware_settings`. A converged host yields no command.
 """
@@ -23,11 +23,11 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 
+from pyinfra_ratos import results
 from pyinfra_ratos.builder import BuildError, BuiltArtifact, shared_builder
 from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.deploys import executed_by_pyinfra
-from pyinfra_ratos import results
 from pyinfra_ratos.connection import set_nodelay
+from pyinfra_ratos.deploys import executed_by_pyinfra
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.firmware import FirmwareArtifacts
 from pyinfra_ratos.firmware_settings import firmware_settings

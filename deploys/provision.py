@@ -179,14 +179,22 @@ def _services(settings: ProvisionSettings) -> None:
                             _sudo=True)
 
 
-def printer_configuration(settings: ProvisionSettings, config: Mapping[str, Any]) -> list[Any]:
+def printer_configuration(settings: ProvisionSettings, config: Mapping[str, Any],
+                          files: Mapping[str, Any] | None = None,
+                          attached: Mapping[str, Any] | None = None,
+                          activity: Mapping[str, Any] | None = None) -> list[Any]:
+    """printer.config and moonraker.pins; ``files``/``attached``/``activity``: the Pi's PrinterFiles,
+    AttachedBoards and PrinterActivity the caller already read (see ``facts.config_state``), else
+    each op reads its own."""
     # RatOS's initial printer.cfg holds nothing of the user's: replace it, don't adopt it
     user_config = "regenerate" if config.get("initial") and not config.get("save_config") else settings.user_config
     return [
         printer.config(name="Klipper configuration (RatOS.cfg, printer.cfg)", config_dir=settings.config_dir,
-                       user_config=user_config, backups=settings.file_backups, when_busy=settings.when_busy),
+                       user_config=user_config, backups=settings.file_backups, when_busy=settings.when_busy,
+                       current_files=files, attached_boards=attached, printer_activity=activity),
         moonraker.pins(name="Pin the fleet's Klipper commit in moonraker.conf", config_dir=settings.config_dir,
-                       backups=settings.file_backups, when_busy=settings.when_busy),
+                       backups=settings.file_backups, when_busy=settings.when_busy, current_files=files,
+                       printer_activity=activity),
     ]
 
 

@@ -28,7 +28,8 @@ from pyinfra_ratos.deploys.firmware import apply_firmware, plan_firmware
 from pyinfra_ratos.deploys.provision import printer_configuration, provision_settings
 from pyinfra_ratos.facts.audit import FleetAudit
 from pyinfra_ratos.facts.remote import remote_endpoint
-from pyinfra_ratos.operations import backup, firmware, klipper
+from pyinfra_ratos.facts.config_state import ConfigState, merge_queries
+from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
 
 
 def busy_reason(activity: dict) -> str | None:
@@ -50,7 +51,12 @@ def update_printer() -> None:
         return
     endpoint = remote_endpoint(settings.remote)
     audit = host.get_fact(FleetAudit, hosts=[f"{endpoint[0]}:{endpoint[1]}"] if endpoint else [])
-    config = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
+    # one round trip for the backup, printer.config and moonraker.pins, read once for plan and
+    # execution: the backup only downloads, Klipper's checkout and the flashes write no config
+    # file, and each write still checks on the Pi that its file is as it was read
+    state = host.get_fact(ConfigState, config_dir=settings.config_dir,
+                          **merge_queries(printer.config_files_query(), moonraker.files_query()))
+    config = state["backup"]
     before = audit["klipper"].get("version") or None
     results.note_op(host.name, "backup", backup.config_dir(
         name="Back up the printer's config", dest_root=settings.backups,
@@ -87,7 +93,11 @@ def update_printer() -> None:
     # If the checkout fails, pyinfra runs nothing more on that host. (The backup above already
     # holds the config as it was; no nested operations run at execution time.)
     apply_firmware(boards)
-    config_op, pins_op = printer_configuration(settings, config)
+    # a flash re-enumerates its board (new serial path): then printer.config reads the USB itself
+    flashing = any(step.plan is not None and step.plan.action == "flash" for step in boards)
+    config_op, pins_op = printer_configuration(settings, config, files=state["files"],
+                                               attached=None if flashing else audit["boards"],
+                                               activity=audit["activity"])  # idle: busy ones returned above
     results.note_op(host.name, "config", config_op)
     results.note_op(host.name, "pins", pins_op)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import OperationValueError, operation
@@ -13,10 +14,16 @@ from pyinfra.api import OperationValueError, operation
 from pyinfra_ratos import klipper_config as kc
 from pyinfra_ratos.facts.printer_files import PrinterFiles
 
-from .printer import MOONRAKER_URL, apply_writes, check_common, fail_command, file_write, printer_busy, restart_marker
+from .printer import (MOONRAKER_URL, apply_writes, check_common, covers, fail_command, file_write, printer_busy,
+                      restart_marker)
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def files_query(conf_file: str = "moonraker.conf") -> dict[str, tuple[str, ...]]:
+    """The ``PrinterFiles`` arguments (besides ``config_dir``) :func:`pins` reads with."""
+    return {"files": (conf_file, restart_marker("moonraker")), "read": (conf_file,)}
 
 
 def pin_commits(text: str, pins: Mapping[str, str]) -> tuple[str, list[str]]:
@@ -41,6 +48,8 @@ def pins(
     when_busy: str = "write",
     restart: bool = True,
     moonraker_url: str = MOONRAKER_URL,
+    current_files: Mapping[str, Any] | None = None,
+    printer_activity: Mapping[str, Any] | None = None,
 ):
     """
     Set ``pinned_commit`` in ``[update_manager <name>]`` sections of ``moonraker.conf``.
@@ -52,6 +61,11 @@ def pins(
     + backups: backups kept (``moonraker.conf.<timestamp>.bak``)
     + when_busy: the printer prints: ``write`` and leave Moonraker's restart pending, or ``defer``
     + restart: restart Moonraker (it reads its config at start) when the printer is idle
+    + current_files: the Pi's ``PrinterFiles`` read by the caller with at least
+      :func:`files_query`'s arguments (e.g. ``ConfigState``, shared with ``printer.config``); read
+      here when not given or when it lacks a file. Given, the operation reads nothing itself
+    + printer_activity: the Pi's ``PrinterActivity`` read by the caller (its FleetAudit's
+      ``activity``); read here when not given. The restart re-checks on the Pi that no print started
 
     The file is written atomically, only when a pin changes; every other byte is kept.
 
@@ -76,8 +90,9 @@ def pins(
         host.noop("no commit to pin")
         return
 
-    files = host.get_fact(PrinterFiles, config_dir=config_dir, files=(conf_file, restart_marker("moonraker")),
-                          read=(conf_file,))
+    query = files_query(conf_file)
+    files = current_files if covers(current_files, query) else host.get_fact(PrinterFiles, config_dir=config_dir,
+                                                                             **query)
     if not files or not files["files"][conf_file]["exists"]:
         yield fail_command(f"{host.name}: {config_dir}/{conf_file} not found; is Moonraker installed?")
         return
@@ -94,7 +109,7 @@ def pins(
     if write is None and not pending:
         host.noop(f"{conf_file} pins are up to date")
         return
-    busy = printer_busy(moonraker_url) if restart or when_busy == "defer" else False
+    busy = printer_busy(moonraker_url, printer_activity) if restart or when_busy == "defer" else False
     if busy and when_busy == "defer" and write:
         host.log(f"deferred: the printer is busy; {conf_file} not written", logger.warning)
         return

@@ -31,7 +31,7 @@ from pyinfra_ratos import printer_model as pm
 from pyinfra_ratos.catalog import Board, load_catalog
 from pyinfra_ratos.facts.boards import AttachedBoards
 from pyinfra_ratos.facts.printer import PrinterActivity
-from pyinfra_ratos.facts.printer_files import PrinterFiles, encode_text, sha256_text, shell_path
+from pyinfra_ratos.facts.printer_files import MAX_TEXT_BYTES, PrinterFiles, encode_text, sha256_text, shell_path
 from pyinfra_ratos.templates import TemplateRenderError, render
 
 MOONRAKER_URL = "http://127.0.0.1:7125"
@@ -75,7 +75,7 @@ def plan_user_file(
     if not exists:
         return rendered_user, "created", []
     if current_text is None:
-        return None, f"too big to read: left alone", []
+        return None, "too big to read: left alone", []
     orphans = kc.orphan_autosave_lines(current_text)
     if mode == "keep":
         if kc.includes_file(current_text, generated_name):
@@ -220,8 +220,51 @@ def check_common(backups: int, when_busy: str) -> None:
         raise OperationValueError(f"when_busy={when_busy!r}: use one of {', '.join(WHEN_BUSY)}")
 
 
-def printer_busy(url: str) -> bool:
-    activity = host.get_fact(PrinterActivity, url=url)
+def files_query(generated_file: str, user_file: str, includes: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The ``PrinterFiles`` arguments (besides ``config_dir``) :func:`config` reads with."""
+    return {"files": (generated_file, user_file, restart_marker("klipper")), "read": (generated_file, user_file),
+            "includes": tuple(dict.fromkeys(includes))}
+
+
+def covers(files: Mapping[str, Any] | None, query: Mapping[str, Sequence[str]]) -> bool:
+    """Whether a ``PrinterFiles`` value read by a caller answers ``query`` (``{}``: no folder, final)."""
+    if files is None:
+        return False
+    if not files:
+        return True
+    known = files.get("files", {})
+    return (all(name in known for name in query.get("files", ()))
+            and all(name in known and (known[name]["text"] is not None or not known[name]["exists"]
+                                       or known[name]["size"] > MAX_TEXT_BYTES) for name in query.get("read", ()))
+            and all(target in files.get("includes", {}) for target in query.get("includes", ())))
+
+
+def config_files_query(
+    printer: Mapping[str, Any] | None = None, generated_file: str = "RatOS.cfg", user_file: str = "printer.cfg",
+    templates: str | None = None, catalog: Mapping[str, Board] | None = None,
+) -> dict[str, tuple[str, ...]] | None:
+    """What :func:`config` will read for the host (``PrinterFiles`` arguments), so that a caller
+    can read it in one fact shared with other operations; None when the host's printer data or
+    templates do not render (the operation, reading for itself, reports why)."""
+    data = dict(printer) if printer is not None else {k: host.data.get(k) for k in pm.DATA_KEYS
+                                                     if host.data.get(k) is not None}
+    try:
+        spec = pm.parse_printer_data(host.name, data, catalog if catalog is not None else load_catalog())
+        # the includes do not depend on the serial paths: render with a stand-in, reading no USB
+        stand_in = {e.mcu_name: "/dev/serial/by-id/stand-in" for e in spec.boards}
+        context = {**pm.template_context(spec, stand_in), "generated": generated_file}
+        template_dir = templates or data.get("printer_templates")
+        texts = [render(name, context, template_dir) for name in ("RatOS.cfg.j2", "printer.cfg.j2")]
+    except (pm.PrinterDataError, TemplateRenderError):
+        return None
+    includes = [t for text in texts for t in kc.include_targets(text) if not kc.is_glob(t) and t != generated_file]
+    return files_query(generated_file, user_file, includes)
+
+
+def printer_busy(url: str, activity: Mapping[str, Any] | None = None) -> bool:
+    """Whether the printer is busy: ``activity`` when the caller read it, else asked now."""
+    if activity is None:
+        activity = host.get_fact(PrinterActivity, url=url)
     # no answer at all is not "idle": never restart what we cannot see
     return bool(activity.get("busy", True)) if activity else True
 
@@ -242,6 +285,9 @@ def config(
     restart: bool = True,
     moonraker_url: str = MOONRAKER_URL,
     catalog: Mapping[str, Board] | None = None,
+    attached_boards: Mapping[str, Any] | None = None,
+    current_files: Mapping[str, Any] | None = None,
+    printer_activity: Mapping[str, Any] | None = None,
 ):
     """
     Render a RatOS printer's configuration and converge the Pi's files to it.
@@ -261,6 +307,14 @@ def config(
     + when_busy: the printer prints: ``write`` the files and leave the Klipper restart pending
       (done by the next deploy that finds it idle), or ``defer`` everything to a later deploy
     + restart: restart Klipper (through Moonraker) after a change, when the printer is idle
+    + attached_boards: the Pi's ``AttachedBoards``, read once by the caller (e.g. its FleetAudit's
+      ``boards``) while nothing will replug them before this runs; read here when not given
+    + current_files: the Pi's ``PrinterFiles`` read by the caller with at least
+      :func:`config_files_query`'s arguments (e.g. ``ConfigState``); read here when not given or
+      when it lacks a file or include. Given, the operation reads nothing itself, neither when
+      planned nor when executed (the install commands still check each file is as it was read)
+    + printer_activity: the Pi's ``PrinterActivity`` read by the caller (its FleetAudit's
+      ``activity``); read here when not given. The restart re-checks on the Pi that no print started
 
     Nothing is written when the host data, the rendering or the rendered config is invalid (the
     host fails with the field or the template line named), nor when the file system lacks room.
@@ -294,7 +348,10 @@ def config(
         return
 
     needs_usb = any(e.serial is None and e.board.interface not in ("linux", "can") for e in spec.boards)
-    attached = host.get_fact(AttachedBoards) if needs_usb else {}
+    if not needs_usb:
+        attached: Mapping[str, Any] = {}
+    else:
+        attached = attached_boards if attached_boards is not None else host.get_fact(AttachedBoards)
 
     def render_both(previous: Mapping[str, str]) -> tuple[str, str, list[str]]:
         notes, serials = [], {}
@@ -315,11 +372,8 @@ def config(
     # one round trip: both files, the restart marker, and every include target the renderings name
     includes = [t for t in kc.include_targets(generated_text) + kc.include_targets(user_rendered)
                 if not kc.is_glob(t) and t != generated_file]
-    files = host.get_fact(
-        PrinterFiles, config_dir=config_dir,
-        files=(generated_file, user_file, restart_marker("klipper")),
-        read=(generated_file, user_file), includes=tuple(dict.fromkeys(includes)),
-    )
+    query = files_query(generated_file, user_file, includes)
+    files = current_files if covers(current_files, query) else host.get_fact(PrinterFiles, config_dir=config_dir, **query)
     if not files:
         yield fail_command(f"{host.name}: {config_dir} does not exist on the Pi. Nothing was written; "
                            "is this a RatOS Pi (printer_data)?")
@@ -367,7 +421,7 @@ def config(
     if not writes and not pending:
         host.noop(f"{generated_file} and {user_file} are up to date")
         return
-    busy = printer_busy(moonraker_url) if restart or when_busy == "defer" else False
+    busy = printer_busy(moonraker_url, printer_activity) if restart or when_busy == "defer" else False
     if busy and when_busy == "defer" and writes:
         host.log(f"deferred: the printer is busy; {', '.join(w.name for w in writes)} not written "
                  "(the next deploy that finds it idle writes them)", logger.warning)

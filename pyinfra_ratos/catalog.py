@@ -137,7 +137,7 @@ def _check_values(path: Path, data: Mapping[str, Any]) -> None:
         if mode not in USB_MODES:
             raise _fail(path, f"usb.{mode}", "unknown USB mode", f"use one of {', '.join(USB_MODES)}")
         if not isinstance(usb_id, str) or not _USB_ID.match(usb_id):
-            raise _fail(path, f"usb.{mode}", f"{usb_id!r} is not a lower-case vvvv:pppp id", f'write it as "1d50:614e"')
+            raise _fail(path, f"usb.{mode}", f"{usb_id!r} is not a lower-case vvvv:pppp id", 'write it as "1d50:614e"')
     if "dfu" in methods and not data.get("dfu_flash_map"):
         raise _fail(path, "dfu_flash_map", "missing for a board flashed by DFU", _SCHEMA["dfu_flash_map"][2])
     if "dfu" in methods and "dfu" not in data["usb"]:

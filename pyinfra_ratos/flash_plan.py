@@ -14,7 +14,7 @@ How an operation runs a ``flash`` plan::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Union
 

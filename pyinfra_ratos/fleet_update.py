@@ -53,9 +53,11 @@ def _errors(state: State, host: Any) -> list[str]:
     for op_hash, data in state.ops[host].items():
         meta = data.operation_meta
         if meta.is_complete() and meta.did_error():
-            name = ", ".join(state.op_meta[op_hash].names) if op_hash in state.op_meta else "operation"
+            # one operation hash may carry the names other hosts gave it: name it only when unique
+            names = state.op_meta[op_hash].names if op_hash in state.op_meta else set()
             detail = [line for line in meta.stderr_lines if line.strip()]
-            found.append(f"{name}: {detail[-1] if detail else 'failed'}")
+            text = detail[-1] if detail else "failed"
+            found.append(f"{next(iter(names))}: {text}" if len(names) == 1 else text)
     return found
 
 
@@ -103,10 +105,11 @@ def printer_entry(state: State | None, host_name: str, executed: bool) -> dict[s
     if noted.get("skipped"):
         status, reason = "skipped", noted["skipped"]
         config = {"action": "skipped", "reason": reason}
+    elif any(b.get("action") == "failed" for b in boards.values()):
+        # the flash agent's own verdict says more than the failed command's last line
+        status, reason = "failed", next(b["reason"] for b in boards.values() if b.get("action") == "failed")
     elif errors:
         status, reason = "failed", errors[0]
-    elif any(b.get("action") in ("failed",) for b in boards.values()):
-        status, reason = "failed", next(b["reason"] for b in boards.values() if b.get("action") == "failed")
     elif any(b.get("action") == "refused" for b in boards.values()):
         status = "skipped"
         reason = next(b["reason"] for b in boards.values() if b.get("action") == "refused")

@@ -133,7 +133,7 @@ def build_base(base: Path) -> None:
     # preload library into every program, setuid sudo included (sudo strips LD_PRELOAD), and it
     # acts only where UMOCKDEV_DIR is set: by sshd for every session, kept by sudo.
     _write(etc / "ld.so.preload", _umockdev_preload() + "\n")
-    _write(etc / "sudoers.d" / "020_usb-bus", f'Defaults env_keep += "UMOCKDEV_DIR"\n', 0o440)
+    _write(etc / "sudoers.d" / "020_usb-bus", 'Defaults env_keep += "UMOCKDEV_DIR"\n', 0o440)
     _write(etc / "ssh" / "sshd_config", SSHD_CONFIG + f"SetEnv UMOCKDEV_DIR={USB_BUS_DIR}\n")
     _write(base / "usr" / "local" / "bin" / "systemctl", SYSTEMCTL_WRAPPER.format(lib=SIM_LIB), 0o755)
     lib = base / SIM_LIB / "pyinfra_ratos"
@@ -199,7 +199,7 @@ def prepare_pi(
     (upper / "etc" / "ssh").mkdir(parents=True)
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{pi.name}",
          "-f", str(upper / "etc" / "ssh" / "ssh_host_ed25519_key"))
-    hosts = [f"127.0.0.1\tlocalhost", f"127.0.1.1\t{pi.name}", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    hosts = ["127.0.0.1\tlocalhost", f"127.0.1.1\t{pi.name}", "::1\tlocalhost ip6-localhost ip6-loopback"]
     if pi.network == "online":
         # the outside world an online Pi needs answers on its own loopback (see pi_init)
         hosts.append(f"{INTERNET_STANDIN}\tgithub.com")

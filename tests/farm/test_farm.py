@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim import procs
