@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -76,6 +77,75 @@ def refuse(reason: str):
         firmware.refuse(name="Firmware", reason="cannot tell which Klipper the Pi runs")
     """
     yield fail(reason)
+
+
+BUILT_PREFIX = "RATOS-BUILT "
+
+
+def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool) -> str:
+    """The shell script that builds one fragment on the Pi and files it under its identity.
+
+    Two make calls with absolute ``KCONFIG_CONFIG``/``OUT`` (never olddefconfig and the build in
+    one), identity = version from the built dictionary + sha256 of the resolved config, and the
+    artifact appears under its identity only once complete. Prints ``RATOS-BUILT <identity>``.
+    """
+    checks = "" if allow_unclean else (
+        'case "$version" in "?"*|*-dirty*|*-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]_[0-9]*)\n'
+        '  echo "the Pi\'s checkout builds as $version (dirty, undescribable or unclean): not filing it;'
+        ' commit or stash the changes there, or set allow_unclean_build" >&2; exit 1;; esac\n')
+    return "\n".join([
+        "set -e",
+        f'K="$HOME"/{shlex.quote(klipper_path[2:])}' if klipper_path.startswith("~/") else f"K={shlex.quote(klipper_path)}",
+        f'root="$HOME/{ARTIFACTS_DIR}"; mkdir -p "$root"',
+        'work=$(mktemp -d "$root/.build-XXXXXX"); trap \'rm -rf "$work"\' EXIT',
+        f"printf '%s' {shlex.quote(fragment)} > \"$work/config\"",
+        'make -C "$K" KCONFIG_CONFIG="$work/config" OUT="$work/out/" olddefconfig > "$work/build.log" 2>&1',
+        'make -C "$K" KCONFIG_CONFIG="$work/config" OUT="$work/out/" -j"$(nproc)" >> "$work/build.log" 2>&1'
+        ' || { tail -5 "$work/build.log" >&2; exit 1; }',
+        'version=$(python3 -c \'import json,sys; print(json.load(open(sys.argv[1]))["version"])\''
+        ' "$work/out/klipper.dict")',
+        checks,
+        'identity="$version-$(sha256sum "$work/config" | cut -c1-12)"',
+        'if [ ! -d "$root/$identity" ]; then',
+        '  mkdir "$work/artifact"',
+        '  for f in klipper.bin klipper.uf2 klipper.elf klipper.dict; do'
+        ' if [ -f "$work/out/$f" ]; then cp "$work/out/$f" "$work/artifact/"; fi; done',
+        '  cp "$work/config" "$work/build.log" "$work/artifact/"',
+        '  mv "$work/artifact" "$root/$identity"',
+        "fi",
+        f'echo "{BUILT_PREFIX}$identity"',
+    ])
+
+
+@operation()
+def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = False):
+    """
+    Build a board's firmware on the Pi from its own Klipper checkout, filed under its identity.
+
+    + fragment: the board's Kconfig fragment (``FirmwareTarget.fragment``)
+    + klipper_path: the Pi's Klipper checkout; the build runs as the SSH user, who must own it
+      (as root, git would refuse a checkout owned by pi and the version would silently become ``?``)
+    + allow_unclean: also file builds of a dirty or undescribable checkout
+
+    The artifact lands in ``~/printer_data/firmware/<version>-<sha256(config)[:12]>/`` (the same
+    layout the controller ships). Already built: the make calls find nothing to do. Prints
+    ``RATOS-BUILT <identity>`` for the flash planned after it.
+
+    **Example:**
+
+    .. code:: python
+
+        firmware.build(name="Build on the Pi", fragment=target.fragment)
+    """
+    yield StringCommand("sh", "-c", QuoteString(pi_build_script(fragment, klipper_path, allow_unclean)))
+
+
+def built_identity(meta: Any) -> str | None:
+    """The identity a completed :func:`build` printed, or None."""
+    for line in meta.stdout_lines if meta is not None and meta.is_complete() else []:
+        if line.startswith(BUILT_PREFIX):
+            return line[len(BUILT_PREFIX):].strip()
+    return None
 
 
 @operation()

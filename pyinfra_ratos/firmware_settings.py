@@ -42,6 +42,7 @@ from pyinfra_ratos.kconfig import OverrideValue, render_fragment
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
+BUILD_PLACES = ("controller", "pi")
 
 
 class HostDataError(ValueError):
@@ -73,6 +74,7 @@ class FirmwareSettings:
     backend: str
     attended_flash: bool
     allow_unclean: bool
+    build_on: str = "controller"  # "controller" (once per identity for the fleet) or "pi"
 
 
 def as_flag(value: Any) -> bool | None:
@@ -96,8 +98,13 @@ def firmware_settings(host: str, data: Mapping[str, Any], override: Mapping[str,
     """Validate a host's firmware data; raises HostDataError with every problem at once."""
     errors: list[str] = []
     targets = parse_targets(errors, data.get("boards"), catalog)
+    build_on = data.get("firmware_build", "controller")
+    if build_on not in BUILD_PLACES:
+        errors.append(f"field 'firmware_build' is {build_on!r}; use one of {', '.join(BUILD_PLACES)}")
     source = data.get("klipper_source")
-    if not isinstance(source, str) or not source:
+    if build_on == "pi" and not source:
+        source = ""  # the Pi's own checkout builds: no controller checkout needed
+    elif not isinstance(source, str) or not source:
         errors.append("field 'klipper_source' is missing: set it to a Klipper git checkout on this controller "
                       "(git clone https://github.com/Klipper3d/klipper) holding the Pis' commit")
     elif not (Path(source).expanduser() / ".git").exists():
@@ -123,4 +130,5 @@ def firmware_settings(host: str, data: Mapping[str, Any], override: Mapping[str,
         backend=str(backend),
         attended_flash=bool(attended),
         allow_unclean=bool(allow_unclean),
+        build_on=str(build_on),
     )

@@ -47,7 +47,8 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 PRINTER_KEYS = ("printer_model", "printer_size", "hotend", "extruder", "probe", "stepper_driver",
                 "stepper_current", "printer_templates")
 PRINTER_DEPLOY_KEYS = ("printer_user_config", "printer_when_busy", "printer_backups", "printer_config_dir")
-FIRMWARE_KEYS = ("klipper_source", "firmware_cache", "flash_backend", "allow_unclean_build", "attended_flash")
+FIRMWARE_KEYS = ("klipper_source", "firmware_cache", "flash_backend", "allow_unclean_build", "attended_flash",
+                 "firmware_build")
 SHARED_KEYS = ("boards", "klipper_commit", "custom_data_keys")
 # deploys/provision.py and deploys/update.py (checked by provision_settings there)
 PROVISION_KEYS = ("klipper_remote", "klipper_bundle_cache", "hostname", "timezone", "build_on_pi",

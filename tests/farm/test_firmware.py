@@ -224,3 +224,20 @@ def test_linux_host_mcu_gets_klipper_elf_as_klipper_mcu_and_reports_the_new_vers
     rerun = deploy(lab, pi)
     total = grand_total(rerun)
     assert (total["success"], total["error"]) == (0, 0), rerun
+
+
+def test_a_single_printer_builds_on_the_pi_as_the_checkout_owner_then_flashes(lab: RunningFarm, tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        f"exec(open({str(lab.inventory)!r}).read())\n"
+        "pis = [(n, {**d, 'firmware_build': 'pi', 'klipper_source': None}) for n, d in pis]\n"
+    )
+    out = lab.pyinfra(str(DEPLOY), "--limit", "fw-pibuild", check=False, inventory=inventory).stdout
+    assert mcu_version(lab, "fw-pibuild") == current(lab), out
+    artifacts = lab.state / "pis" / "fw-pibuild" / "home" / "pi" / "printer_data" / "firmware"
+    (built,) = [p for p in artifacts.iterdir() if not p.name.startswith(".")]
+    assert built.name.startswith(current(lab) + "-")
+    assert (built / "klipper.bin").stat().st_uid == 1000  # built as pi, the checkout's owner
+    rerun = lab.pyinfra(str(DEPLOY), "--limit", "fw-pibuild", check=False, inventory=inventory).stdout
+    total = grand_total(rerun)
+    assert (total["success"], total["error"]) == (0, 0), rerun
