@@ -54,6 +54,7 @@ from pyinfra_ratos.deploys.firmware import converge_firmware
 from pyinfra_ratos import results
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.remote import remote_endpoint
+from pyinfra_ratos.firmware_settings import as_flag
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
 
 BASE_PACKAGES = ("dfu-util", "python3-venv", "git")
@@ -73,7 +74,6 @@ UDEV_RELOAD = ("udevadm control --reload-rules && udevadm trigger --subsystem-ma
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TIMEZONE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,6 @@ class ProvisionSettings:
     file_backups: int
 
 
-def _flag(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-        return value.strip().lower() in TRUE_WORDS
-    return None
-
-
 def provision_settings(name: str, data: Mapping[str, Any]) -> tuple[ProvisionSettings | None, list[str]]:
     """The host's provisioning data, or every problem with it (field, value, fix)."""
     errors = []
@@ -115,7 +107,7 @@ def provision_settings(name: str, data: Mapping[str, Any]) -> tuple[ProvisionSet
     timezone = data.get("timezone")
     if timezone is not None and (not isinstance(timezone, str) or not _TIMEZONE.match(timezone)):
         errors.append(f"field 'timezone' is {timezone!r}: a zone name such as 'Europe/Copenhagen'")
-    build_on_pi = _flag(data.get("build_on_pi", False))
+    build_on_pi = as_flag(data.get("build_on_pi", False))
     if build_on_pi is None:
         errors.append(f"field 'build_on_pi' is {data.get('build_on_pi')!r}: true or false")
     services = data.get("provision_services", SERVICES)
