@@ -17,10 +17,12 @@ Moonraker's pin are converged. Host data: as ``deploys/provision.py`` (``klipper
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyinfra import host
 from pyinfra.api import deploy
 
-from pyinfra_ratos import results
+from pyinfra_ratos import prefetch, results
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra
@@ -42,6 +44,23 @@ def busy_reason(activity: dict) -> str | None:
     return "printer state unknown (Moonraker does not answer while Klipper runs)"
 
 
+def update_reads() -> list[tuple[type, dict[str, Any]]]:
+    """The facts :func:`update_printer` reads from the current host, as (fact, kwargs), so that a
+    fleet run can read them for a whole batch at once (``pyinfra_ratos.prefetch``)."""
+    settings, _ = provision_settings(host.name, host.data.dict())
+    if settings is None:
+        return []
+    endpoint = remote_endpoint(settings.remote)
+    # one round trip for the backup, printer.config and moonraker.pins, read once for plan and
+    # execution: the backup only downloads, Klipper's checkout and the flashes write no config
+    # file, and each write still checks on the Pi that its file is as it was read
+    return [
+        (FleetAudit, {"hosts": [f"{endpoint[0]}:{endpoint[1]}"] if endpoint else []}),
+        (ConfigState, {"config_dir": settings.config_dir,
+                       **merge_queries(printer.config_files_query(), moonraker.files_query())}),
+    ]
+
+
 @deploy("Update printer")
 def update_printer() -> None:
     set_nodelay(host)
@@ -49,13 +68,9 @@ def update_printer() -> None:
     if settings is None:
         firmware.refuse(name="Update", reason="\n".join(errors))
         return
-    endpoint = remote_endpoint(settings.remote)
-    audit = host.get_fact(FleetAudit, hosts=[f"{endpoint[0]}:{endpoint[1]}"] if endpoint else [])
-    # one round trip for the backup, printer.config and moonraker.pins, read once for plan and
-    # execution: the backup only downloads, Klipper's checkout and the flashes write no config
-    # file, and each write still checks on the Pi that its file is as it was read
-    state = host.get_fact(ConfigState, config_dir=settings.config_dir,
-                          **merge_queries(printer.config_files_query(), moonraker.files_query()))
+    (audit_fact, audit_kwargs), (state_fact, state_kwargs) = update_reads()
+    audit = prefetch.get_fact(host, audit_fact, **audit_kwargs)
+    state = prefetch.get_fact(host, state_fact, **state_kwargs)
     config = state["backup"]
     before = audit["klipper"].get("version") or None
     results.note_op(host.name, "backup", backup.config_dir(

@@ -25,7 +25,7 @@ from pyinfra.api.operations import run_ops
 from pyinfra.api.state import State
 
 from pyinfra_ratos import report as reports
-from pyinfra_ratos import results
+from pyinfra_ratos import prefetch, results
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.catalog import load_catalog
 from pyinfra_ratos.flash_agent import RESULT_PREFIX
@@ -164,12 +164,14 @@ def run_fleet(
         unreachable = fleet_api.connect(state)
         try:
             if len(unreachable) < len(batch):
+                _prefetch(state)
                 add_deploy(state, _update_deploy())
                 if execute:
                     run_ops(state)
         except PyinfraError:
             pass  # "No hosts remaining!" once every host failed: each host's operations say why
         finally:
+            prefetch.clear()
             fleet_api.disconnect(state)
         seconds = time.monotonic() - started
         for name in batch:
@@ -203,6 +205,28 @@ def run_fleet(
     if report_dir is not None:
         reports.write_report(report, report_dir)
     return report["exit_code"], report
+
+
+def _prefetch(state: State) -> None:
+    """Read the facts the deploy will read on every connected host of the batch at once:
+    ``add_deploy`` plans host after host, so its own reads would be round trips made in turn."""
+    import gevent
+    from pyinfra.api.facts import get_fact
+    from pyinfra.context import ctx_host, ctx_state
+
+    from pyinfra_ratos.deploys.update import update_reads
+
+    def one(host: Any) -> None:
+        with ctx_state.use(state), ctx_host.use(host):
+            reads = update_reads()  # pure Python: no other greenlet runs meanwhile
+        for fact, kwargs in reads:
+            try:
+                value = get_fact(state, host, fact, kwargs=kwargs)
+            except Exception:  # noqa: BLE001 - the deploy reads it again and fails the host as pyinfra does
+                return
+            prefetch.put(host.name, fact, kwargs, value)
+
+    gevent.joinall([gevent.spawn(one, host) for host in state.inventory if host.connected])
 
 
 def _update_deploy() -> Any:
