@@ -31,6 +31,7 @@ Keys of a board file (all required unless marked optional):
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -201,13 +202,22 @@ def load_board(path: Path) -> Board:
 
 def load_catalog(extra_dirs: Sequence[Path] = ()) -> dict[str, Board]:
     """All boards: the packaged ones, then each user folder in order (later files override)."""
-    boards: dict[str, Board] = {}
-    for directory in (BOARDS_DIR, *(Path(d) for d in extra_dirs)):
+    directories = (BOARDS_DIR, *(Path(d) for d in extra_dirs))
+    for directory in directories:
         if not directory.is_dir():
             raise CatalogError(f"{directory}: board folder not found. Fix: create it or remove it from the list.")
-        for path in sorted(directory.glob("*.toml")):
-            board = load_board(path)
-            boards[board.id] = board
+    # planning a fleet asks for the catalog per host and per operation: parse each folder's
+    # files once, and again only when one of them changed (names and modification times)
+    stamp = tuple((str(path), path.stat().st_mtime_ns) for d in directories for path in sorted(d.glob("*.toml")))
+    return dict(_parsed(stamp))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(stamp: tuple[tuple[str, int], ...]) -> dict[str, Board]:
+    boards: dict[str, Board] = {}
+    for path_text, _ in stamp:
+        board = load_board(Path(path_text))
+        boards[board.id] = board
     return boards
 
 
