@@ -221,3 +221,20 @@ def test_bad_scenario_is_refused_before_anything_starts(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "pi 'vcore-01': key 'state' is 'printin'; allowed values: standby, printing" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def _ssh_commands(farm: RunningFarm, name: str) -> int:
+    log = farm.upper(name) / "var/log/ratos-sim/sshd.log"
+    return log.read_text().count("Starting session") if log.exists() else 0
+
+
+def test_the_audit_deploy_prints_each_pi_and_board_in_one_command_per_pi(three_pis: RunningFarm) -> None:
+    deploy = Path(__file__).parents[2] / "deploys" / "audit.py"
+    before = {p["name"]: _ssh_commands(three_pis, p["name"]) for p in three_pis.info["pis"]}
+    out = three_pis.pyinfra(str(deploy)).stdout
+    current = three_pis.info["versions"]["current"]["version"]
+    assert re.search(rf"\[vcore-02\] klipper {current}\s+klippy ready\s+busy\s+online", out), out
+    assert re.search(r"\[vminion-01\] klipper \S+\s+klippy error\s+idle\s+offline", out), out
+    assert re.search(r"\[vminion-01\]\s+1-1\.1\s+dfu\s+", out), out
+    after = {p["name"]: _ssh_commands(three_pis, p["name"]) for p in three_pis.info["pis"]}
+    assert all(after[name] - before[name] == 1 for name in before), (before, after)
