@@ -30,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -315,7 +316,7 @@ class Agent:
                 self.call(step)
         except BecameBusy as busy:
             result.update(action="skipped", reason=f"{self.plan['board']}: {busy}")
-        except StepFailed as failed:
+        except (StepFailed, Interrupted) as failed:
             failure = str(failed)
         except Exception as error:  # noqa: BLE001 - whatever broke, Klipper must come back below
             failure = f"unexpected error: {error!r}"
@@ -359,13 +360,36 @@ def client_answer(stdout: str) -> dict[str, Any]:
     return {}
 
 
+class Interrupted(Exception):
+    """The agent was asked to stop (SIGTERM, SIGINT): the current step ends, Klipper restarts."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    for name in ("SIGTERM", "SIGINT"):  # the restart that follows must not be cut short in turn
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name} before the flash finished")
+
+
+def guard_signals() -> None:
+    """A lost SSH connection (SIGHUP) must not cut a flash short: the agent finishes it and
+    restarts Klipper anyway, only its result line goes unread. A stop request (SIGTERM, SIGINT)
+    ends the current step, then Klipper is restarted."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
 def main(argv: list[str]) -> int:
+    guard_signals()
     plan = json.loads(argv[1])
     agent = Agent(plan, argv[2] if len(argv) > 2 else os.path.expanduser("~"))
     result = agent.execute()
-    if agent.dfu_output and result["action"] == "failed":
-        sys.stderr.write(agent.dfu_output)  # the operator's evidence, under the result
-    print(RESULT_PREFIX + json.dumps(result, sort_keys=True), flush=True)
+    try:
+        if agent.dfu_output and result["action"] == "failed":
+            sys.stderr.write(agent.dfu_output)  # the operator's evidence, under the result
+        print(RESULT_PREFIX + json.dumps(result, sort_keys=True), flush=True)
+    except OSError:
+        pass  # the SSH connection is gone: nobody reads the result any more
     return 1 if result["action"] == "failed" else 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import termios
@@ -177,3 +178,32 @@ def test_a_dfu_util_flash_records_no_read_back(monkeypatch) -> None:
     agent = agent_for([])
     agent.DfuDownload("1-1.3", 0x08020000, "klipper.bin")
     assert (agent.backend, agent.read_back, agent.dfu_exit) == ("dfu-util", None, 0)
+
+
+def test_a_stop_request_mid_flash_still_restarts_klipper(monkeypatch) -> None:
+    ran: list[list[str]] = []
+    monkeypatch.setattr(Agent, "run", lambda self, argv: ran.append(argv))
+
+    def dies(self: Agent, port: str, timeout: float) -> None:
+        flash_agent._interrupt(15, None)  # what SIGTERM does while a step runs
+
+    monkeypatch.setattr(Agent, "WaitDfu", dies)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = agent_for([{"step": "StopKlipper"}, {"step": "WaitDfu", "port": "1-1.3", "timeout": 0}]).execute()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert ran == [["systemctl", "stop", "klipper"], ["systemctl", "start", "klipper"]]
+    assert result["action"] == "failed" and "interrupted by SIGTERM" in result["reason"]
+
+
+def test_a_lost_ssh_connection_does_not_stop_the_agent() -> None:
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        flash_agent.guard_signals()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is flash_agent._interrupt
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
