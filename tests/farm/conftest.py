@@ -14,6 +14,18 @@ import pytest
 
 from pyinfra_ratos.sim import farm as sim_farm
 
+# Klipper's scripts/flash_usb.py enter_bootloader(), as a RatOS Pi runs it
+BOOTLOADER_REQUEST = """
+import fcntl, struct, sys, termios
+with open(sys.argv[1], "rb") as f:
+    fd = f.fileno()
+    fcntl.ioctl(fd, termios.TIOCMBIS, struct.pack("I", termios.TIOCM_DTR))
+    t = termios.tcgetattr(fd)
+    t[4] = t[5] = termios.B1200
+    termios.tcsetattr(fd, termios.TCSANOW, t)
+    fcntl.ioctl(fd, termios.TIOCMBIC, struct.pack("I", termios.TIOCM_DTR))
+"""
+
 SCENARIOS = Path(sim_farm.__file__).parent / "scenarios"
 VENV_BIN = Path(sys.executable).parent
 

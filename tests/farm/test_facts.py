@@ -14,24 +14,13 @@ from pyinfra_ratos.catalog import load_catalog
 from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim.scenario import load_scenario
 
-from .conftest import RunningFarm, start_farm
+from .conftest import BOOTLOADER_REQUEST, RunningFarm, start_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "facts-lab.toml"
 SESSION_LINE = "Starting session: command for pi"
 CATALOG = load_catalog()
 PIS = [pi.name for pi in load_scenario(SCENARIO).pis]
 
-# Klipper's scripts/flash_usb.py enter_bootloader(), as a RatOS Pi runs it
-BOOTLOADER_REQUEST = """
-import fcntl, struct, sys, termios
-with open(sys.argv[1], "rb") as f:
-    fd = f.fileno()
-    fcntl.ioctl(fd, termios.TIOCMBIS, struct.pack("I", termios.TIOCM_DTR))
-    t = termios.tcgetattr(fd)
-    t[4] = t[5] = termios.B1200
-    termios.tcsetattr(fd, termios.TCSANOW, t)
-    fcntl.ioctl(fd, termios.TIOCMBIC, struct.pack("I", termios.TIOCM_DTR))
-"""
 
 
 FILLERS = 14  # plain Pis that make the lab a 20-Pi farm for the audit's SSH count

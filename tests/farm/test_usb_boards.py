@@ -15,7 +15,7 @@ import pytest
 from pyinfra_ratos.catalog import load_catalog
 from pyinfra_ratos.sim import farm as sim_farm
 
-from .conftest import RunningFarm, start_farm
+from .conftest import BOOTLOADER_REQUEST, RunningFarm, start_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "usb-lab.toml"
 H723 = "btt-octopus-pro-h723-11"
@@ -23,17 +23,6 @@ FLASH_BASE = 0x08000000
 H723_APP = 0x08020000
 H723_SECTOR = 128 * 1024
 
-# Klipper's scripts/flash_usb.py enter_bootloader(), as a RatOS Pi runs it
-BOOTLOADER_REQUEST = """
-import fcntl, struct, sys, termios
-with open(sys.argv[1], "rb") as f:
-    fd = f.fileno()
-    fcntl.ioctl(fd, termios.TIOCMBIS, struct.pack("I", termios.TIOCM_DTR))
-    t = termios.tcgetattr(fd)
-    t[4] = t[5] = termios.B1200
-    termios.tcsetattr(fd, termios.TCSANOW, t)
-    fcntl.ioctl(fd, termios.TIOCMBIC, struct.pack("I", termios.TIOCM_DTR))
-"""
 
 PYUSB_LIST = """
 import json, usb.core
