@@ -105,3 +105,72 @@ def test_moonraker_probe_without_moonraker_falls_back_to_the_log(tmp_path: Path)
     found = remote.probe_moonraker("http://127.0.0.1:1", str(log), True, False)
     assert found["info"]["status"] == 0
     assert found["log"] == ["Loaded MCU 'mcu' 3 commands (v1 / gcc)"]
+
+
+class _Answers:
+    """A local HTTP server (the standard library's, as the Moonraker stand-in) with fixed answers."""
+
+    def __init__(self, routes: dict[str, tuple[int, str, bytes]]) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # as Tornado: the probe's HTTP/1.0 request still closes
+
+            def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+                status, kind, body = routes.get(self.path, (404, "text/html", b"<html>404</html>"))
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_http_get_answers_as_urllib_did_for_json_errors_pages_and_silence() -> None:
+    big = json.dumps({"result": {"objects": ["x" * 100] * 2000}}).encode()  # > one recv
+    server = _Answers({
+        "/printer/info": (200, "application/json", b'{"result": {"state": "ready"}}'),
+        "/printer/objects/query?mcu&webhooks=state": (200, "application/json", big),
+        "/printer/objects/list": (503, "application/json", b'{"error": {"code": 503, "message": "Klippy"}}'),
+        "/server/html": (200, "text/html", b"<html>not json</html>"),
+    })
+    try:
+        assert remote._http_get(server.url + "/printer/info") == {"status": 200, "body": {"result": {"state": "ready"}}}
+        assert remote._http_get(server.url + "/printer/objects/query?mcu&webhooks=state")["body"] == json.loads(big)
+        assert remote._http_get(server.url + "/printer/objects/list") == {
+            "status": 503, "body": {"error": {"code": 503, "message": "Klippy"}}}
+        assert remote._http_get(server.url + "/nowhere") == {"status": 404, "body": None}
+        assert remote._http_get(server.url + "/server/html")["status"] == 0
+    finally:
+        server.server.shutdown()
+    assert remote._http_get("http://127.0.0.1:1/printer/info")["status"] == 0
+
+
+def test_http_get_of_something_that_is_not_http_or_never_answers() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    import threading
+
+    def garbage() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        conn.close()
+
+    threading.Thread(target=garbage, daemon=True).start()
+    assert remote._http_get(f"http://127.0.0.1:{port}/printer/info")["status"] == 0
+    # accepted, never answered: within the timeout
+    import time
+
+    started = time.monotonic()
+    assert remote._http_get(f"http://127.0.0.1:{port}/printer/info", timeout=0.3)["status"] == 0
+    assert time.monotonic() - started < 2
+    listener.close()
