@@ -28,9 +28,9 @@ from pyinfra_ratos.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra
 from pyinfra_ratos.deploys.firmware import apply_firmware, plan_firmware
 from pyinfra_ratos.deploys.provision import printer_configuration, provision_settings
-from pyinfra_ratos.facts.audit import FleetAudit
+from pyinfra_ratos.facts.config_state import merge_queries
 from pyinfra_ratos.facts.remote import remote_endpoint
-from pyinfra_ratos.facts.config_state import ConfigState, merge_queries
+from pyinfra_ratos.facts.update_state import UpdateState
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
 
 
@@ -51,14 +51,14 @@ def update_reads() -> list[tuple[type, dict[str, Any]]]:
     if settings is None:
         return []
     endpoint = remote_endpoint(settings.remote)
-    # one round trip for the backup, printer.config and moonraker.pins, read once for plan and
-    # execution: the backup only downloads, Klipper's checkout and the flashes write no config
-    # file, and each write still checks on the Pi that its file is as it was read
-    return [
-        (FleetAudit, {"hosts": [f"{endpoint[0]}:{endpoint[1]}"] if endpoint else []}),
-        (ConfigState, {"config_dir": settings.config_dir,
-                       **merge_queries(printer.config_files_query(), moonraker.files_query())}),
-    ]
+    # one round trip for the audit, the backup, printer.config and moonraker.pins, read once for
+    # plan and execution: the backup only downloads, Klipper's checkout and the flashes write no
+    # config file, and each write still checks on the Pi that its file is as it was read
+    return [(UpdateState, {
+        "hosts": [f"{endpoint[0]}:{endpoint[1]}"] if endpoint else [],
+        "config_dir": settings.config_dir,
+        **merge_queries(printer.config_files_query(), moonraker.files_query()),
+    })]
 
 
 @deploy("Update printer")
@@ -68,9 +68,9 @@ def update_printer() -> None:
     if settings is None:
         firmware.refuse(name="Update", reason="\n".join(errors))
         return
-    (audit_fact, audit_kwargs), (state_fact, state_kwargs) = update_reads()
-    audit = prefetch.get_fact(host, audit_fact, **audit_kwargs)
-    state = prefetch.get_fact(host, state_fact, **state_kwargs)
+    [(fact, kwargs)] = update_reads()
+    read = prefetch.get_fact(host, fact, **kwargs)
+    audit, state = read["audit"], read["config"]
     config = state["backup"]
     before = audit["klipper"].get("version") or None
     results.note_op(host.name, "backup", backup.config_dir(

@@ -63,10 +63,14 @@ class FleetAudit(FactBase[FleetAuditDict]):
         hosts: str | Iterable[str] = (),
         timeout: float = 3.0,
     ) -> StringCommand:
-        return probe_command("audit", {
-            "klipper_path": klipper_path, "moonraker_url": moonraker_url, "klippy_log": klippy_log,
-            "hosts": expand_hosts(hosts), "timeout": float(timeout),
-        })
+        return probe_command("audit", self.probe_args(klipper_path, moonraker_url, klippy_log, hosts, timeout))
+
+    @staticmethod
+    def probe_args(klipper_path: str, moonraker_url: str, klippy_log: str, hosts: str | Iterable[str],
+                   timeout: float) -> dict[str, Any]:
+        """The probe's ``audit`` arguments (shared with the facts that bundle an audit)."""
+        return {"klipper_path": klipper_path, "moonraker_url": moonraker_url, "klippy_log": klippy_log,
+                "hosts": expand_hosts(hosts), "timeout": float(timeout)}
 
     @override
     def process(self, output: list[str]) -> FleetAuditDict:

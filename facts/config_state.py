@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
-from pyinfra_ratos.operations.backup import ConfigBackupState, ConfigBackupStateDict, parse_backup_state
+from pyinfra_ratos.operations.backup import ConfigBackupStateDict, backup_state_args, parse_backup_state
 
-from .printer_files import PrinterFilesDict, parse_printer_files, printer_files_command
-
-# a line neither command prints: each prints only tab-separated records it names
-_SPLIT = "=pyinfra-ratos-config-state="
+from .printer_files import PrinterFilesDict, parse_printer_files, printer_files_args, probe_lines
+from .probe import json_document, probe_command
 
 
 class ConfigStateDict(TypedDict):
@@ -30,10 +28,18 @@ def merge_queries(*queries: dict[str, Sequence[str]] | None) -> dict[str, tuple[
     return {key: tuple(names) for key, names in merged.items()}
 
 
-def split_output(output: Sequence[str]) -> tuple[list[str], list[str]]:
-    lines = list(output)
-    at = lines.index(_SPLIT) if _SPLIT in lines else len(lines)
-    return lines[:at], lines[at + 1 :]
+def config_state_args(config_dir: str, files: Sequence[str] = (), read: Sequence[str] = (),
+                      includes: Sequence[str] = ()) -> dict[str, Any]:
+    """The probe's ``config`` arguments for both parts."""
+    return {"config_dir": config_dir, "backup": backup_state_args(),
+            "files": printer_files_args(files, read, includes)}
+
+
+def parse_config_state(document: Mapping[str, Any]) -> ConfigStateDict:
+    """Each part through its own fact's parser; a part without an answer is ``{}`` (no folder)."""
+    backup, files = probe_lines(document, "backup"), probe_lines(document, "files")
+    return {"backup": parse_backup_state(backup) if backup is not None else {},
+            "files": parse_printer_files(files) if files is not None else {}}  # type: ignore[typeddict-item]
 
 
 class ConfigState(FactBase[ConfigStateDict]):
@@ -58,19 +64,12 @@ class ConfigState(FactBase[ConfigStateDict]):
         files: Sequence[str] = (),
         read: Sequence[str] = (),
         includes: Sequence[str] = (),
-    ) -> str:
-        # each part in a subshell: both end with `exit 0`
-        return "\n".join([
-            f"( {ConfigBackupState().command(config_dir)} )",
-            f"echo {_SPLIT}",
-            f"( {printer_files_command(config_dir, files, read, includes)} )",
-        ])
+    ) -> StringCommand:
+        return probe_command("config", config_state_args(config_dir, files, read, includes))
 
     @override
     def process(self, output: list[str]) -> ConfigStateDict:
-        backup_lines, files_lines = split_output(output)
-        return {"backup": parse_backup_state(backup_lines),
-                "files": parse_printer_files(files_lines)}  # type: ignore[typeddict-item]
+        return parse_config_state(json_document(output))
 
     @staticmethod
     def default() -> Any:

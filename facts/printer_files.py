@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import shlex
-from collections.abc import Sequence
-from typing import TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
+
+from .probe import json_document, probe_command
 
 # Bigger files are reported by hash only: a config file is kilobytes, a runaway one is not read.
 MAX_TEXT_BYTES = 1024 * 1024
@@ -53,31 +55,15 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(encode_text(text)).hexdigest()
 
 
-def printer_files_command(config_dir: str, files: Sequence[str], read: Sequence[str], includes: Sequence[str]) -> str:
-    def words(names: Sequence[str]) -> str:
-        return " ".join(shlex.quote(name) for name in names) or "''"
+def printer_files_args(files: Sequence[str], read: Sequence[str], includes: Sequence[str]) -> dict[str, Any]:
+    """The ``files`` part of the probe's ``config`` arguments (``remote.probe_printer_files``)."""
+    return {"files": list(files), "read": list(read), "includes": list(includes), "max_text": MAX_TEXT_BYTES}
 
-    return "\n".join([
-        f"cd {shell_path(config_dir)} 2>/dev/null || {{ echo nodir; exit 0; }}",
-        "printf 'dir\\t%s\\t%s\\n' \"$(pwd)\" \"$(df -Pk . | awk 'NR==2 {print $4}')\"",
-        f"for f in {words(files)}; do",
-        "  [ -n \"$f\" ] || continue",
-        "  if [ -f \"$f\" ]; then",
-        "    printf 'file\\t%s\\t%s\\t%s\\n' \"$f\" \"$(stat -c '%a %U %G %s' -- \"$f\")\""
-        " \"$(sha256sum < \"$f\" | cut -c1-64)\"",
-        "  else printf 'missing\\t%s\\n' \"$f\"; fi",
-        "done",
-        f"for f in {words(read)}; do",
-        f"  if [ -f \"$f\" ] && [ \"$(stat -c %s -- \"$f\")\" -le {MAX_TEXT_BYTES} ]; then",
-        "    printf 'text\\t%s\\t' \"$f\"; base64 -w0 < \"$f\"; echo",
-        "  fi",
-        "done",
-        f"for f in {words(includes)}; do",
-        "  [ -n \"$f\" ] || continue",
-        "  if [ -e \"$f\" ]; then printf 'include\\t%s\\t1\\n' \"$f\"; else printf 'include\\t%s\\t0\\n' \"$f\"; fi",
-        "done",
-        "exit 0",
-    ])
+
+def probe_lines(document: Mapping[str, Any], part: str) -> list[str] | None:
+    """One part of the ``config`` probe's answer: its lines, None when it failed or is absent."""
+    lines = document.get(part)
+    return lines if isinstance(lines, list) and all(isinstance(line, str) for line in lines) else None
 
 
 def parse_printer_files(lines: Sequence[str]) -> PrinterFilesDict | dict[str, object]:
@@ -128,12 +114,14 @@ class PrinterFiles(FactBase[PrinterFilesDict]):
         files: Sequence[str] = (),
         read: Sequence[str] = (),
         includes: Sequence[str] = (),
-    ) -> str:
-        return printer_files_command(config_dir, files, read, includes)
+    ) -> StringCommand:
+        return probe_command("config", {"config_dir": config_dir, "files": printer_files_args(files, read, includes)})
 
     @override
     def process(self, output: list[str]) -> PrinterFilesDict:
-        return parse_printer_files(output)  # type: ignore[return-value]
+        lines = probe_lines(json_document(output), "files")
+        # no answer (no python3, a probe error) reads as no folder: the operations then write nothing
+        return parse_printer_files(lines) if lines is not None else {}  # type: ignore[return-value]
 
     @staticmethod
     def default() -> PrinterFilesDict:

@@ -376,6 +376,159 @@ def probe_artifacts(directory):
     return result
 
 
+# ------------------------------------------------------------------------------ config folder
+# The lines ConfigBackupState and PrinterFiles parse (operations/backup.py, facts/printer_files.py),
+# as the shell tools would print them: find's listing, sha256sum, GNU stat, df -Pk, base64.
+
+
+def _config_dir(path):
+    """The folder as ``cd`` then ``pwd`` name it (the logical path), or None when it is missing."""
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        path = os.path.join(os.environ.get("PWD") or os.getcwd(), path)
+    return os.path.normpath(path) if os.path.isdir(path) else None
+
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _lines(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().split(b"\n")
+    except OSError:
+        return []
+
+
+def _backup_files(root, exclude_dirs, exclude_names):
+    """``find . ( -path ./D -o -name N ) -prune -o -type f -print0 | LC_ALL=C sort -z``."""
+    import fnmatch
+    import stat
+
+    found = []
+    pending = ["."]
+    while pending:
+        rel = pending.pop()
+        try:
+            names = os.listdir(os.path.join(root, rel))
+        except OSError:
+            continue
+        for name in names:
+            child = rel + "/" + name
+            if any(fnmatch.fnmatchcase(child, "./" + d) for d in exclude_dirs) \
+                    or any(fnmatch.fnmatchcase(name, n) for n in exclude_names):
+                continue
+            try:
+                mode = os.lstat(os.path.join(root, child)).st_mode
+            except OSError:
+                continue
+            if stat.S_ISDIR(mode):
+                pending.append(child)
+            elif stat.S_ISREG(mode):
+                found.append(child)
+    return sorted(found, key=os.fsencode)
+
+
+def probe_backup_state(config_dir, exclude_dirs, exclude_names, save_marker, initial_include):
+    root = _config_dir(config_dir)
+    if root is None:
+        return ["nodir"]
+    out = ["dir\t" + root]
+    printer_cfg = os.path.join(root, "printer.cfg")
+    if os.path.isfile(printer_cfg):
+        out.append("printer_cfg")
+        lines = _lines(printer_cfg)
+        if save_marker.encode() in lines:
+            out.append("save_config")
+        if any(line.startswith(("[include %s]" % initial_include).encode()) for line in lines):
+            out.append("initial")
+    for rel in _backup_files(root, exclude_dirs, exclude_names):
+        if "\n" in rel or "\\" in rel:
+            continue  # sha256sum escapes such names ("\" lines), which the parser skips
+        try:
+            out.append("file\t%s  %s" % (_sha256_file(os.path.join(root, rel)), rel))
+        except OSError:
+            continue  # unreadable: sha256sum says so on stderr and prints no line
+    return out
+
+
+def _owner(uid, gid):
+    import grp
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = "UNKNOWN"
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = "UNKNOWN"
+    return user, group
+
+
+def probe_printer_files(config_dir, files, read, includes, max_text):
+    import base64
+
+    root = _config_dir(config_dir)
+    if root is None:
+        return ["nodir"]
+    try:
+        fs = os.statvfs(root)
+        free = str(fs.f_bavail * fs.f_frsize // 1024)
+    except OSError:
+        free = ""
+    out = ["dir\t%s\t%s" % (root, free)]
+    for name in files:
+        if not name:
+            continue
+        path = os.path.join(root, name)
+        try:
+            meta = os.lstat(path) if os.path.isfile(path) else None  # stat -c without -L: a link's own
+        except OSError:
+            meta = None
+        if meta is None:
+            out.append("missing\t" + name)
+            continue
+        try:
+            sha = _sha256_file(path)
+        except OSError:
+            sha = ""  # unreadable: exists, content unknown (as `sha256sum < file` failing)
+        user, group = _owner(meta.st_uid, meta.st_gid)
+        out.append("file\t%s\t%o %s %s %d\t%s" % (name, meta.st_mode & 0o7777, user, group, meta.st_size, sha))
+    for name in read:
+        path = os.path.join(root, name)
+        try:
+            if os.path.isfile(path) and os.lstat(path).st_size <= max_text:
+                with open(path, "rb") as handle:
+                    out.append("text\t%s\t%s" % (name, base64.b64encode(handle.read()).decode("ascii")))
+        except OSError:
+            continue
+    for name in includes:
+        if name:
+            out.append("include\t%s\t%d" % (name, os.path.exists(os.path.join(root, name))))
+    return out
+
+
+def probe_config_state(args):
+    """The config folder as the backup (``backup``) and the config operations (``files``) read it:
+    each part only when its arguments are given."""
+    result = {}
+    if "backup" in args:
+        backup = args["backup"]
+        result["backup"] = _guarded(probe_backup_state, args["config_dir"], backup["exclude_dirs"],
+                                    backup["exclude_names"], backup["save_marker"], backup["initial_include"])
+    if "files" in args:
+        files = args["files"]
+        result["files"] = _guarded(probe_printer_files, args["config_dir"], files["files"], files["read"],
+                                   files["includes"], files["max_text"])
+    return result
+
+
 # ------------------------------------------------------------------------------ entry point
 
 def _guarded(func, *args):
@@ -469,6 +622,10 @@ def main(argv):
         result = probe_artifacts(args["directory"])
     elif probe == "audit":
         result = probe_audit(args)
+    elif probe == "config":
+        result = probe_config_state(args)
+    elif probe == "update":
+        result = dict(probe_config_state(args["config"]), audit=probe_audit(args["audit"]))
     else:
         result = {"error": "unknown probe %r" % probe}
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")

@@ -44,7 +44,8 @@ from pyinfra.api import (
 )
 from typing_extensions import override
 
-from pyinfra_ratos.facts.printer_files import shell_path
+from pyinfra_ratos.facts.printer_files import probe_lines, shell_path
+from pyinfra_ratos.facts.probe import json_document, probe_command
 from pyinfra_ratos.klipper_config import SAVE_CONFIG_MARKER
 
 DEFAULT_ROOT = "~/.local/share/pyinfra-ratos/config-backups"
@@ -97,6 +98,14 @@ def _find_files(exclude_dirs: Iterable[str], exclude_names: Iterable[str]) -> st
     return f"find . {pruned}-type f -print0 | LC_ALL=C sort -z"
 
 
+def backup_state_args(exclude_dirs: Iterable[str] = EXCLUDED_DIRS,
+                      exclude_names: Iterable[str] = EXCLUDED_NAMES) -> dict[str, Any]:
+    """The ``backup`` part of the probe's ``config`` arguments (``remote.probe_backup_state``): it
+    lists the files as :func:`_find_files` does for the backup's tar, so both hold the same set."""
+    return {"exclude_dirs": list(exclude_dirs), "exclude_names": list(exclude_names),
+            "save_marker": SAVE_CONFIG_MARKER, "initial_include": RATOS_INITIAL_INCLUDE}
+
+
 def parse_backup_state(lines: list[str]) -> ConfigBackupStateDict:
     state: ConfigBackupStateDict = {"dir": "", "files": {}, "printer_cfg": False, "save_config": False, "initial": False}
     for line in lines:
@@ -128,22 +137,15 @@ class ConfigBackupState(FactBase[ConfigBackupStateDict]):
 
     @override
     def command(self, config_dir: str = "~/printer_data/config", exclude_dirs: tuple[str, ...] = EXCLUDED_DIRS,
-                exclude_names: tuple[str, ...] = EXCLUDED_NAMES) -> str:
-        include = re.escape(f"[include {RATOS_INITIAL_INCLUDE}]")
-        return "\n".join([
-            f"cd {shell_path(config_dir)} 2>/dev/null || {{ echo nodir; exit 0; }}",
-            "printf 'dir\\t%s\\n' \"$(pwd)\"",
-            "if [ -f printer.cfg ]; then echo printer_cfg",
-            f"  grep -qxF -- {shlex.quote(SAVE_CONFIG_MARKER)} printer.cfg && echo save_config",
-            f"  grep -Eq {shlex.quote('^' + include)} printer.cfg && echo initial",
-            "fi",
-            f"{_find_files(exclude_dirs, exclude_names)} | xargs -0r sha256sum -- | sed 's/^/file\\t/'",
-            "exit 0",
-        ])
+                exclude_names: tuple[str, ...] = EXCLUDED_NAMES) -> StringCommand:
+        return probe_command("config", {"config_dir": config_dir,
+                                        "backup": backup_state_args(exclude_dirs, exclude_names)})
 
     @override
     def process(self, output: list[str]) -> ConfigBackupStateDict:
-        return parse_backup_state(output)
+        lines = probe_lines(json_document(output), "backup")
+        # no answer (no python3, a probe error) reads as no folder: the backup then fails the host
+        return parse_backup_state(lines) if lines is not None else {}
 
     @staticmethod
     def default() -> ConfigBackupStateDict:

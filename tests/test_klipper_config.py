@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pyinfra_ratos import klipper_config as kc
-from pyinfra_ratos.facts.printer_files import parse_printer_files, printer_files_command
+from pyinfra_ratos.facts.printer_files import parse_printer_files
 from pyinfra_ratos.operations.moonraker import pin_commits
 from pyinfra_ratos.operations.printer import install_command, file_write, FileWrite, plan_user_file
 from pyinfra_ratos.sim import pihome
@@ -122,7 +122,6 @@ def test_printer_files_output_round_trips_exact_bytes() -> None:
     assert text.encode("utf-8", errors="surrogateescape") == raw
     assert parsed["files"]["RatOS.cfg"]["exists"] is False
     assert parse_printer_files(["nodir"]) == {}
-    assert '"$HOME"/' in printer_files_command("~/printer_data/config", ["a b.cfg"], [], [])
 
 
 def test_user_file_modes() -> None:
