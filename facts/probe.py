@@ -2,7 +2,7 @@
 
 Every fact command has the shape::
 
-    python3 -c '<remote.py>' <probe> '<json args>' || echo '{}'
+    python3 -I -S -c '<remote.py>' <probe> '<json args>' || echo '{}'
 
 so it exits 0 even without python3, user values travel as one quoted JSON argument (never as
 code), and the output is machine-readable. Parsing helpers here are pure and never raise.
@@ -26,13 +26,16 @@ def _load_source() -> str:
 
 
 SOURCE = _load_source()
+INTERPRETER_FLAGS = ("-I", "-S")
 # How fixtures write the script: the recorded commands stay readable and survive script edits
 # (the script itself is tested on its own and on the virtual farm).
 SOURCE_PLACEHOLDER = "$PROBE"
 
 
 def probe_command(probe: str, args: Mapping[str, Any] | None = None) -> StringCommand:
-    bits: list[Any] = ["python3", "-c", QuoteString(SOURCE), probe]
+    # -I: no PYTHON* variables, no user site, and the working directory (the user's home) not on
+    # sys.path, so no stray json.py shadows the standard library; -S: no site import (3 ms a Pi)
+    bits: list[Any] = ["python3", *INTERPRETER_FLAGS, "-c", QuoteString(SOURCE), probe]
     if args is not None:
         bits.append(QuoteString(json.dumps(dict(args), sort_keys=True)))
     return StringCommand(*bits, "||", "echo", "'{}'")

@@ -1,6 +1,6 @@
 """The probe every fact of this package runs on the Pi: one stdlib-only Python 3 script.
 
-A fact's command is ``python3 -c <this file> <probe> <json args> || echo '{}'``: the script
+A fact's command is ``python3 -I -S -c <this file> <probe> <json args> || echo '{}'``: the script
 reads sysfs, ``/dev``, git, Moonraker and the network, and prints ONE line of JSON holding raw
 observations (no decisions). The facts' pure ``parse_*`` functions turn that into typed values
 on the controller. Every probe catches its own failures (an ``"error"`` key instead of a

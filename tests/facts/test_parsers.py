@@ -167,5 +167,13 @@ def test_the_command_exits_0_and_prints_an_empty_object_without_python3(tmp_path
 def test_user_values_travel_as_one_quoted_json_argument() -> None:
     command = probe_command("klipper", {"path": "~/it's $(rm -rf ~)"}).get_raw_value()
     words = shlex.split(command)
-    assert words[:2] == ["python3", "-c"] and words[2] == SOURCE and words[3] == "klipper"
-    assert json.loads(words[4]) == {"path": "~/it's $(rm -rf ~)"}
+    assert words[:4] == ["python3", "-I", "-S", "-c"] and words[4] == SOURCE and words[5] == "klipper"
+    assert json.loads(words[6]) == {"path": "~/it's $(rm -rf ~)"}
+
+
+def test_a_stray_module_in_the_home_folder_does_not_shadow_the_standard_library(tmp_path) -> None:
+    """The probe runs in the SSH user's home: a ``json.py`` there must not be imported."""
+    (tmp_path / "json.py").write_text("raise SystemExit('shadowed')\n")
+    done = subprocess.run(["/bin/sh", "-c", probe_command("no-such-probe").get_raw_value()], cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(done.stdout) == {"error": "unknown probe 'no-such-probe'"}
