@@ -212,7 +212,15 @@ def converge_printer(settings: ProvisionSettings, config: Mapping[str, Any] | No
     results.note_op(host.name, "pins", changes[1])
     if late:
         _final_backup(settings)
-    elif any(op.will_change for op in changes):
+    else:
+        back_up_changes(settings, changes)
+
+
+def back_up_changes(settings: ProvisionSettings, changes: list[Any]) -> None:
+    """Back the config folder up once more after ``changes`` (operations) that will write to it,
+    reading it as they left it: the controller then holds what the Pi runs, and the next run finds
+    its backup up to date (one transfer now, not one on the next run)."""
+    if any(op.will_change for op in changes):
         python.call(name="Back up the new configuration", function=_final_backup, settings=settings)
 
 

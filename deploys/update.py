@@ -11,7 +11,8 @@ it changed); a printer that is busy (printing, paused, or whose state cannot be 
 alone and reported as skipped. Otherwise ``~/klipper`` moves to the fleet's pinned commit (from its
 remote, or the controller's bundle when the Pi is offline), Klipper restarts on it, every board is
 rebuilt-once/flashed where its MCU does not run the new identity, and RatOS.cfg, printer.cfg and
-Moonraker's pin are converged. Host data: as ``deploys/provision.py`` (``klipper_commit``,
+Moonraker's pin are converged; when they changed, the folder is backed up once more, as they left
+it. Host data: as ``deploys/provision.py`` (``klipper_commit``,
 ``klipper_source``, the printer's and the firmware's keys). A converged printer yields no command.
 """
 
@@ -27,7 +28,7 @@ from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra
 from pyinfra_ratos.deploys.firmware import apply_firmware, plan_firmware
-from pyinfra_ratos.deploys.provision import printer_configuration, provision_settings
+from pyinfra_ratos.deploys.provision import back_up_changes, printer_configuration, provision_settings
 from pyinfra_ratos.facts.config_state import merge_queries
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.facts.update_state import UpdateState
@@ -115,6 +116,7 @@ def update_printer() -> None:
                                                activity=audit["activity"])  # idle: busy ones returned above
     results.note_op(host.name, "config", config_op)
     results.note_op(host.name, "pins", pins_op)
+    back_up_changes(settings, [config_op, pins_op])
 
 
 if executed_by_pyinfra(globals()):
