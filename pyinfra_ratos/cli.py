@@ -6,15 +6,38 @@ Exit codes: 0 all converged, 1 some printers failed or were skipped, 2 bad input
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EXIT_OK, EXIT_PRINTERS, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _sim_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A virtual-farm command: its errors are the user's (a scenario: exit 2) or the farm's (1).
+    The farm's modules load only for these commands (25 ms a fleet run does not need)."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from pyinfra_ratos.sim.farm import FarmError
+        from pyinfra_ratos.sim.scenario import ScenarioError
+
+        try:
+            return func(args)
+        except ScenarioError as exc:
+            print(f"ratos-fleet: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except FarmError as exc:
+            print(f"ratos-fleet: {exc}", file=sys.stderr)
+            return EXIT_PRINTERS
+
+    return run
+
+
+@_sim_command
 def _sim_up(args: argparse.Namespace) -> int:
     from pyinfra_ratos.sim import farm
 
@@ -25,6 +48,7 @@ def _sim_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_sim_command
 def _sim_down(args: argparse.Namespace) -> int:
     from pyinfra_ratos.sim import farm
 
@@ -33,6 +57,7 @@ def _sim_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_sim_command
 def _demo(args: argparse.Namespace) -> int:
     from pyinfra_ratos.sim.demo import run_demo
 
@@ -149,18 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pyinfra_ratos.catalog import CatalogError
-    from pyinfra_ratos.sim.farm import FarmError
-    from pyinfra_ratos.sim.scenario import ScenarioError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ScenarioError, CatalogError) as exc:
+    except CatalogError as exc:
         print(f"ratos-fleet: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except FarmError as exc:
-        print(f"ratos-fleet: {exc}", file=sys.stderr)
-        return EXIT_PRINTERS
 
 
 if __name__ == "__main__":

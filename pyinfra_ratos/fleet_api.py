@@ -29,7 +29,7 @@ import pyinfra_cli  # noqa: F401  isort: skip
 
 import fnmatch
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -153,19 +153,26 @@ def _connect_error(state: State, host: Host, error: BaseException | None = None)
     return found or (str(error) if error else "could not connect")
 
 
-def connect(state: State) -> dict[str, str]:
+def connect(state: State, then: Callable[[Host], None] | None = None) -> dict[str, str]:
     """Connect to every host at once; ``{host name: why}`` of those that could not be reached.
-    Never raises for an unreachable host (pyinfra's ``connect_all`` raises when none is left)."""
-    hosts = [host for host in state.inventory if not host.connected]
-    greenlets = {state.pool.spawn(host.connect, show_errors=False): host for host in hosts}
-    gevent.joinall(list(greenlets))
-    unreachable = {}
-    for greenlet, host in greenlets.items():
+    Never raises for an unreachable host (pyinfra's ``connect_all`` raises when none is left).
+
+    + then: called with each host as soon as it is connected (in its greenlet), e.g. to read its
+      facts while other hosts still connect; it must not raise
+    """
+
+    def one(host: Host) -> None:
+        host.connect(show_errors=False)
         if host.connected:
             state.activate_host(host)
-        else:
-            unreachable[host.name] = _connect_error(state, host, greenlet.exception)
-    return unreachable
+            if then is not None:
+                then(host)
+
+    hosts = [host for host in state.inventory if not host.connected]
+    greenlets = {state.pool.spawn(one, host): host for host in hosts}
+    gevent.joinall(list(greenlets))
+    return {host.name: _connect_error(state, host, greenlet.exception)
+            for greenlet, host in greenlets.items() if not host.connected}
 
 
 def disconnect(state: State) -> None:

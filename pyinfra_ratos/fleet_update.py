@@ -15,7 +15,7 @@ from pyinfra_ratos import fleet_api  # isort: skip
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +161,10 @@ def run_fleet(
         results.clear_run()
         state = fleet_api.make_state(fleet_api.load_inventory(inventory_path, limit=batch, override_data=override),
                                      parallel=parallel)
-        unreachable = fleet_api.connect(state)
+        # each Pi's facts are read as soon as it is connected, while the others still connect
+        unreachable = fleet_api.connect(state, then=_prefetcher(state))
         try:
             if len(unreachable) < len(batch):
-                _prefetch(state)
                 add_deploy(state, _update_deploy())
                 if execute:
                     run_ops(state)
@@ -207,10 +207,9 @@ def run_fleet(
     return report["exit_code"], report
 
 
-def _prefetch(state: State) -> None:
-    """Read the facts the deploy will read on every connected host of the batch at once:
-    ``add_deploy`` plans host after host, so its own reads would be round trips made in turn."""
-    import gevent
+def _prefetcher(state: State) -> Callable[[Any], None]:
+    """Reads the facts the deploy will read on a host, for ``connect`` to call on each connected
+    host: ``add_deploy`` plans host after host, so its own reads would be round trips made in turn."""
     from pyinfra.api.facts import get_fact
     from pyinfra.context import ctx_host, ctx_state
 
@@ -226,7 +225,7 @@ def _prefetch(state: State) -> None:
                 return
             prefetch.put(host.name, fact, kwargs, value)
 
-    gevent.joinall([gevent.spawn(one, host) for host in state.inventory if host.connected])
+    return one
 
 
 def _update_deploy() -> Any:
