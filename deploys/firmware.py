@@ -41,6 +41,7 @@ from pyinfra_ratos.firmware_settings import FirmwareTarget, firmware_settings
 from pyinfra_ratos.flash_plan import Artifact, FlashPlan, plan_flash
 from pyinfra_ratos.identity import BuildVersionError, identity_of
 from pyinfra_ratos.kconfig import verify_resolved
+from pyinfra_ratos.planned import add_if_needed
 from pyinfra_ratos.versions import mcu_matches_host
 from pyinfra_ratos.operations import firmware
 
@@ -124,8 +125,9 @@ def apply_firmware(steps: list[BoardStep]) -> None:
                 client_checked = True
                 firmware.dfu_client(name="Install the pyusb DFU client",
                                     present=host.get_fact(FileContents, path=firmware.DFU_CLIENT_STAMP))
+        # the flash reads nothing itself: a skip (a board on its identity) adds no operation
         results.note_op(host.name, f"flash:{step.mcu_name}",
-                        firmware.flash(name=step.title, plan=plan, mcu_name=step.mcu_name))
+                        add_if_needed(firmware.flash, name=step.title, plan=plan, mcu_name=step.mcu_name))
 
 
 # --- building on the Pi -------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.firmware_settings import as_flag
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
+from pyinfra_ratos.planned import add_if_needed
 
 BASE_PACKAGES = ("dfu-util", "python3-venv", "git")
 TOOLCHAIN = ("gcc-arm-none-eabi", "binutils-arm-none-eabi", "libnewlib-arm-none-eabi")
@@ -180,13 +181,21 @@ def printer_configuration(settings: ProvisionSettings, config: Mapping[str, Any]
     each op reads its own."""
     # RatOS's initial printer.cfg holds nothing of the user's: replace it, don't adopt it
     user_config = "regenerate" if config.get("initial") and not config.get("save_config") else settings.user_config
+    # given everything they read, an operation with nothing to do is left out (see planned)
+    given = files is not None and activity is not None
+
+    def add(op: Any, read_all: bool, **kwargs: Any) -> Any:
+        return add_if_needed(op, **kwargs) if read_all else op(**kwargs)
+
     return [
-        printer.config(name="Klipper configuration (RatOS.cfg, printer.cfg)", config_dir=settings.config_dir,
-                       user_config=user_config, backups=settings.file_backups, when_busy=settings.when_busy,
-                       current_files=files, attached_boards=attached, printer_activity=activity),
-        moonraker.pins(name="Pin the fleet's Klipper commit in moonraker.conf", config_dir=settings.config_dir,
-                       backups=settings.file_backups, when_busy=settings.when_busy, current_files=files,
-                       printer_activity=activity),
+        add(printer.config, given and attached is not None,
+            name="Klipper configuration (RatOS.cfg, printer.cfg)", config_dir=settings.config_dir,
+            user_config=user_config, backups=settings.file_backups, when_busy=settings.when_busy,
+            current_files=files, attached_boards=attached, printer_activity=activity),
+        add(moonraker.pins, given,
+            name="Pin the fleet's Klipper commit in moonraker.conf", config_dir=settings.config_dir,
+            backups=settings.file_backups, when_busy=settings.when_busy, current_files=files,
+            printer_activity=activity),
     ]
 
 

@@ -26,6 +26,7 @@ from pyinfra.api import deploy
 from pyinfra_ratos import prefetch, results
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.connection import set_nodelay
+from pyinfra_ratos.planned import add_if_needed
 from pyinfra_ratos.deploys import executed_by_pyinfra
 from pyinfra_ratos.deploys.firmware import apply_firmware, plan_firmware
 from pyinfra_ratos.deploys.provision import back_up_changes, printer_configuration, provision_settings
@@ -74,8 +75,10 @@ def update_printer() -> None:
     audit, state = read["audit"], read["config"]
     config = state["backup"]
     before = audit["klipper"].get("version") or None
-    results.note_op(host.name, "backup", backup.config_dir(
-        name="Back up the printer's config", dest_root=settings.backups,
+    # every operation below is given all it reads (the facts above): one with nothing to do is
+    # left out of the deploy (planned.add_if_needed), so a converged printer adds none at all
+    results.note_op(host.name, "backup", add_if_needed(
+        backup.config_dir, name="Back up the printer's config", dest_root=settings.backups,
         config_dir=settings.config_dir, keep=settings.backup_keep, current=config))
     busy = busy_reason(audit["activity"])
     if busy:
@@ -97,8 +100,8 @@ def update_printer() -> None:
     target = describe(settings.source, settings.commit) if settings.source and plan.changes_commit else None
     results.note(host.name, klipper={"before": before, "after": target or before,
                                      "action": "updated" if plan.changes_commit else "unchanged", "reason": ""})
-    results.note_op(host.name, "klipper", klipper.checkout(
-        name="Klipper at the fleet's commit", commit=settings.commit, klipper=audit["klipper"],
+    results.note_op(host.name, "klipper", add_if_needed(
+        klipper.checkout, name="Klipper at the fleet's commit", commit=settings.commit, klipper=audit["klipper"],
         network=audit["network"], source=settings.source, remote_url=settings.remote,
         bundle_cache=settings.bundle_cache, expected_version=target,
     ))
