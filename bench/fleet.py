@@ -159,6 +159,8 @@ def measure(size: int, tmp: Path) -> dict[str, Any]:
         "identities": len({b.get("identity") for b in builds}),
         "build_s": round(build_s, 2),
         "full_update_ratio": round(full.seconds / (build_s + bare.seconds), 2),
+        "full_controller_cpu_s": round(full.cpu_s, 2),
+        "full_farm_cpu_ms_per_pi": round(1000 * full.farm_cpu_s / size, 1),
         "full_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
         "peak_rss_mb": round(max(full.peak_rss_mb, conv.peak_rss_mb), 1),
         "peak_rss_converged_mb": round(conv.peak_rss_mb, 1),

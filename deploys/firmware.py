@@ -12,7 +12,8 @@ from ``klipper_source`` at the commit the Pi runs), ships an artifact only to a 
 and flashes each board whose MCU does not run its identity yet, unless the printer is busy or the
 board must never be flashed unattended. With ``flash_backend = "pyusb"`` the pyusb DFU client is installed on a Pi before its
 first flash (one more SSH command to check it, on a Pi with something to flash). Inventory keys:
-see :mod:`pyinfra_ratos.firmware_settings`. A converged host yields no command.
+see :mod:`pyinfra_ratos.firmware_settings`. A converged host yields no command (a
+board already on its identity adds no flash operation).
 """
 
 from __future__ import annotations

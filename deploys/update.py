@@ -13,7 +13,8 @@ remote, or the controller's bundle when the Pi is offline), Klipper restarts on 
 rebuilt-once/flashed where its MCU does not run the new identity, and RatOS.cfg, printer.cfg and
 Moonraker's pin are converged; when they changed, the folder is backed up once more, as they left
 it. Host data: as ``deploys/provision.py`` (``klipper_commit``,
-``klipper_source``, the printer's and the firmware's keys). A converged printer yields no command.
+``klipper_source``, the printer's and the firmware's keys). A converged printer adds no operation
+(see :mod:`pyinfra_ratos.planned`) and costs one SSH command (``UpdateState``).
 """
 
 from __future__ import annotations
