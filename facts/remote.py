@@ -147,19 +147,19 @@ def _http_get(url, timeout=2.0):
     path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     request = "GET %s HTTP/1.0\r\nHost: %s\r\nAccept: application/json\r\n\r\n" % (path, parts.netloc)
     deadline = time.monotonic() + timeout
-    chunks = []
+    received = b""
     try:
         with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout) as conn:
             conn.sendall(request.encode("latin-1"))
-            while True:
+            while not _complete(received):  # a server that keeps the connection open anyway
                 conn.settimeout(max(0.01, deadline - time.monotonic()))
                 data = conn.recv(65536)
                 if not data:
                     break
-                chunks.append(data)
+                received += data
     except Exception as failure:  # refused, timed out, bad address: nothing answered
         return {"status": 0, "body": None, "error": str(failure)}
-    head, separator, payload = b"".join(chunks).partition(b"\r\n\r\n")
+    head, separator, payload = received.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
     if not separator or len(status_line) < 2 or not status_line[0].startswith(b"HTTP/") \
             or not status_line[1].isdigit():
@@ -172,6 +172,18 @@ def _http_get(url, timeout=2.0):
             return {"status": 0, "body": None, "error": str(failure)}
         body = None  # an error page
     return {"status": status, "body": body}
+
+
+def _complete(received):
+    """Whether an answer holds its whole body by its Content-Length (without one: at close)."""
+    head, separator, payload = received.partition(b"\r\n\r\n")
+    if not separator:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return len(payload) >= int(value.strip())
+    return False
 
 
 def _urllib_get(url, timeout):

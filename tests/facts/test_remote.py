@@ -174,3 +174,30 @@ def test_http_get_of_something_that_is_not_http_or_never_answers() -> None:
     assert remote._http_get(f"http://127.0.0.1:{port}/printer/info", timeout=0.3)["status"] == 0
     assert time.monotonic() - started < 2
     listener.close()
+
+
+def test_http_get_stops_at_the_content_length_when_the_server_keeps_the_connection() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    import threading
+    import time
+
+    def keep_alive() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        body = b'{"result": {"state": "ready"}}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nConnection: keep-alive\r\n\r\n" + body[:10])
+        time.sleep(0.05)
+        conn.sendall(body[10:])
+        time.sleep(3)  # never closes within the probe's timeout
+        conn.close()
+
+    threading.Thread(target=keep_alive, daemon=True).start()
+    started = time.monotonic()
+    assert remote._http_get(f"http://127.0.0.1:{port}/printer/info", timeout=2.0) == {
+        "status": 200, "body": {"result": {"state": "ready"}}}
+    assert time.monotonic() - started < 1
+    listener.close()
