@@ -200,9 +200,9 @@ def printer_configuration(settings: ProvisionSettings, config: Mapping[str, Any]
 
 
 def _final_backup(settings: ProvisionSettings) -> None:
-    current = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
+    # no current=: the operation reads the folder itself, when planned and again when executed
     backup.config_dir(name="Back up the new configuration", dest_root=settings.backups,
-                      config_dir=settings.config_dir, keep=settings.backup_keep, current=current)
+                      config_dir=settings.config_dir, keep=settings.backup_keep)
 
 
 def converge_printer(settings: ProvisionSettings, config: Mapping[str, Any] | None,
@@ -228,9 +228,14 @@ def converge_printer(settings: ProvisionSettings, config: Mapping[str, Any] | No
 def back_up_changes(settings: ProvisionSettings, changes: list[Any]) -> None:
     """Back the config folder up once more after ``changes`` (operations) that will write to it,
     reading it as they left it: the controller then holds what the Pi runs, and the next run finds
-    its backup up to date (one transfer now, not one on the next run)."""
+    its backup up to date (one transfer now, not one on the next run).
+
+    A plain operation reading the folder itself: pyinfra runs its body again when it executes,
+    after the writes, and reads the folder then. (Not an operation added at execution time: in
+    pyinfra's API mode an operation's hash is its position on its host, so one added while
+    executing can take the hash of another host's later operation, which then runs it twice.)"""
     if any(op.will_change for op in changes):
-        python.call(name="Back up the new configuration", function=_final_backup, settings=settings)
+        _final_backup(settings)
 
 
 @deploy("Provision a RatOS Pi")

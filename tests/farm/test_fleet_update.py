@@ -119,3 +119,39 @@ def test_the_update_converges_the_fleet_and_never_touches_a_printing_printer(fle
     assert result.returncode == 1  # printing printers were skipped
     html = (tmp_path / "report.html").read_text()
     assert all(name in html for name in status)
+
+
+def test_one_batch_of_printers_with_different_work_converges_and_is_backed_up_as_written(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One batch: a Pi that needs Klipper, a flash and its config, one that needs its config only.
+    Their operation lists differ in length (pyinfra's API gives an operation the hash of its
+    position on its host): the update must still run each operation once per host. The config
+    each update wrote is backed up after the writes, so the next run is converged at 1 command."""
+    base = tmp_path_factory.mktemp("farm-mixed")
+    (base / "mixed.toml").write_text(
+        '[[pi]]\nname = "mix-flash"\ncheckout = "old"\n'
+        '[[pi.boards]]\nboard = "btt-octopus-pro-h723-11"\nfirmware = "old"\n\n'
+        '[[pi]]\nname = "mix-config"\n'
+        '[[pi.boards]]\nboard = "btt-octopus-pro-446"\nfirmware = "current"\n')
+    mixed = start_farm(base / "mixed.toml", base / "state")
+    try:
+        first = ratos_fleet("update", str(mixed.inventory), "--batch-size", "2", "--report", str(base / "r1"))
+        assert first.returncode == 0 and "Traceback" not in first.stderr, first.stdout + first.stderr
+        status = {p["host"]: p for p in json.loads((base / "r1/report.json").read_text())["printers"]}
+        assert status["mix-flash"]["boards"][0]["action"] == "flashed"
+        assert status["mix-config"]["config"]["action"] == "written"
+        assert status["mix-config"]["klipper"]["action"] == "unchanged"
+
+        before = {name: sshd_sessions(mixed, name) for name in status}
+        again = ratos_fleet("update", str(mixed.inventory), "--report", str(base / "r2"))
+        assert again.returncode == 0, again.stdout + again.stderr
+        report = json.loads((base / "r2/report.json").read_text())
+        assert {p["status"] for p in report["printers"]} == {"converged"}
+        assert {name: sshd_sessions(mixed, name) - before[name] for name in status} == {name: 1 for name in status}
+        for name in status:  # the newest backup holds the RatOS.cfg the first update wrote
+            newest = sorted((mixed.state / "config-backups" / name).iterdir())[-1]
+            pi_home = mixed.state / "pis" / name / "home" / "pi"
+            assert (newest / "files/RatOS.cfg").read_bytes() == \
+                (pi_home / "printer_data/config/RatOS.cfg").read_bytes(), name
+    finally:
+        sim_farm.down(base / "state")
