@@ -42,7 +42,7 @@ from pyinfra_ratos.firmware_settings import FirmwareTarget, firmware_settings
 from pyinfra_ratos.flash_plan import Artifact, FlashPlan, plan_flash
 from pyinfra_ratos.identity import BuildVersionError, identity_of
 from pyinfra_ratos.kconfig import verify_resolved
-from pyinfra_ratos.planned import add_if_needed
+from pyinfra_ratos.planned import add_if_needed, added_while_executing
 from pyinfra_ratos.versions import mcu_matches_host
 from pyinfra_ratos.operations import firmware
 
@@ -164,6 +164,12 @@ def _build_then_flash(title: str, target: FirmwareTarget) -> None:
 
 
 def _flash_pi_built(build_meta: Any, target: FirmwareTarget, title: str, attended_flash: bool, backend: str) -> None:
+    with added_while_executing():  # run by python.call: the operations below are added while executing
+        _plan_pi_built_flash(build_meta, target, title, attended_flash, backend)
+
+
+def _plan_pi_built_flash(build_meta: Any, target: FirmwareTarget, title: str, attended_flash: bool,
+                         backend: str) -> None:
     identity_name = firmware.built_identity(build_meta)
     if identity_name is None:
         firmware.refuse(name=title, reason=f"{target.board.id}: the build on the Pi named no artifact")

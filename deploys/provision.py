@@ -56,7 +56,7 @@ from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.firmware_settings import as_flag
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
-from pyinfra_ratos.planned import add_if_needed
+from pyinfra_ratos.planned import add_if_needed, added_while_executing
 
 BASE_PACKAGES = ("dfu-util", "python3-venv", "git")
 TOOLCHAIN = ("gcc-arm-none-eabi", "binutils-arm-none-eabi", "libnewlib-arm-none-eabi")
@@ -225,6 +225,12 @@ def converge_printer(settings: ProvisionSettings, config: Mapping[str, Any] | No
         back_up_changes(settings, changes)
 
 
+def _converge_late(settings: ProvisionSettings) -> None:
+    """converge_printer from a python.call, once Klipper's new commit or the restored config is in place."""
+    with added_while_executing():
+        converge_printer(settings, None)
+
+
 def back_up_changes(settings: ProvisionSettings, changes: list[Any]) -> None:
     """Back the config folder up once more after ``changes`` (operations) that will write to it,
     reading it as they left it: the controller then holds what the Pi runs, and the next run finds
@@ -273,7 +279,7 @@ def provision() -> None:
 
     if plan.changes_commit or restoring:
         python.call(name="Firmware and configuration for the new Klipper / restored config",
-                    function=converge_printer, settings=settings, config=None)
+                    function=_converge_late, settings=settings)
     else:
         converge_printer(settings, config, audit)
 

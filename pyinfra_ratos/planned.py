@@ -1,4 +1,4 @@
-"""Add an operation to a deploy only when it has something to do.
+"""Add an operation to a deploy only when it has something to do; add one while executing.
 
 pyinfra plans an operation by adding it and running its body to see whether it yields a command;
 adding one costs pyinfra ~0.5-1 ms of its own work per operation and host (global arguments,
@@ -86,3 +86,24 @@ def add_if_needed(op: Callable[..., Any], **kwargs: Any) -> Any:
     for record in held:
         logger.handle(record)
     return NOT_NEEDED
+
+
+@contextmanager
+def added_while_executing() -> Iterator[None]:
+    """For the operations a ``python.call`` function adds while pyinfra executes.
+
+    pyinfra's API (``ratos-fleet``) hashes an operation by its position on its host, and runs the
+    operations of a batch by hash. One added while executing on a Pi with few operations can take
+    the hash of a later operation planned on another Pi; pyinfra then runs it a second time for
+    this Pi ("Cannot complete an already complete operation"). Inside this block operations get a
+    loop position of their own (pyinfra's ``host.loop_position``, which its hash includes), so no
+    planned operation has their hash. Under the pyinfra CLI, whose hashes come from the call
+    stack, it changes nothing that matters.
+    """
+    from pyinfra import host
+
+    host.loop_position.append("added-while-executing")
+    try:
+        yield
+    finally:
+        host.loop_position.pop()

@@ -123,27 +123,34 @@ def test_the_update_converges_the_fleet_and_never_touches_a_printing_printer(fle
 
 def test_one_batch_of_printers_with_different_work_converges_and_is_backed_up_as_written(
         tmp_path_factory: pytest.TempPathFactory) -> None:
-    """One batch: a Pi that needs Klipper, a flash and its config, one that needs its config only.
-    Their operation lists differ in length (pyinfra's API gives an operation the hash of its
-    position on its host): the update must still run each operation once per host. The config
-    each update wrote is backed up after the writes, so the next run is converged at 1 command."""
+    """One batch: a Pi that needs Klipper, a flash and its config; one that needs its config only;
+    one that builds its firmware itself (its flash is planned while executing, in a python.call).
+    Their operation lists differ in length (pyinfra's API hashes an operation by its position on
+    its host): the update must still run each operation once per host. The config each update
+    wrote is backed up after the writes, so the next run is converged at 1 command per Pi."""
     base = tmp_path_factory.mktemp("farm-mixed")
     (base / "mixed.toml").write_text(
         '[[pi]]\nname = "mix-flash"\ncheckout = "old"\n'
         '[[pi.boards]]\nboard = "btt-octopus-pro-h723-11"\nfirmware = "old"\n\n'
         '[[pi]]\nname = "mix-config"\n'
-        '[[pi.boards]]\nboard = "btt-octopus-pro-446"\nfirmware = "current"\n')
+        '[[pi.boards]]\nboard = "btt-octopus-pro-446"\nfirmware = "current"\n\n'
+        '[[pi]]\nname = "mix-pibuild"\n'
+        '[[pi.boards]]\nboard = "btt-skr-mini-e3-30"\nfirmware = "old"\n')
     mixed = start_farm(base / "mixed.toml", base / "state")
+    inventory = base / "inventory.py"
+    inventory.write_text(f"exec(open({str(mixed.inventory)!r}).read())\n"
+                         "pis = [(n, {**d, 'firmware_build': 'pi'} if n == 'mix-pibuild' else d) for n, d in pis]\n")
     try:
-        first = ratos_fleet("update", str(mixed.inventory), "--batch-size", "2", "--report", str(base / "r1"))
+        first = ratos_fleet("update", str(inventory), "--batch-size", "3", "--report", str(base / "r1"))
         assert first.returncode == 0 and "Traceback" not in first.stderr, first.stdout + first.stderr
         status = {p["host"]: p for p in json.loads((base / "r1/report.json").read_text())["printers"]}
         assert status["mix-flash"]["boards"][0]["action"] == "flashed"
+        assert status["mix-pibuild"]["boards"][0]["action"] == "flashed"
         assert status["mix-config"]["config"]["action"] == "written"
         assert status["mix-config"]["klipper"]["action"] == "unchanged"
 
         before = {name: sshd_sessions(mixed, name) for name in status}
-        again = ratos_fleet("update", str(mixed.inventory), "--report", str(base / "r2"))
+        again = ratos_fleet("update", str(inventory), "--report", str(base / "r2"))
         assert again.returncode == 0, again.stdout + again.stderr
         report = json.loads((base / "r2/report.json").read_text())
         assert {p["status"] for p in report["printers"]} == {"converged"}
