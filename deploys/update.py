@@ -12,9 +12,9 @@ alone and reported as skipped. Otherwise ``~/klipper`` moves to the fleet's pinn
 remote, or the controller's bundle when the Pi is offline), Klipper restarts on it, every board is
 rebuilt-once/flashed where its MCU does not run the new identity, and RatOS.cfg, printer.cfg and
 Moonraker's pin are converged; when they changed, the folder is backed up once more, as they left
-it. Host data: as ``deploys/provision.py`` (``klipper_commit``,
-``klipper_source``, the printer's and the firmware's keys). A converged printer adds no operation
-(see :mod:`pyinfra_ratos.planned`) and costs one SSH command (``UpdateState``).
+it. Host data: as ``deploys/provision.py`` (``klipper_commit``, ``klipper_source``, the printer's
+and the firmware's keys). A converged printer adds no operation (see :mod:`pyinfra_ratos.planned`)
+and costs one SSH command (``UpdateState``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pyinfra.api import deploy
 from pyinfra_ratos import prefetch, results
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.connection import set_nodelay
-from pyinfra_ratos.planned import add_if_needed
 from pyinfra_ratos.deploys import executed_by_pyinfra
 from pyinfra_ratos.deploys.firmware import apply_firmware, plan_firmware
 from pyinfra_ratos.deploys.provision import back_up_changes, printer_configuration, provision_settings
@@ -35,6 +34,7 @@ from pyinfra_ratos.facts.config_state import merge_queries
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.facts.update_state import UpdateState
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
+from pyinfra_ratos.planned import add_if_needed
 
 
 def busy_reason(activity: dict) -> str | None:
