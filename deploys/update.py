@@ -29,7 +29,12 @@ from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra
 from pyinfra_ratos.deploys.firmware import apply_firmware, plan_firmware
-from pyinfra_ratos.deploys.provision import back_up_changes, printer_configuration, provision_settings
+from pyinfra_ratos.deploys.provision import (
+    ProvisionSettings,
+    back_up_changes,
+    printer_configuration,
+    provision_settings,
+)
 from pyinfra_ratos.facts.config_state import merge_queries
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.facts.update_state import UpdateState
@@ -47,10 +52,12 @@ def busy_reason(activity: dict) -> str | None:
     return "printer state unknown (Moonraker does not answer while Klipper runs)"
 
 
-def update_reads() -> list[tuple[type, dict[str, Any]]]:
+def update_reads(settings: ProvisionSettings | None = None) -> list[tuple[type, dict[str, Any]]]:
     """The facts :func:`update_printer` reads from the current host, as (fact, kwargs), so that a
-    fleet run can read them for a whole batch at once (``pyinfra_ratos.prefetch``)."""
-    settings, _ = provision_settings(host.name, host.data.dict())
+    fleet run can read them for a whole batch at once (``pyinfra_ratos.prefetch``). ``settings``:
+    the host's, when the caller has them (else read from its data)."""
+    if settings is None:
+        settings, _ = provision_settings(host.name, host.data.dict())
     if settings is None:
         return []
     endpoint = remote_endpoint(settings.remote)
@@ -71,7 +78,7 @@ def update_printer() -> None:
     if settings is None:
         firmware.refuse(name="Update", reason="\n".join(errors))
         return
-    [(fact, kwargs)] = update_reads()
+    [(fact, kwargs)] = update_reads(settings)
     read = prefetch.get_fact(host, fact, **kwargs)
     audit, state = read["audit"], read["config"]
     config = state["backup"]
