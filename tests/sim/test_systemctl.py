@@ -54,7 +54,8 @@ def pi(tmp_path: Path) -> Iterator[Path]:
     }
     pistate.save(state, str(tmp_path / "state.json"))
     yield tmp_path
-    systemctl(tmp_path, "stop", "moonraker")
+    # the units' main processes are real: stop what a test started
+    systemctl(tmp_path, "stop", "moonraker", "klipper", "klipper-mcu")
 
 
 def systemctl(pi: Path, *args: str, env: dict[str, str] | None = None,
