@@ -74,7 +74,6 @@ config, and restart the host software.
 Printer is shutdown
 """
 M112_REASON = "Shutdown due to M112 command"
-MOONRAKER_FAULTS = ("none", "503", "hang")
 # the services Moonraker allows when the state names none (moonraker/assets/default_allowed_services)
 DEFAULT_ALLOWED_SERVICES = (
     "klipper_mcu", "webcamd", "MoonCord", "KlipperScreen", "moonraker-telegram-bot",
