@@ -34,7 +34,8 @@ or command (the stand-ins read the state file afresh each time).
 ==========================  =========================================================================
 
 Run: ``python3 -m pyinfra_ratos.sim.knobs [--state PATH] KEY=VALUE...``: exit 0 when every knob
-was set, 2 (and nothing changed) when one is unknown or has a bad value. Stdlib only.
+was set, 2 (and nothing changed) when one is unknown or has a bad value, 1 when not run as root
+(nothing changed either). Stdlib only.
 """
 
 from __future__ import annotations
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     except KnobError as error:
         print(f"ratos-sim-knob: {error}", file=sys.stderr)
         return 2
+    except PermissionError as error:  # the state file is root's: nothing was written
+        print(f"ratos-sim-knob: {error.strerror}: {error.filename}; run it as root (sudo)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
