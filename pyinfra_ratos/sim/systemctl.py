@@ -408,7 +408,7 @@ def unit_properties(arg: str, state: dict[str, Any], path: str | None = None) ->
         service["ExecMainStartTimestampMonotonic"] = str(started[1])
     return {
         **service,
-        "Restart": "always" if name == "klipper" else "no",
+        "Restart": "always",  # klipper, moonraker and klipper-mcu units all say Restart=always
         "MainPID": pid, "ExecMainPID": pid,
         "NRestarts": str(int(state.get("nrestarts", {}).get(name, 0))),
         "User": "root" if name == "klipper-mcu" else state.get("klipper_user", "pi"),

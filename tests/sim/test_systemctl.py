@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,3 +286,27 @@ def test_deactivating_unit_keeps_its_process_until_the_stop_completes(pi: Path) 
     knob(pi, "klipper=deactivating")
     assert systemctl(pi, "stop", "klipper").returncode == 0
     assert show(pi, "-p", "ActiveState,MainPID") == {"ActiveState": "inactive", "MainPID": "0"}
+
+
+def test_a_hanging_moonraker_holds_connections_and_still_stops_at_once(pi: Path) -> None:
+    assert systemctl(pi, "start", "moonraker").returncode == 0
+    knob(pi, "moonraker_fault=hang")
+    port = load(pi)["moonraker_port"]
+    held = []
+    for _ in range(5):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn.sendall(b"GET /server/info HTTP/1.1\r\nHost: x\r\n\r\n")
+        held.append(conn)
+    held[0].settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        held[0].recv(1)
+    started = time.monotonic()
+    assert systemctl(pi, "stop", "moonraker").returncode == 0
+    assert time.monotonic() - started < 5  # SIGTERM is enough: no kill after the 10 s grace
+    for conn in held:
+        conn.settimeout(5)
+        try:
+            assert conn.recv(1) == b""  # closed with the process, never answered
+        except ConnectionResetError:
+            pass
+        conn.close()
