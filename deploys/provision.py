@@ -48,7 +48,6 @@ from pyinfra.facts.server import Hostname, Timezone
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, python, server, systemd
 
-from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures
 from pyinfra_ratos import gate, results
@@ -238,6 +237,32 @@ def back_up_changes(settings: ProvisionSettings, changes: list[Any]) -> None:
         _final_backup(settings)
 
 
+def klipper_and_boards(settings: ProvisionSettings, audit: FleetAuditDict) -> tuple[Any, list[Any]] | str | None:
+    """Klipper at the fleet's commit and every board on the firmware for it: prepared first (builds
+    for that commit, image checks, uploads, the commit fetched), then done by the printer agent in
+    one transaction. Returns (checkout plan, board steps) when the printer goes ahead; the reason
+    when it must keep its Klipper (a held board); None when the host fails (refused checkout,
+    preparation failed: the failing operation says why, nothing was changed)."""
+    plan = klipper.plan_checkout(settings.commit, audit["klipper"], audit["network"], settings.remote)
+    fetch = {"commit": settings.commit, "klipper": audit["klipper"], "network": audit["network"],
+             "remote_url": settings.remote}
+    if plan.action == "refuse":  # a dirty, foreign or broken checkout: the fetch fails the host, saying why
+        klipper.fetch(name="Bring the fleet's Klipper commit", **fetch)
+        return None
+    boards = plan_firmware(audit, commit=settings.commit)
+    stay = gate.klipper_move_refused(plan.changes_commit, held(boards))
+    if stay:
+        return stay
+    if preparation_failures(boards):
+        apply_firmware(boards)  # fails the host, naming every board that cannot be prepared
+        return None
+    add_if_needed(klipper.fetch, name="Bring the fleet's Klipper commit", source=settings.source,
+                  bundle_cache=settings.bundle_cache, **fetch)
+    # disrupt once: the printer agent flashes, moves Klipper and restarts it, or puts both back
+    apply_firmware(boards, move=klipper.move_of(plan, settings.commit, audit["klipper"]))
+    return plan, boards
+
+
 @deploy("Provision a RatOS Pi")
 def provision() -> None:
     settings, errors = provision_settings(host.name, host.data.dict())
@@ -266,28 +291,15 @@ def provision() -> None:
 
     _system(settings)
 
-    plan = klipper.plan_checkout(settings.commit, audit["klipper"], audit["network"], settings.remote)
-    if plan.action == "refuse":  # a dirty, foreign or broken checkout: the fetch fails the host, saying why
-        klipper.fetch(name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
-                      network=audit["network"], remote_url=settings.remote)
-        return
-    # prepare everything for the commit the Pi will run, before anything disrupts it
-    boards = plan_firmware(audit, commit=settings.commit)
-    stay = gate.klipper_move_refused(plan.changes_commit, held(boards))
-    if stay:
+    ahead = klipper_and_boards(settings, audit)
+    if isinstance(ahead, str):
         # the printer keeps its Klipper, firmware and configuration, which work together, until
         # the held board can be flashed (as update does)
-        results.note(host.name, skipped=stay)
-        left_alone(stay)
+        results.note(host.name, skipped=ahead)
+        left_alone(ahead)
         return
-    if preparation_failures(boards):
-        apply_firmware(boards)  # fails the host, naming every board that cannot be prepared
+    if ahead is None:
         return
-    klipper.fetch(name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
-                  network=audit["network"], source=settings.source, remote_url=settings.remote,
-                  bundle_cache=settings.bundle_cache)
-    # disrupt once: the printer agent flashes, moves Klipper and restarts it, or puts both back
-    apply_firmware(boards, move=klipper.move_of(plan, settings.commit, audit["klipper"]))
     _services(settings)
     if restoring:
         python.call(name="Configuration for the restored config", function=_converge_late, settings=settings)

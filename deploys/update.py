@@ -28,9 +28,9 @@ from pyinfra_ratos import gate, prefetch, results
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
-from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures
 from pyinfra_ratos.deploys.provision import (
     ProvisionSettings,
+    klipper_and_boards,
     back_up_changes,
     printer_configuration,
     provision_settings,
@@ -38,7 +38,7 @@ from pyinfra_ratos.deploys.provision import (
 from pyinfra_ratos.facts.config_state import merge_queries
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.facts.update_state import UpdateState
-from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
+from pyinfra_ratos.operations import backup, firmware, moonraker, printer
 from pyinfra_ratos.planned import add_if_needed
 
 
@@ -82,30 +82,16 @@ def update_printer() -> None:
     if busy:
         skip(before, busy)
         return
-    plan = klipper.plan_checkout(settings.commit, audit["klipper"], audit["network"], settings.remote)
-    if plan.action == "refuse":  # a dirty, foreign or broken checkout: the fetch fails the host, saying why
-        klipper.fetch(name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
-                      network=audit["network"], remote_url=settings.remote)
+    ahead = klipper_and_boards(settings, audit)
+    if isinstance(ahead, str):
+        skip(before, ahead)
         return
-    # prepare: everything that can fail without touching the printer, for the commit it will run
-    boards = plan_firmware(audit, commit=settings.commit)
-    stay = gate.klipper_move_refused(plan.changes_commit, held(boards))
-    if stay:
-        skip(before, stay)
+    if ahead is None:
         return
+    plan, boards = ahead
     target = describe(settings.source, settings.commit) if settings.source and plan.changes_commit else None
     results.note(host.name, klipper={"before": before, "after": target or before,
                                      "action": "updated" if plan.changes_commit else "unchanged", "reason": ""})
-    if preparation_failures(boards):
-        apply_firmware(boards)  # fails the host, naming every board that cannot be prepared
-        return
-    add_if_needed(
-        klipper.fetch, name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
-        network=audit["network"], source=settings.source, remote_url=settings.remote,
-        bundle_cache=settings.bundle_cache,
-    )
-    # disrupt once: the printer agent flashes the boards and moves Klipper in one transaction
-    apply_firmware(boards, move=klipper.move_of(plan, settings.commit, audit["klipper"]))
     # a flash re-enumerates its board (new serial path): then printer.config reads the USB itself
     flashing = any(step.plan is not None and step.plan.action == "flash" for step in boards)
     config_op, pins_op = printer_configuration(settings, config, files=state["files"],

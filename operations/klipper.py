@@ -242,13 +242,23 @@ def _checked(commit: str, fetch_timeout: int) -> str | None:
     return None
 
 
-def _fetch_commands(plan: CheckoutPlan, commit: str, source: str | None, bundle_cache: str | None,
-                    fetch_timeout: int):
+def _fetch(commit: str, klipper: Mapping[str, Any], network: Mapping[str, Any], source: str | None,
+           remote_url: str, fix_ownership: bool, fetch_timeout: int, bundle_cache: str | None):
+    """The fetch's commands; returns the plan when the checkout can move (None: refused or converged)."""
+    problem = _checked(commit, fetch_timeout)
+    if problem:
+        yield _fail(problem)
+        return None
+    plan = plan_checkout(commit, klipper, network, remote_url, fix_ownership)
+    if plan.action == "noop":
+        host.noop(plan.reason)
+        return None
     if plan.action == "refuse":
         yield dirty_command(plan.path) if plan.dirty else _fail(f"{host.name}: {plan.reason}")
-        return
+        return None
     yield prepare_script(plan, commit, fetch_timeout)
     yield FunctionCommand(fetch_bundle, (plan.path, commit, source, bundle_cache, plan.online, plan.remote), {})
+    return plan
 
 
 @operation()
@@ -294,15 +304,7 @@ def fetch(
             klipper=audit["klipper"], network=audit["network"], source="/srv/klipper",
         )
     """
-    problem = _checked(commit, fetch_timeout)
-    if problem:
-        yield _fail(problem)
-        return
-    plan = plan_checkout(commit, klipper, network, remote_url, fix_ownership)
-    if plan.action == "noop":
-        host.noop(plan.reason)
-        return
-    yield from _fetch_commands(plan, commit, source, bundle_cache, fetch_timeout)
+    yield from _fetch(commit, klipper, network, source, remote_url, fix_ownership, fetch_timeout, bundle_cache)
 
 
 @operation()
@@ -344,17 +346,10 @@ def checkout(
     """
     from pyinfra_ratos.operations.firmware import agent_command  # firmware imports printer, as this does
 
-    problem = _checked(commit, fetch_timeout)
-    if problem:
-        yield _fail(problem)
-        return
-    plan = plan_checkout(commit, klipper, network, remote_url, fix_ownership)
-    if plan.action == "noop":
-        host.noop(plan.reason)
-        return
-    yield from _fetch_commands(plan, commit, source, bundle_cache, fetch_timeout)
-    if plan.action != "refuse":
-        yield agent_command({"moonraker": moonraker_url, "klipper": move_of(plan, commit, klipper)})
+    plan = yield from _fetch(commit, klipper, network, source, remote_url, fix_ownership, fetch_timeout, bundle_cache)
+    move = move_of(plan, commit, klipper) if plan is not None else None
+    if move is not None and move["to"] != move["from"]:
+        yield agent_command({"moonraker": moonraker_url, "klipper": move})
 
 
 @operation()

@@ -303,6 +303,8 @@ class DfuUtil(DfuBackend):
         return done.stdout
 
     def read(self, length: int, dest: str) -> None:
+        if os.path.exists(dest):
+            os.unlink(dest)  # dfu-util never overwrites an upload file: it would leave the old one
         self.dfu("-s", f"{self.step['address']:#010x}:{length}", "-U", dest)
         if not os.path.exists(dest) or os.path.getsize(dest) != length:
             raise StepFailed(f"dfu-util read {os.path.getsize(dest) if os.path.exists(dest) else 0} of "
@@ -352,6 +354,8 @@ class Pyusb(DfuBackend):
         return answer
 
     def read(self, length: int, dest: str) -> None:
+        if os.path.exists(dest):
+            os.unlink(dest)  # never judge a read by a file a former run left
         answer = self.client("read", "--length", str(length), "--out", dest)
         if self.exit != 0 or answer.get("ok") is not True:
             raise StepFailed(f"pyusb DFU client could not read the old firmware (exit {self.exit}): "

@@ -266,6 +266,15 @@ class Board:
     def log(self, event: str, **fields: Any) -> None:
         self.bus.log(self.spec.port, event, **fields)
 
+    def faults(self) -> list[str]:
+        """The board's behaviour faults: the scenario's, or what a test wrote since into
+        ``<port>/faults`` (one per line; empty: the board is mended, as after a repair)."""
+        try:
+            with open(os.path.join(self.dir, "faults"), encoding="utf-8") as handle:
+                return handle.read().split()
+        except OSError:
+            return list(self.spec.faults)
+
     def booted_dictionary(self) -> dict[str, Any] | None:
         start = self.spec.app_address
         end = self.flash.base + self.flash.size
@@ -275,7 +284,7 @@ class Board:
 
     # --- events from the host side (called with the bus lock held) --------------------------------
     def bootloader_request(self, session: Session) -> None:
-        if "ignore-bootloader-request" in self.spec.faults or session.leaving:
+        if "ignore-bootloader-request" in self.faults() or session.leaving:
             self.log("bootloader-request-ignored")
             return
         session.leaving = True
@@ -286,7 +295,7 @@ class Board:
         session = self.session
         if session is None:
             return
-        faults = self.spec.faults
+        faults = self.faults()
         if "stuck-dfu" in faults:
             self.log("leave-ignored")
             session.dfu.state = dfu.DFU_IDLE  # type: ignore[union-attr]
@@ -302,12 +311,12 @@ class Board:
         if session.mode == "dfu" and session.leaving:
             # the reset itself succeeds (dfu-util -R exits 0); the app takes over right after
             self.bus.later(RESET_S, self.unplug_then, "app", session)
-        elif session.mode == "dfu" and "stuck-dfu" in self.spec.faults:
+        elif session.mode == "dfu" and "stuck-dfu" in self.faults():
             self.bus.later(0, self.unplug_then, "dfu", session)
 
     def on_leave_request(self, session: Session) -> None:
         """Fault dfu-exit-74: the MCU resets as soon as the leave request arrives."""
-        if "dfu-exit-74" not in self.spec.faults:
+        if "dfu-exit-74" not in self.faults():
             return
         session.alive = False
         session.leaving = True
@@ -318,7 +327,7 @@ class Board:
         if session is not None and session is not self.session:
             return
         self.bus.unplug(self)
-        if "no-reenumerate" in self.spec.faults and next_mode == "app":
+        if "no-reenumerate" in self.faults() and next_mode == "app":
             self.log("no-reenumerate")
             return
         self.bus.later(REENUMERATE_S, self.come_back, next_mode)
