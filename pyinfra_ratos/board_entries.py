@@ -52,6 +52,11 @@ class BoardSpec:
     canbus_uuid: str | None = None
     kconfig: Mapping[str, OverrideValue] = field(default_factory=dict)
 
+    @property
+    def section(self) -> str:
+        """Its printer.cfg section: ``[mcu]`` or ``[mcu <name>]``."""
+        return "mcu" if self.mcu_name == "mcu" else f"mcu {self.mcu_name}"
+
 
 def parse_boards(raw: Any, catalog: Mapping[str, Board]) -> tuple[list[BoardSpec], list[tuple[str, str]]]:
     """The ``boards`` list as board specs, and its problems as ``(field, "<problem>. Fix: <fix>")``.

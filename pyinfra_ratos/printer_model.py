@@ -56,7 +56,7 @@ from pyinfra_ratos.datarules import (
     shown,
     text,
 )
-from pyinfra_ratos.board_entries import parse_boards
+from pyinfra_ratos.board_entries import BoardSpec, parse_boards
 
 
 @dataclass(frozen=True)
@@ -125,17 +125,7 @@ class PrinterDataError(ValueError):
         super().__init__(f"{host}: invalid printer data in the inventory:\n" + "\n".join(f"  - {e}" for e in errors))
 
 
-@dataclass(frozen=True)
-class BoardEntry:
-    board: Board
-    mcu_name: str
-    port: str | None = None
-    serial: str | None = None
-    canbus_uuid: str | None = None
-
-    @property
-    def section(self) -> str:
-        return "mcu" if self.mcu_name == "mcu" else f"mcu {self.mcu_name}"
+BoardEntry = BoardSpec  # one entry of boards, as every deploy reads it
 
 
 @dataclass(frozen=True)
@@ -207,7 +197,7 @@ def _parse_boards(errors: list[str], raw: Any, catalog: Mapping[str, Board]) -> 
     # one boards parser for every deploy (the firmware pipeline reads the same list)
     specs, problems = parse_boards(raw, catalog)
     errors.extend(f"{name}: {text}" for name, text in problems)
-    return [BoardEntry(s.board, s.mcu_name, s.port, s.serial, s.canbus_uuid) for s in specs]
+    return specs
 
 
 # --- serial paths from the AttachedBoards fact -----------------------------------------------
