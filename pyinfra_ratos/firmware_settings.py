@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyinfra_ratos.board_entries import parse_boards
 from pyinfra_ratos.builder import DEFAULT_CACHE
 from pyinfra_ratos.catalog import Board
 from pyinfra_ratos.datarules import SOURCE, Rule, as_flag, controller_path, flag, one_of, path, problems, shown
 from pyinfra_ratos.flash_plan import BACKENDS
-from pyinfra_ratos.board_entries import parse_boards
 from pyinfra_ratos.kconfig import OverrideValue, render_fragment
 
 BUILD_PLACES = ("controller", "pi")
@@ -93,6 +93,13 @@ def parse_targets(errors: list[str], raw: Any, catalog: Mapping[str, Board]) -> 
     return [FirmwareTarget(s.board, s.mcu_name, s.port, s.kconfig) for s in specs]
 
 
+def _is_checkout(folder: str) -> bool:
+    try:
+        return (Path(folder) / ".git").exists()
+    except OSError:  # a name too long, a folder we may not read: not a checkout we can use
+        return False
+
+
 def firmware_settings(host: str, data: Mapping[str, Any], override: Mapping[str, Any],
                       catalog: Mapping[str, Board]) -> FirmwareSettings:
     """Validate a host's firmware data; raises HostDataError with every problem at once."""
@@ -104,7 +111,7 @@ def firmware_settings(host: str, data: Mapping[str, Any], override: Mapping[str,
     if source is None and not (isinstance(build_on, str) and build_on == "pi"):
         errors.append("field 'klipper_source': missing. Fix: set it to a Klipper git checkout on this controller "
                       "that holds the Pis' commit (git clone https://github.com/Klipper3d/klipper ~/klipper-fleet)")
-    elif source is not None and not path(source, "") and not (Path(controller_path(source)) / ".git").exists():
+    elif source is not None and not path(source, "") and not _is_checkout(controller_path(source)):
         errors.append(f"field 'klipper_source': {shown(source)} is not a git checkout on this controller. "
                       f"Fix: {SOURCE.fix}")
     if "attended_flash" in data and "attended_flash" not in override:

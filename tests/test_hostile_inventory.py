@@ -154,7 +154,7 @@ CORPUS: list[tuple[str, Any]] = [
     ("config_backups", 5), ("config_backups", "x\0y"), ("config_backups", "${IFS}"),
     ("klipper_bundle_cache", ["~/b"]), ("klipper_bundle_cache", "x\0y"), ("printer_templates", "x\0y"),
     ("printer_templates", 7), ("klipper_source", "x\0y"), ("klipper_source", "/nonexistent/klipper"),
-    ("klipper_source", 5), ("kconfig value", "x\ny"), ("kconfig value", "$(shell touch /tmp/pwned)"),
+    ("klipper_source", 5), ("klipper_source", "/" + "a" * 300), ("klipper_source", "/root/" * 600), ("kconfig value", "x\ny"), ("kconfig value", "$(shell touch /tmp/pwned)"),
     ("kconfig value", "a" * 300), ("kconfig value", 10**5000), ("kconfig value", 1.5), ("kconfig value", None),
     ("kconfig symbol", 5), ("kconfig symbol", ("USB",)), ("kconfig symbol", "usb_serial_number"),
     ("kconfig symbol", "CLOCK_FREQ"), ("boards[0].board", 5), ("boards[0].board", ["x"]),
