@@ -3,8 +3,8 @@
 A validator declares its keys as a table ``{key: Rule(problem, fix)}`` and :func:`problems`
 checks the keys a host sets: one ``(key, "<problem>. Fix: <fix>")`` per bad value. Patterns are
 matched whole (``fullmatch``: ``"$"`` would let a trailing newline through). An error never shows
-more than 60 characters of a value, and nothing of the value of a key that may hold a secret
-(:func:`is_secret`: password, secret, token, credential, private, key).
+more than 60 characters of a value, nor the password of a URL, and nothing of the value of a key
+that may hold a secret (:func:`is_secret`: password, secret, token, credential, private, key).
 
 Paths on the controller (:data:`CONTROLLER_PATH`) are expanded with ``~`` as the controller user's
 home by :func:`controller_path`; paths on the Pi keep their ``~/`` (the Pi's home, resolved there).
@@ -29,7 +29,8 @@ FALSE_WORDS = ("0", "false", "no", "off", "")
 _SHELL_CHARS = "$ ` \\ \" ' ; & | < >"
 _SHELL = re.compile(r"[$`\\\"';&|<>]")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_SECRET = re.compile(r"pass|secret|token|credential|private|(^|_)key($|_)", re.IGNORECASE)
+_SECRET = re.compile(r"pass|secret|token|credential|private|apikey|(^|_)key($|_)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")  # https://user:<token>@host/...
 
 Problem = Callable[[Any, str], Union[str, None]]  # (value, value as shown) -> what is wrong, or None
 
@@ -56,9 +57,12 @@ def a_type(value: Any) -> str:
 
 
 def shown(value: Any, field: str = "") -> str:
-    """``value`` as an error shows it: its repr cut to 60 characters; a secret field's not at all."""
+    """``value`` as an error shows it: its repr cut to 60 characters, a URL's password masked; a
+    secret field's not at all."""
     if is_secret(field):
         return "its value (not shown: the field may hold a secret)"
+    if isinstance(value, str):
+        value = _URL_PASSWORD.sub(r"\1***@", value)
     if isinstance(value, str) and len(repr(value[:MAX_SHOWN])) > MAX_SHOWN:  # its start, quoted, and its length
         start = value[:MAX_SHOWN // 2]
         while len(repr(start)) > MAX_SHOWN - 20:  # an escaped character takes up to 10

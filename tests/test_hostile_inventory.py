@@ -248,6 +248,11 @@ def test_a_mistyped_secret_is_named_but_never_echoed(source: str, key: str, valu
     assert SECRET not in "".join(lines) and "12345" not in "".join(lines)
 
 
+def test_a_bad_git_url_is_shown_without_its_password(source: str) -> None:
+    lines = outcome({"vcore-01": {**full_host(source), "klipper_remote": f"https://me:{SECRET}@github.com/k.git\n"}})
+    assert refused(lines, "vcore-01", "klipper_remote") and SECRET not in "".join(lines) and "me:***@" in lines[0]
+
+
 def test_a_bad_key_beside_a_secret_does_not_echo_the_secret(source: str) -> None:
     lines = outcome({"vcore-01": {**full_host(source), "ssh_port": "22", "my_api_token": SECRET}})
     assert SECRET not in "\n".join(lines) and refused(lines, "vcore-01", "my_api_token")
