@@ -179,11 +179,11 @@ def controller_path(value: str) -> str:
 
 
 def names(pattern: str, what: str) -> Problem:
-    """A non-empty list (or tuple) of strings, each matching ``pattern`` whole."""
+    """A list (or tuple) of strings, each matching ``pattern`` whole."""
     item = text(pattern, what)
 
     def problem(value: Any, shown_value: str) -> str | None:
-        if not isinstance(value, (list, tuple)) or not value:
+        if not isinstance(value, (list, tuple)):
             return f"{shown_value} is not a list of {what}s"
         for entry in value:
             if item(entry, ""):

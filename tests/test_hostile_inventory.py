@@ -167,7 +167,7 @@ CORPUS: list[tuple[str, Any]] = [
     ("allow_unclean_build", " true"), ("printer_backups", 0), ("printer_backups", 10**100), ("printer_backups", True),
     ("config_backup_keep", -1), ("config_backup_keep", "20"), ("printer_size", "300"), ("printer_size", 301),
     ("stepper_current", {"x": math.nan}), ("stepper_current", {"x": math.inf}), ("stepper_current", {1: 1.0}),
-    ("stepper_current", [1.6]), ("provision_services", "klipper"), ("provision_services", []),
+    ("stepper_current", [1.6]), ("provision_services", "klipper"), ("provision_services", [None]),
     ("provision_services", ["-klipper"]), ("custom_data_keys", "farm_room"), ("custom_data_keys", ["farm room"]),
     ("ssh_hostname", "-oProxyCommand=touch /tmp/pwned"), ("ssh_hostname", "10.0.0.5\n"), ("ssh_user", "pi;id"),
     ("ssh_port", 0), ("ssh_port", 70000), ("ssh_port", "22"), ("ssh_strict_host_key_checking", "accept-new\n"),
