@@ -33,7 +33,7 @@ setup(
         "pyinfra_ratos": ["boards/*.toml"],
         "pyinfra_ratos.sim": ["klipper_tree/**/*", "klipper_tree/*", "scenarios/*.toml"],
         "pyinfra_ratos.templates": ["**/*.j2", "*.j2"],
-        "pyinfra_ratos.inventory": ["*.py", "group_data/*.py"],
+        "pyinfra_ratos.inventory": ["*.py", "group_data/*.py", "known_hosts"],
     },
     install_requires=[
         "pyinfra>=3.10,<4",
@@ -46,7 +46,8 @@ setup(
     extras_require={
         # the virtual farm's Klipper tree resolves Kconfig with the library real Klipper vendors
         "sim": ["kconfiglib>=14.1"],
-        "test": ["kconfiglib>=14.1", "pytest>=7"],
+        # hypothesis drives the inventory validation with generated hostile values
+        "test": ["kconfiglib>=14.1", "pytest>=7", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["ratos-fleet=pyinfra_ratos.cli:main"]},
 )

@@ -34,9 +34,7 @@ Host data (besides the printer's and firmware's keys, see ``printer_model``/``fi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
@@ -53,13 +51,12 @@ from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, 
 from pyinfra_ratos import gate, results
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.remote import remote_endpoint
-from pyinfra_ratos.firmware_settings import as_flag
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
 from pyinfra_ratos.planned import add_if_needed, added_while_executing
+from pyinfra_ratos.provision_settings import ProvisionSettings, provision_settings
 
 BASE_PACKAGES = ("dfu-util", "python3-venv", "git")
 TOOLCHAIN = ("gcc-arm-none-eabi", "binutils-arm-none-eabi", "libnewlib-arm-none-eabi")
-SERVICES = ("klipper", "moonraker", "klipper-mcu")
 UDEV_RULE_PATH = "/etc/udev/rules.d/98-pyinfra-ratos.rules"
 # RatOS names a board's serial port after the USB serial its firmware reports (RatOS builds set it
 # to the board id), for every device whose firmware says it is Klipper: printer.cfg's
@@ -71,67 +68,6 @@ UDEV_RULE = (
 )
 UDEV_RELOAD = ("udevadm control --reload-rules && udevadm trigger --subsystem-match=tty --action=add "
                "|| echo 'pyinfra-ratos: udev is not running here: the rule applies from the next boot'")
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_TIMEZONE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-@dataclass(frozen=True)
-class ProvisionSettings:
-    commit: str
-    source: str | None
-    remote: str
-    bundle_cache: str | None
-    hostname: str | None
-    timezone: str | None
-    build_on_pi: bool
-    services: tuple[str, ...]
-    backups: str | None
-    backup_keep: int
-    config_dir: str
-    user_config: str
-    when_busy: str
-    file_backups: int
-
-
-def provision_settings(name: str, data: Mapping[str, Any]) -> tuple[ProvisionSettings | None, list[str]]:
-    """The host's provisioning data, or every problem with it (field, value, fix)."""
-    errors = []
-    commit = data.get("klipper_commit")
-    if not isinstance(commit, str) or not _COMMIT.match(commit):
-        errors.append(f"field 'klipper_commit' is {commit!r}: the fleet's pinned Klipper commit, 40 lower-case "
-                      "hex digits (`git rev-parse HEAD` in klipper_source)")
-    hostname = data.get("hostname", name if _HOSTNAME.match(name) else None)
-    if hostname is not None and (not isinstance(hostname, str) or not _HOSTNAME.match(hostname)):
-        errors.append(f"field 'hostname' is {hostname!r}: lower-case letters, digits and '-', at most 63")
-    timezone = data.get("timezone")
-    if timezone is not None and (not isinstance(timezone, str) or not _TIMEZONE.match(timezone)):
-        errors.append(f"field 'timezone' is {timezone!r}: a zone name such as 'Europe/Copenhagen'")
-    build_on_pi = as_flag(data.get("build_on_pi", False))
-    if build_on_pi is None:
-        errors.append(f"field 'build_on_pi' is {data.get('build_on_pi')!r}: true or false")
-    services = data.get("provision_services", SERVICES)
-    if not isinstance(services, (list, tuple)) or not all(isinstance(s, str) and re.match(r"^[\w@.-]+$", s)
-                                                          for s in services):
-        errors.append(f"field 'provision_services' is {services!r}: a list of systemd unit names")
-    keep = data.get("config_backup_keep", backup.DEFAULT_KEEP)
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        errors.append(f"field 'config_backup_keep' is {keep!r}: versions kept, an int >= 1")
-    remote = data.get("klipper_remote", klipper.DEFAULT_REMOTE)
-    if not isinstance(remote, str) or not remote:
-        errors.append(f"field 'klipper_remote' is {remote!r}: a git URL")
-    if errors:
-        return None, [f"host {name}: {e}" for e in errors]
-    return ProvisionSettings(
-        commit=commit, source=data.get("klipper_source"), remote=remote,
-        bundle_cache=data.get("klipper_bundle_cache"), hostname=hostname, timezone=timezone,
-        build_on_pi=bool(build_on_pi), services=tuple(services), backups=data.get("config_backups"),
-        backup_keep=keep, config_dir=data.get("printer_config_dir", "~/printer_data/config"),
-        user_config=data.get("printer_user_config", "adopt"), when_busy=data.get("printer_when_busy", "write"),
-        file_backups=data.get("printer_backups", 5),
-    ), []
-
-
 # --- steps -----------------------------------------------------------------------------------
 
 

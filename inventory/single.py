@@ -19,7 +19,9 @@ Data keys a printer may set (validated for every host before any SSH command, se
     klipper_source    a Klipper checkout on the controller holding that commit
     printer_user_config  keep | adopt | regenerate   what to do with an existing printer.cfg
     printer_when_busy    write | defer               a printing printer: write now or later
-    ssh_hostname, ssh_user, ssh_port, ssh_key ...     how pyinfra connects (pyinfra's ssh_* keys)
+    ssh_hostname, ssh_user, ssh_port, ssh_key ...     how pyinfra connects (pyinfra's ssh_* keys);
+                      host keys are pinned in known_hosts beside this file (group_data/all.py): add a Pi
+                      with `ssh-keyscan -H <pi> >> known_hosts` and check its fingerprint
 
 Never here: ``attended_flash`` (a per-run operator flag: ``--data attended_flash=true``).
 """

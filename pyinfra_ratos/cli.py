@@ -16,6 +16,16 @@ from collections.abc import Callable, Sequence
 EXIT_OK, EXIT_PRINTERS, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _error(exc: Exception, code: int = EXIT_BAD_INPUT) -> int:
+    """Print an error for the operator and return its exit code. The text may quote inventory
+    values or a Pi's output: control characters are stripped before they reach the terminal (the
+    validators never quote a secret field's value)."""
+    from pyinfra_ratos.hygiene import sanitise_text
+
+    print(f"ratos-fleet: {sanitise_text(str(exc), keep_newlines=True)}", file=sys.stderr)
+    return code
+
+
 def _sim_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """A virtual-farm command: its errors are the user's (a scenario: exit 2) or the farm's (1).
     The farm's modules load only for these commands (25 ms a fleet run does not need)."""
@@ -28,11 +38,9 @@ def _sim_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argpars
         try:
             return func(args)
         except ScenarioError as exc:
-            print(f"ratos-fleet: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return _error(exc)
         except FarmError as exc:
-            print(f"ratos-fleet: {exc}", file=sys.stderr)
-            return EXIT_PRINTERS
+            return _error(exc, EXIT_PRINTERS)
 
     return run
 
@@ -77,8 +85,7 @@ def _status(args: argparse.Namespace) -> int:
         settings = validate_inventory(fleet_api.host_data(inventory), fleet_api.override_data(inventory),
                                       load_catalog())
     except (fleet_api.InventoryLoadError, InventoryError) as exc:
-        print(f"ratos-fleet: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _error(exc)
     state = fleet_api.make_state(inventory, parallel=args.parallel, connect_timeout=args.connect_timeout)
     audits = fleet_api.gather(state, FleetAudit)
     fleet_api.disconnect(state)
@@ -108,8 +115,7 @@ def _fleet(args: argparse.Namespace, execute: bool) -> int:
             parallel=args.parallel, out=sys.stdout,
         )
     except (fleet_api.InventoryLoadError, fleet_update.InventoryError) as exc:
-        print(f"ratos-fleet: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _error(exc)
     print(render_table(report), end="")
     if report_dir is not None:
         print(f"report: {Path(report_dir) / 'report.json'} and {Path(report_dir) / 'report.html'}")
@@ -179,8 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CatalogError as exc:
-        print(f"ratos-fleet: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _error(exc)
 
 
 if __name__ == "__main__":

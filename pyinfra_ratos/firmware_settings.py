@@ -9,16 +9,18 @@ Host and group data keys (the ``firmware`` deploy)::
                         port         USB port path ("1-1.3"): required to tell identical boards apart
                         kconfig      {symbol: value} Kconfig overrides for this board's build, e.g.
                                      {"USB_SERIAL_NUMBER": "btt-octopus-pro-h723-11-t0"}
-                      (one parser for both deploys: pyinfra_ratos.hostdata.parse_boards)
+                      (one parser for both deploys: pyinfra_ratos.board_entries.parse_boards)
     klipper_source    a Klipper git checkout on the controller holding the Pis' commit: the fleet's
                       firmware is built there, once per identity                       (required)
-    firmware_cache    where built artifacts are kept on the controller
+    firmware_cache    where built artifacts are kept on the controller, ``~`` expanded
                       (default: ~/.cache/pyinfra-ratos/firmware)
     flash_backend     how DFU boards are written: "dfu-util" (default) or "pyusb" (the project's
                       pyinfra_ratos.dfu client, installed on the Pi from the controller: it reads
                       the flash back before leaving DFU, so a bad write fails and stays in DFU);
                       also per run: --data flash_backend=pyusb
     allow_unclean_build  true to flash builds of a dirty or undescribable checkout (default false)
+    firmware_build    where firmware is built: "controller" (default, once per identity for the
+                      fleet) or "pi" (each Pi's own checkout; klipper_source then optional)
 
 Per run, never in the inventory (``--data attended_flash=true``)::
 
@@ -34,15 +36,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyinfra_ratos.board_entries import parse_boards
 from pyinfra_ratos.builder import DEFAULT_CACHE
 from pyinfra_ratos.catalog import Board
+from pyinfra_ratos.datarules import SOURCE, Rule, as_flag, controller_path, flag, one_of, path, problems, shown
 from pyinfra_ratos.flash_plan import BACKENDS
-from pyinfra_ratos.hostdata import parse_boards
 from pyinfra_ratos.kconfig import OverrideValue, render_fragment
 
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off", "")
 BUILD_PLACES = ("controller", "pi")
+FIRMWARE_RULES: dict[str, Rule] = {
+    "firmware_build": Rule(one_of(BUILD_PLACES, "a build place"), "build on the controller (the default) or each pi"),
+    "klipper_source": SOURCE,
+    "firmware_cache": Rule(path, "write a folder on this controller, e.g. \"~/.cache/pyinfra-ratos/firmware\"",
+                           optional=True),
+    "flash_backend": Rule(one_of(BACKENDS, "a flash backend"), "use dfu-util (the default) or pyusb"),
+    "allow_unclean_build": Rule(flag, "write true or false"),
+}
 
 
 class HostDataError(ValueError):
@@ -77,15 +86,6 @@ class FirmwareSettings:
     build_on: str = "controller"  # "controller" (once per identity for the fleet) or "pi"
 
 
-def as_flag(value: Any) -> bool | None:
-    """A yes/no value as given in data or on the command line; None when it is neither."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-        return value.strip().lower() in TRUE_WORDS
-    return None
-
-
 def parse_targets(errors: list[str], raw: Any, catalog: Mapping[str, Board]) -> list[FirmwareTarget]:
     # one boards parser for every deploy (the printer configuration reads the same list)
     specs, problems = parse_boards(raw, catalog)
@@ -93,42 +93,41 @@ def parse_targets(errors: list[str], raw: Any, catalog: Mapping[str, Board]) -> 
     return [FirmwareTarget(s.board, s.mcu_name, s.port, s.kconfig) for s in specs]
 
 
+def _is_checkout(folder: str) -> bool:
+    try:
+        return (Path(folder) / ".git").exists()
+    except OSError:  # a name too long, a folder we may not read: not a checkout we can use
+        return False
+
+
 def firmware_settings(host: str, data: Mapping[str, Any], override: Mapping[str, Any],
                       catalog: Mapping[str, Board]) -> FirmwareSettings:
     """Validate a host's firmware data; raises HostDataError with every problem at once."""
     errors: list[str] = []
     targets = parse_targets(errors, data.get("boards"), catalog)
+    errors += [f"field '{key}': {text}" for key, text in problems(FIRMWARE_RULES, data)]
     build_on = data.get("firmware_build", "controller")
-    if build_on not in BUILD_PLACES:
-        errors.append(f"field 'firmware_build' is {build_on!r}; use one of {', '.join(BUILD_PLACES)}")
     source = data.get("klipper_source")
-    if build_on == "pi" and not source:
-        source = ""  # the Pi's own checkout builds: no controller checkout needed
-    elif not isinstance(source, str) or not source:
-        errors.append("field 'klipper_source' is missing: set it to a Klipper git checkout on this controller "
-                      "(git clone https://github.com/Klipper3d/klipper) holding the Pis' commit")
-    elif not (Path(source).expanduser() / ".git").exists():
-        errors.append(f"field 'klipper_source' is {source!r}, which is not a git checkout on this controller")
-    backend = data.get("flash_backend", "dfu-util")
-    if backend not in BACKENDS:
-        errors.append(f"field 'flash_backend' is {backend!r}; use one of {', '.join(BACKENDS)}")
+    if source is None and not (isinstance(build_on, str) and build_on == "pi"):
+        errors.append("field 'klipper_source': missing. Fix: set it to a Klipper git checkout on this controller "
+                      "that holds the Pis' commit (git clone https://github.com/Klipper3d/klipper ~/klipper-fleet)")
+    elif source is not None and not path(source, "") and not _is_checkout(controller_path(source)):
+        errors.append(f"field 'klipper_source': {shown(source)} is not a git checkout on this controller. "
+                      f"Fix: {SOURCE.fix}")
     if "attended_flash" in data and "attended_flash" not in override:
         errors.append("field 'attended_flash' is set in the inventory; it is a per-run operator flag: remove it "
                       "and pass --data attended_flash=true on the run where someone watches the printers")
     attended = as_flag(override.get("attended_flash", False))
     if attended is None:
-        errors.append(f"--data attended_flash={override.get('attended_flash')!r}: use true or false")
-    allow_unclean = as_flag(data.get("allow_unclean_build", False))
-    if allow_unclean is None:
-        errors.append("field 'allow_unclean_build' must be true or false")
+        errors.append(f"--data attended_flash={shown(override.get('attended_flash'))}: use true or false")
     if errors:
         raise HostDataError(host, errors)
     return FirmwareSettings(
         targets=tuple(targets),
-        klipper_source=Path(str(source)).expanduser(),
-        cache=Path(str(data.get("firmware_cache") or DEFAULT_CACHE)).expanduser(),
-        backend=str(backend),
+        klipper_source=Path(controller_path(source or "")),
+        cache=Path(controller_path(data.get("firmware_cache") or str(DEFAULT_CACHE))),
+        backend=str(data.get("flash_backend", "dfu-util")),
         attended_flash=bool(attended),
-        allow_unclean=bool(allow_unclean),
+        allow_unclean=bool(as_flag(data.get("allow_unclean_build", False))),
         build_on=str(build_on),
     )

@@ -172,7 +172,7 @@ def run_fleet(
     override = {"attended_flash": True} if attended_flash else {}
     inventory = fleet_api.load_inventory(inventory_path, limit=limit, override_data=override)
     validate_inventory(fleet_api.host_data(inventory), fleet_api.override_data(inventory), load_catalog(),
-                       require=("firmware", "printer"))
+                       require=("firmware", "printer", "provision"))
     data = fleet_api.host_data(inventory)
     commits = {d.get("klipper_commit") for d in data.values()}
     pinned = commits.pop() if len(commits) == 1 else None

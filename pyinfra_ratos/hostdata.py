@@ -2,48 +2,74 @@
 
 Pure Python (no connection, no pyinfra state). :func:`validate_inventory` runs each deploy's own
 validator (:func:`pyinfra_ratos.printer_model.parse_printer_data`,
-:func:`pyinfra_ratos.firmware_settings.firmware_settings`) on every host, adds what no single
-deploy checks (unknown keys with a "did you mean", types of pyinfra's connector keys, the printer
-deploy's tuning keys), and raises ONE :class:`InventoryError` with one line per problem::
+:func:`pyinfra_ratos.firmware_settings.firmware_settings`,
+:func:`pyinfra_ratos.provision_settings.provision_problems`) on every host, adds what no single
+deploy checks (unknown keys with a "did you mean", types of pyinfra's keys, host names), and
+raises ONE :class:`InventoryError` with one line per problem::
 
-    host vcore-01: field 'printer_modle' is not a known data key. Fix: did you mean 'printer_model'?
+    host vcore-01: field 'printer_modle': unknown data key. Fix: did you mean 'printer_model'? ...
     host vcore-02: field 'boards[0].port': 'usb3' is not a USB port path. Fix: write it like "1-1.3" ...
 
-``boards`` is parsed here, once, by :func:`parse_boards`, for both deploys (the printer
-configuration and the firmware pipeline used to disagree on mcu_name defaults and port syntax).
+``boards`` is parsed once, by :func:`pyinfra_ratos.board_entries.parse_boards`, for every deploy.
+No line shows the value of a key that may hold a secret (``ssh_password``...), nor more than 60
+characters of any value.
 
-Which validators run on a host: those named in ``require`` (the deploys the run applies), plus
-each deploy whose own keys the host sets (``printer_model``... for the printer configuration,
-``klipper_source``... for the firmware). ``boards``, ``klipper_commit``, unknown keys and types
-are always checked. A key of your own deploys is declared in the data key ``custom_data_keys``
-(a list of names), so it is not taken for a typo.
+Every value a deploy reads is checked whenever a host sets it (each module's rule table:
+``printer_model.PRINTER_RULES``, ``PRINTER_DEPLOY_RULES``, ``firmware_settings.FIRMWARE_RULES``,
+``provision_settings.PROVISION_RULES``, :data:`SSH_RULES`); so are unknown keys, pyinfra's types,
+``boards`` and the host names (each must name its backup folder, and no two the same one).
+Which deploys' required keys and cross-checks apply: those named in ``require`` (the deploys the run
+applies: ``printer``, ``firmware``, ``provision`` for provision/update), plus each deploy whose own
+keys the host sets (``printer_model``... for the printer configuration, ``klipper_source``... for
+the firmware, ``timezone``... for provision). A key of your own deploys is declared in the data key
+``custom_data_keys`` (a list of names), so it is not taken for a typo.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
-import re
+import os
 import types
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import unicodedata
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
+from pyinfra_ratos.board_entries import BoardSpec, parse_boards  # noqa: F401 - re-exported (tests, report)
 from pyinfra_ratos.catalog import Board
-from pyinfra_ratos.kconfig import KconfigError, OverrideValue, render_fragment
-from pyinfra_ratos.klipper_config import value_problem
+from pyinfra_ratos.datarules import (
+    COMMIT,
+    HOST_NAME_FIX,
+    a_type,
+    Rule,
+    controller_path,
+    count,
+    did_you_mean,
+    field_name,
+    host_name_problem,
+    one_of,
+    path,
+    shown,
+    text,
+)
+from pyinfra_ratos.datarules import problems as value_problems
 
 if TYPE_CHECKING:
     from pyinfra_ratos.firmware_settings import FirmwareSettings
     from pyinfra_ratos.printer_model import PrinterSpec
 
-BOARD_KEYS = ("board", "mcu_name", "port", "serial", "canbus_uuid", "kconfig")
-# a USB port path: bus-port[.port...] (Linux allows 5 hubs below a root port)
-PORT_RE = re.compile(r"^[1-9][0-9]{0,2}-[1-9][0-9]?(\.[1-9][0-9]?){0,5}$")
-_MCU_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
-_SERIAL = re.compile(r"^/[A-Za-z0-9_./:+@=,-]+$")
-_CANBUS_UUID = re.compile(r"^[0-9a-f]{12}$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+SSH_RULES: dict[str, Rule] = {
+    "ssh_hostname": Rule(text(r"[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]{0,252}", "a host name or address"),
+                         "write the Pi's address, e.g. \"192.168.1.50\" or \"vcore-01.local\""),
+    "ssh_user": Rule(text(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}", "a user name"), "write the Pi's user, e.g. \"pi\""),
+    "ssh_port": Rule(count(1, 65535), "write the Pi's SSH port, e.g. 22"),
+    "ssh_key": Rule(path, "write the path of your private key file, e.g. \"~/.ssh/id_ed25519\""),
+    "ssh_config_file": Rule(path, "write the path of an ssh_config file"),
+    "ssh_known_hosts_file": Rule(path, "write the path of the known_hosts file that pins the Pis' host keys"),
+    "ssh_strict_host_key_checking": Rule(one_of(("yes", "accept-new", "no", "off", "ask"), "an OpenSSH policy"),
+                                         "write \"yes\" and pin the Pis' host keys in ssh_known_hosts_file"),
+    "ssh_file_transfer_protocol": Rule(one_of(("sftp", "scp"), "a transfer protocol"), "write sftp or scp"),
+}
 
 # keys each part of pyinfra-ratos reads from host data (the validators check their values)
 PRINTER_KEYS = ("printer_model", "printer_size", "hotend", "extruder", "probe", "stepper_driver",
@@ -52,10 +78,10 @@ PRINTER_DEPLOY_KEYS = ("printer_user_config", "printer_when_busy", "printer_back
 FIRMWARE_KEYS = ("klipper_source", "firmware_cache", "flash_backend", "allow_unclean_build", "attended_flash",
                  "firmware_build")
 SHARED_KEYS = ("boards", "klipper_commit", "custom_data_keys")
-# deploys/provision.py and deploys/update.py (checked by provision_settings there)
+# deploys/provision.py and deploys/update.py (checked by pyinfra_ratos.provision_settings)
 PROVISION_KEYS = ("klipper_remote", "klipper_bundle_cache", "hostname", "timezone", "build_on_pi",
                   "provision_services", "config_backups", "config_backup_keep")
-SECTIONS = ("printer", "firmware")
+SECTIONS = ("printer", "firmware", "provision")
 
 
 class InventoryError(ValueError):
@@ -69,18 +95,6 @@ class InventoryError(ValueError):
 
 
 @dataclass(frozen=True)
-class BoardSpec:
-    """One entry of ``boards``, as both deploys read it."""
-
-    board: Board
-    mcu_name: str
-    port: str | None = None
-    serial: str | None = None
-    canbus_uuid: str | None = None
-    kconfig: Mapping[str, OverrideValue] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class HostSettings:
     """A host's validated data: the boards, and each deploy's settings when they apply."""
 
@@ -91,100 +105,19 @@ class HostSettings:
     data: Mapping[str, Any]
 
 
-# --- boards, shared by both deploys ----------------------------------------------------------
-
-
-def parse_boards(raw: Any, catalog: Mapping[str, Board]) -> tuple[list[BoardSpec], list[tuple[str, str]]]:
-    """The ``boards`` list as board specs, and its problems as ``(field, "<problem>. Fix: <fix>")``.
-
-    mcu_name defaults: ``rpi`` for the host MCU, ``toolboard_t<n>`` for toolboards in order,
-    ``mcu`` for the first other board (the control board), the board id for any further one.
-    """
-    problems: list[tuple[str, str]] = []
-    example = '[{"board": "btt-octopus-pro-h723-11"}, {"board": "btt-ebb42-12", "mcu_name": "toolboard_t0"}]'
-    if not raw or not isinstance(raw, Sequence) or isinstance(raw, str):
-        return [], [("boards", f"missing or not a list. Fix: set boards = {example}")]
-    entries: list[BoardSpec] = []
-    toolboards = 0
-    for index, item in enumerate(raw):
-        where = f"boards[{index}]"
-        if not isinstance(item, Mapping) or "board" not in item:
-            problems.append((where, f"{item!r} is not a table with a 'board' key. "
-                                    "Fix: write {\"board\": \"<catalog id>\"}"))
-            continue
-        for key in sorted(set(item) - set(BOARD_KEYS), key=str):
-            problems.append((f"{where}.{key}", f"unknown board key. Fix: {_did_you_mean(str(key), BOARD_KEYS)}"))
-        board = catalog.get(item["board"]) if isinstance(item["board"], str) else None
-        if board is None:
-            close = difflib.get_close_matches(str(item["board"]), list(catalog), n=1)
-            hint = f"did you mean {close[0]!r}? Else use" if close else "use"
-            problems.append((f"{where}.board", f"{item['board']!r} is not in the board catalog. "
-                                               f"Fix: {hint} a catalog id (pyinfra_ratos/boards/*.toml) or add a board file"))
-        # every field is checked, known board or not: all the problems of an entry at once
-        count = len(problems)
-        port, serial, uuid = item.get("port"), item.get("serial"), item.get("canbus_uuid")
-        if port is not None and (not isinstance(port, str) or not PORT_RE.match(port)):
-            problems.append((f"{where}.port", f"{port!r} is not a USB port path. "
-                                              "Fix: write it like \"1-1.3\" (see lsusb -t or /dev/serial/by-path on the Pi)"))
-        if serial is not None and (not isinstance(serial, str) or not _SERIAL.match(serial)):
-            problem = value_problem(serial) if isinstance(serial, str) else None
-            problems.append((f"{where}.serial", f"{problem or repr(serial) + ' is not an absolute device path'}. "
-                                                "Fix: write a path such as /dev/serial/by-id/usb-Klipper_stm32h723xx_...-if00"))
-        if "mcu_name" in item:
-            mcu_name = item["mcu_name"]
-        elif board is None:
-            mcu_name = None
-        elif board.interface == "linux":
-            mcu_name = "rpi"
-        elif board.toolboard:
-            mcu_name = f"toolboard_t{toolboards}"
-        else:
-            mcu_name = "mcu" if not any(e.mcu_name == "mcu" for e in entries) else board.id.replace("-", "_")
-        if mcu_name is not None and (not isinstance(mcu_name, str) or not _MCU_NAME.match(mcu_name)):
-            problems.append((f"{where}.mcu_name", f"{mcu_name!r} is not a Klipper MCU name. "
-                                                  "Fix: lower-case letters, digits and '_' (e.g. toolboard_t0)"))
-        overrides = item.get("kconfig", {})
-        if not isinstance(overrides, Mapping):
-            problems.append((f"{where}.kconfig", f"{overrides!r} is not a table. "
-                                                 "Fix: write Kconfig symbols, e.g. {\"CANBUS_FREQUENCY\": 1000000}"))
-        if board is None:
-            continue
-        toolboards += board.toolboard
-        if len(problems) > count:
-            continue
-        if board.interface == "can" and serial is None and (
-            not isinstance(uuid, str) or not _CANBUS_UUID.match(uuid)
-        ):
-            problems.append((f"{where}.canbus_uuid", f"{uuid!r} is not a CAN UUID. "
-                                                     "Fix: set the 12 hex digits reported by Katapult's flashtool -q "
-                                                     "(e.g. \"a1b2c3d4e5f6\")"))
-        try:
-            render_fragment(board, overrides)  # renders now, so a bad override fails before any Pi is touched
-        except KconfigError as error:
-            text = str(error) if "Fix:" in str(error) else f"{error}. Fix: correct or remove that Kconfig override"
-            problems.append((f"{where}.kconfig", text))
-            continue
-        entries.append(BoardSpec(board, str(mcu_name), port, serial, uuid, dict(overrides)))
-    names = [e.mcu_name for e in entries]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(("boards", f"mcu_name {name!r} is used twice. Fix: give each board its own mcu_name"))
-    if entries and "mcu" not in names:
-        problems.append(("boards", "no board is the main 'mcu'. Fix: set mcu_name = \"mcu\" on the control board"))
-    return entries, problems
-
-
 # --- known keys ------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=None)
 def pyinfra_keys() -> Mapping[str, Any]:
-    """pyinfra's own data keys: every connector's (ssh_*, docker_* ...) with its declared type,
-    and the global arguments a host's data may set (``_sudo``, ``_env`` ...), typed ``Any``.
-    Read once per process (the connectors are entry points: scanning them cost 3 ms a call)."""
-    from pyinfra.api.arguments import all_argument_meta
+    """pyinfra's own data keys: every connector's (ssh_*, docker_* ...) and the global arguments a
+    host's data may set (``_sudo``, ``_env`` ...), each with its declared type. Read once per
+    process (the connectors are entry points: scanning them cost 3 ms a call)."""
+    from pyinfra.api.arguments import AllArguments, all_argument_meta
     from pyinfra.api.connectors import get_all_connectors
 
-    keys: dict[str, Any] = {key: Any for key in all_argument_meta if key.startswith("_")}
+    arguments = get_type_hints(AllArguments)
+    keys: dict[str, Any] = {key: arguments.get(key, Any) for key in all_argument_meta if key.startswith("_")}
     for connector in get_all_connectors().values():
         data_cls = getattr(connector, "data_cls", None)
         hints = get_type_hints(data_cls) if data_cls is not None else {}
@@ -193,22 +126,26 @@ def pyinfra_keys() -> Mapping[str, Any]:
     return types.MappingProxyType(keys)
 
 
+@functools.lru_cache(maxsize=None)
+def value_rules() -> Mapping[str, Rule]:
+    """Every deploy's rule for each of its keys (modules imported late: they import this one)."""
+    from pyinfra_ratos.firmware_settings import FIRMWARE_RULES
+    from pyinfra_ratos.printer_model import PRINTER_DEPLOY_RULES, PRINTER_RULES
+    from pyinfra_ratos.provision_settings import PROVISION_RULES
+
+    return types.MappingProxyType({"klipper_commit": COMMIT, **PRINTER_RULES, **PRINTER_DEPLOY_RULES,
+                                   **FIRMWARE_RULES, **PROVISION_RULES})
+
+
 def known_keys() -> tuple[str, ...]:
     return (*PRINTER_KEYS, *PRINTER_DEPLOY_KEYS, *FIRMWARE_KEYS, *SHARED_KEYS, *PROVISION_KEYS, *pyinfra_keys())
 
 
-def _did_you_mean(key: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return "remove it"
-
-
-def _type_problem(value: Any, expected: Any) -> str | None:
+def _type_problem(value: Any, expected: Any, key: str) -> str | None:
     """Why ``value`` is not of the (simple) declared type, None when it is or cannot be told."""
     if expected is Any:
         return None
-    options = get_args(expected) if get_origin(expected) is Union else (expected,)
+    options = get_args(expected) if get_origin(expected) in (Union, types.UnionType) else (expected,)
     for option in options:
         base = get_origin(option) or option
         if not isinstance(base, type):
@@ -220,63 +157,49 @@ def _type_problem(value: Any, expected: Any) -> str | None:
         if isinstance(value, base):
             return None
     names = " or ".join(getattr(get_origin(o) or o, "__name__", str(o)) for o in options)
-    return f"{value!r} is a {type(value).__name__}; pyinfra expects {names}"
+    return f"{shown(value, key)} is {a_type(value)}; pyinfra expects {names}"
 
 
 def _key_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     custom = data.get("custom_data_keys", [])
-    if not isinstance(custom, (list, tuple)) or not all(isinstance(k, str) for k in custom):
-        problems.append(("custom_data_keys", f"{custom!r} is not a list of key names. Fix: write [\"my_key\"]"))
+    if not isinstance(custom, (list, tuple)) or not all(isinstance(k, str) and k.isidentifier() and len(k) <= 64
+                                                        for k in custom):
+        problems.append(("custom_data_keys", f"{shown(custom)} is not a list of key names. Fix: write [\"my_key\"]"))
         custom = []
     typed = pyinfra_keys()
     known = set(known_keys())
     for key, value in data.items():
         if not isinstance(key, str):
-            problems.append((repr(key), "not a string. Fix: name data keys with strings"))
+            problems.append((shown(key), "not a string. Fix: name data keys with strings"))
         elif key in typed:
-            problem = _type_problem(value, typed[key])
+            problem = _type_problem(value, typed[key], key)
             if problem:
                 problems.append((key, f"{problem}. Fix: give pyinfra's connector a value of that type"))
+            else:
+                problems += value_problems(SSH_RULES, {key: value})
         elif key not in known and key not in custom:
-            problems.append((key, f"unknown data key. Fix: {_did_you_mean(key, known)} "
-                                  "(a key of your own deploy: list it in custom_data_keys)"))
-    commit = data.get("klipper_commit")
-    if commit is not None and (not isinstance(commit, str) or not _COMMIT.match(commit)):
-        problems.append(("klipper_commit", f"{commit!r} is not a full commit hash. Fix: use the 40 lower-case hex "
-                                           "digits of `git rev-parse HEAD` in the fleet's Klipper checkout"))
-    return problems
-
-
-def _printer_deploy_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    from pyinfra_ratos.operations.printer import USER_CONFIG_MODES, WHEN_BUSY
-
-    problems = []
-    mode = data.get("printer_user_config", "adopt")
-    if mode not in USER_CONFIG_MODES:
-        problems.append(("printer_user_config", f"{mode!r} is not a mode. Fix: use one of {', '.join(USER_CONFIG_MODES)}"))
-    when_busy = data.get("printer_when_busy", "write")
-    if when_busy not in WHEN_BUSY:
-        problems.append(("printer_when_busy", f"{when_busy!r} is not known. Fix: use one of {', '.join(WHEN_BUSY)}"))
-    backups = data.get("printer_backups", 5)
-    if isinstance(backups, bool) or not isinstance(backups, int) or backups < 1:
-        problems.append(("printer_backups", f"{backups!r} is not a count. Fix: keep at least one backup (an int >= 1)"))
-    folder = data.get("printer_config_dir", "~/printer_data/config")
-    if not isinstance(folder, str) or not folder or "\n" in folder:
-        problems.append(("printer_config_dir", f"{folder!r} is not a path. Fix: write Klipper's config folder, "
-                                               "e.g. \"~/printer_data/config\""))
-    return problems
+            problems.append((field_name(key), f"unknown data key. Fix: {did_you_mean(key, known)} "
+                                              "(a key of your own deploy: list it in custom_data_keys)"))
+    return problems + value_problems(value_rules(), data)
 
 
 # --- the whole inventory ---------------------------------------------------------------------
 
 
-def _line(host: str, message: str) -> str:
+def host_label(host: Any) -> str:
+    """A host name as the error lines show it: as it is when plain, else quoted and escaped."""
+    if isinstance(host, str) and host and len(host) <= 64 and host.isprintable() and " " not in host:
+        return host
+    return shown(host)
+
+
+def _line(host: Any, message: str) -> str:
     """``host <name>: field '<field>' ...``; the validators' own ``<field>: ...`` lines are rewritten."""
     if message.startswith(("field '", "--data ")):
-        return f"host {host}: {message}"
+        return f"host {host_label(host)}: {message}"
     name, _, rest = message.partition(": ")
-    return f"host {host}: field '{name}': {rest}"
+    return f"host {host_label(host)}: field '{name}': {rest}"
 
 
 def _sections(data: Mapping[str, Any], require: Collection[str]) -> set[str]:
@@ -285,6 +208,8 @@ def _sections(data: Mapping[str, Any], require: Collection[str]) -> set[str]:
         applied.add("printer")
     if any(key in data for key in FIRMWARE_KEYS):
         applied.add("firmware")
+    if any(key in data for key in PROVISION_KEYS):
+        applied.add("provision")
     return applied
 
 
@@ -295,16 +220,22 @@ def validate_host(
     """One host: its settings (None when it has problems) and its problem lines."""
     from pyinfra_ratos.firmware_settings import HostDataError, firmware_settings
     from pyinfra_ratos.printer_model import PrinterDataError, parse_printer_data
+    from pyinfra_ratos.provision_settings import provision_problems
 
-    lines: list[str] = [_line(host, f"{name}: {text}") for name, text in _key_problems(data)]
+    if not isinstance(data, Mapping):
+        return None, [_line(host, f"data: {shown(data)} is not a table of data keys. Fix: give the host a dict")]
+    problems = _key_problems(data)
+    folder = host_name_problem(host)
+    if folder:
+        problems.append(("inventory name", f"{folder}. Fix: {HOST_NAME_FIX}"))
     boards: list[BoardSpec] = []
     if "boards" in data:
-        boards, problems = parse_boards(data["boards"], catalog)
-        lines += [_line(host, f"{name}: {text}") for name, text in problems]
+        boards, found = parse_boards(data["boards"], catalog)
+        problems += found
+    lines = [_line(host, f"{name}: {text}") for name, text in problems]
     sections = _sections(data, require)
     printer = firmware = None
     if "printer" in sections:
-        lines += [_line(host, f"{name}: {text}") for name, text in _printer_deploy_problems(data)]
         try:
             printer = parse_printer_data(host, data, catalog)
         except PrinterDataError as error:
@@ -314,10 +245,32 @@ def validate_host(
             firmware = firmware_settings(host, data, override, catalog)
         except HostDataError as error:
             lines += [_line(host, message) for message in error.errors]
-    unique = list(dict.fromkeys(lines))  # both deploys report a bad board the same way: once is enough
+    if "provision" in sections:
+        lines += [_line(host, f"{name}: {text}") for name, text in provision_problems(host, data)]
+    unique = list(dict.fromkeys(lines))  # deploys that read one key report it the same way: once is enough
     if unique:
         return None, unique
     return HostSettings(host, tuple(boards), printer, firmware, dict(data)), []
+
+
+def backup_folder_clashes(hosts: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Lines for hosts whose backup folder is another's: names the backup code maps to one folder,
+    or that differ only in case or Unicode form (one folder on macOS's and Windows' file systems)."""
+    from pyinfra_ratos.operations.backup import DEFAULT_ROOT, host_folder
+
+    owners: dict[str, str] = {}
+    lines = []
+    for host, data in hosts.items():
+        root = data.get("config_backups") if isinstance(data, Mapping) else None
+        if host_name_problem(host) or (root is not None and path(root, "")):
+            continue  # reported on its own
+        folder = os.path.normpath(str(host_folder(controller_path(str(root or DEFAULT_ROOT)), host)))
+        owner = owners.setdefault(unicodedata.normalize("NFC", folder).casefold(), host)
+        if owner != host:
+            lines.append(_line(host, f"inventory name: its backup folder {shown(folder)} is host "
+                                     f"{host_label(owner)}'s too (names equal but for case or Unicode form): their backups would mix. "
+                                     "Fix: give the hosts names that differ in more than case"))
+    return lines
 
 
 def validate_inventory(
@@ -331,7 +284,8 @@ def validate_inventory(
     + hosts: ``{host name: its data}``, override data included (pyinfra's ``host.data.dict()``)
     + override: the run's ``--data`` values (``attended_flash`` is only accepted from there)
     + catalog: the board catalog (:func:`pyinfra_ratos.catalog.load_catalog`)
-    + require: deploys whose required keys every host must have: ``printer``, ``firmware``
+    + require: deploys whose required keys every host must have: ``printer``, ``firmware``,
+      ``provision`` (the provision and update deploys)
     """
     unknown = sorted(set(require) - set(SECTIONS))
     if unknown:
@@ -343,6 +297,7 @@ def validate_inventory(
         lines += problems
         if found is not None:
             settings[host] = found
+    lines += backup_folder_clashes(hosts)
     if lines:
         raise InventoryError(lines)
     return settings

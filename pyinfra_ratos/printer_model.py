@@ -16,14 +16,24 @@ Inventory host data keys (``printer_config`` deploy, ``printer.config`` operatio
                         serial       explicit serial path; skips the USB lookup
                         canbus_uuid  12 hex digits, required for CAN boards
                         kconfig      firmware build overrides (see firmware_settings)
-                      (one parser for both deploys: pyinfra_ratos.hostdata.parse_boards)
+                      (one parser for both deploys: pyinfra_ratos.board_entries.parse_boards)
     hotend            RatOS hotend file name, e.g. "rapido"      -> [include RatOS/hotends/<x>.cfg]
     extruder          RatOS extruder file name, e.g. "orbiter-v2-0" -> RatOS/extruders/<x>.cfg
     probe             RatOS probe file name, e.g. "bltouch"       -> RatOS/z-probe/<x>.cfg
     stepper_driver    "tmc2209" (default), "tmc2226", "tmc2240", "tmc5160", "tmc2130", "tmc2660"
     stepper_current   {"x": 1.6, "y": 1.6, "z": 1.2, "e": 0.7}: run_current in A (0.1..3.5)
     klipper_commit    the fleet's Klipper commit (40 hex digits), pinned in moonraker.conf
-    printer_templates a folder of the user's own templates, searched before the packaged ones
+    printer_templates a folder on the controller of the user's own templates, searched before the
+                      packaged ones (``PrinterSpec.templates``: ``~`` expanded)
+
+The ``printer_config`` deploy's tuning keys (:data:`PRINTER_DEPLOY_RULES`, read by provision and
+update too)::
+
+    printer_user_config  keep | adopt | regenerate   what to do with an existing printer.cfg [adopt]
+    printer_when_busy    write | defer               a printing Pi: write, restart later; or skip [write]
+    printer_backups      1 to 1000                   backups kept per file [5]
+    printer_config_dir   path on the Pi              Klipper's config folder [~/printer_data/config]
+                         (``~/`` is the Pi user's home, resolved on the Pi)
 """
 
 from __future__ import annotations
@@ -34,7 +44,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyinfra_ratos.catalog import Board
-from pyinfra_ratos.hostdata import parse_boards
+from pyinfra_ratos.datarules import (
+    COMMIT,
+    Rule,
+    controller_path,
+    count,
+    field_name,
+    one_of,
+    path,
+    problems,
+    shown,
+    text,
+)
+from pyinfra_ratos.board_entries import BoardSpec, parse_boards
 
 
 @dataclass(frozen=True)
@@ -60,8 +82,38 @@ COMPONENT_FOLDERS = {"hotend": "RatOS/hotends", "extruder": "RatOS/extruders", "
 DATA_KEYS = ("printer_model", "printer_size", "boards", "hotend", "extruder", "probe", "stepper_driver",
              "stepper_current", "klipper_commit", "printer_templates")
 
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_SLUG = r"[a-z0-9][a-z0-9._-]{0,63}"
+_SLUG_WHAT = "a file name of lower-case letters, digits, '-', '_' or '.'"
+
+
+def _printer_constant(name: str) -> Any:
+    # the operation owns its modes; imported late (it imports this module)
+    from pyinfra_ratos.operations import printer
+
+    return getattr(printer, name)
+
+
+PRINTER_RULES: dict[str, Rule] = {
+    "printer_model": Rule(one_of(tuple(MODELS), "a known model"), "use a RatOS printer model", optional=True),
+    "hotend": Rule(text(_SLUG, _SLUG_WHAT), "set hotend = 'rapido' (the RatOS file name without .cfg) or remove it",
+                   optional=True),
+    "extruder": Rule(text(_SLUG, _SLUG_WHAT),
+                     "set extruder = 'orbiter-v2-0' (the RatOS file name without .cfg) or remove it", optional=True),
+    "probe": Rule(text(_SLUG, _SLUG_WHAT), "set probe = 'bltouch' (the RatOS file name without .cfg) or remove it",
+                  optional=True),
+    "stepper_driver": Rule(one_of(STEPPER_DRIVERS, "a known driver"), "use the TMC driver of the printer's steppers"),
+    "klipper_commit": COMMIT,
+    "printer_templates": Rule(path, "write a folder of your own templates on this controller, "
+                                    "e.g. \"~/ratos-templates\"", optional=True),
+}
+PRINTER_DEPLOY_RULES: dict[str, Rule] = {
+    "printer_user_config": Rule(one_of(lambda: _printer_constant("USER_CONFIG_MODES"), "a mode"),
+                                "say what to do with an existing printer.cfg"),
+    "printer_when_busy": Rule(one_of(lambda: _printer_constant("WHEN_BUSY"), "a known choice"),
+                              "say what to do with a printing printer's files"),
+    "printer_backups": Rule(count(1, 1000), "keep at least one backup per file, e.g. 5"),
+    "printer_config_dir": Rule(path, "write Klipper's config folder on the Pi, e.g. \"~/printer_data/config\""),
+}
 
 
 class PrinterDataError(ValueError):
@@ -73,17 +125,7 @@ class PrinterDataError(ValueError):
         super().__init__(f"{host}: invalid printer data in the inventory:\n" + "\n".join(f"  - {e}" for e in errors))
 
 
-@dataclass(frozen=True)
-class BoardEntry:
-    board: Board
-    mcu_name: str
-    port: str | None = None
-    serial: str | None = None
-    canbus_uuid: str | None = None
-
-    @property
-    def section(self) -> str:
-        return "mcu" if self.mcu_name == "mcu" else f"mcu {self.mcu_name}"
+BoardEntry = BoardSpec  # one entry of boards, as every deploy reads it
 
 
 @dataclass(frozen=True)
@@ -98,80 +140,64 @@ class PrinterSpec:
     stepper_driver: str = "tmc2209"
     stepper_current: Mapping[str, float] = field(default_factory=dict)
     klipper_commit: str | None = None
-
-
-def _slug(errors: list[str], data: Mapping[str, Any], key: str, example: str) -> str | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _SLUG.match(value):
-        errors.append(f"{key}: {value!r} is not a file name of lower-case letters, digits, '-', '_' or '.'. "
-                      f"Fix: set {key} = {example!r} (the RatOS file name without .cfg) or remove it")
-        return None
-    return value
+    templates: str | None = None  # printer_templates, ~ expanded
 
 
 def parse_printer_data(host: str, data: Mapping[str, Any], catalog: Mapping[str, Board]) -> PrinterSpec:
     """Validate one host's data into a :class:`PrinterSpec`; raises :class:`PrinterDataError`."""
     errors: list[str] = []
-    model = None
+
+    def check(*keys: str) -> None:
+        errors.extend(f"{key}: {text}" for key, text in problems(PRINTER_RULES, data, keys))
+
     model_id = data.get("printer_model")
     if model_id is None:
         errors.append(f"printer_model: missing. Fix: set printer_model to one of {', '.join(MODELS)}")
-    elif model_id not in MODELS:
-        errors.append(f"printer_model: {model_id!r} is not a known model. Fix: use one of {', '.join(MODELS)}")
-    else:
-        model = MODELS[model_id]
+    check("printer_model")
+    model = MODELS.get(model_id) if isinstance(model_id, str) else None
 
     size = data.get("printer_size")
     if model is not None:
         if size is None:
             size = model.default_size
         elif isinstance(size, bool) or not isinstance(size, int) or size not in model.sizes:
-            errors.append(f"printer_size: {size!r} is not a {model.id} size. "
+            errors.append(f"printer_size: {shown(size)} is not a {model.id} size. "
                           f"Fix: use one of {', '.join(map(str, model.sizes))}")
 
     boards = _parse_boards(errors, data.get("boards"), catalog)
-    hotend = _slug(errors, data, "hotend", "rapido")
-    extruder = _slug(errors, data, "extruder", "orbiter-v2-0")
-    probe = _slug(errors, data, "probe", "bltouch")
-
-    driver = data.get("stepper_driver", "tmc2209")
-    if driver not in STEPPER_DRIVERS:
-        errors.append(f"stepper_driver: {driver!r} is not known. Fix: use one of {', '.join(STEPPER_DRIVERS)}")
-
+    check("hotend", "extruder", "probe", "stepper_driver")
     currents: dict[str, float] = {}
     raw_currents = data.get("stepper_current", {})
     if not isinstance(raw_currents, Mapping):
-        errors.append(f"stepper_current: {raw_currents!r} is not a table. Fix: write {{\"x\": 1.6, \"z\": 1.2}}")
+        errors.append(f"stepper_current: {shown(raw_currents)} is not a table. Fix: write {{\"x\": 1.6, \"z\": 1.2}}")
     else:
         for axis, amps in raw_currents.items():
-            if axis not in AXES:
-                errors.append(f"stepper_current.{axis}: unknown axis. Fix: use {', '.join(AXES)}")
+            if not isinstance(axis, str) or axis not in AXES:
+                errors.append(f"stepper_current.{field_name(axis)}: unknown axis. Fix: use {', '.join(AXES)}")
             elif isinstance(amps, bool) or not isinstance(amps, (int, float)) or not (
                 CURRENT_RANGE[0] <= amps <= CURRENT_RANGE[1]
             ):
-                errors.append(f"stepper_current.{axis}: {amps!r} is not a current in amperes. "
+                errors.append(f"stepper_current.{axis}: {shown(amps)} is not a current in amperes. "
                               f"Fix: use a number from {CURRENT_RANGE[0]} to {CURRENT_RANGE[1]}")
             else:
                 currents[axis] = float(amps)
-
-    commit = data.get("klipper_commit")
-    if commit is not None and (not isinstance(commit, str) or not _COMMIT.match(commit)):
-        errors.append(f"klipper_commit: {commit!r} is not a full commit hash. "
-                      "Fix: use the 40 lower-case hex digits of `git rev-parse HEAD` in the fleet's ~/klipper")
+    check("klipper_commit", "printer_templates")
 
     if errors or model is None:
         raise PrinterDataError(host, errors)
-    return PrinterSpec(host=host, model=model, size=size, boards=tuple(boards), hotend=hotend, extruder=extruder,
-                       probe=probe, stepper_driver=driver, stepper_current=currents, klipper_commit=commit)
+    templates = data.get("printer_templates")
+    return PrinterSpec(host=host, model=model, size=size, boards=tuple(boards), hotend=data.get("hotend"),
+                       extruder=data.get("extruder"), probe=data.get("probe"),
+                       stepper_driver=data.get("stepper_driver", "tmc2209"), stepper_current=currents,
+                       klipper_commit=data.get("klipper_commit"),
+                       templates=controller_path(templates) if templates else None)
 
 
 def _parse_boards(errors: list[str], raw: Any, catalog: Mapping[str, Board]) -> list[BoardEntry]:
     # one boards parser for every deploy (the firmware pipeline reads the same list)
     specs, problems = parse_boards(raw, catalog)
     errors.extend(f"{name}: {text}" for name, text in problems)
-    return [BoardEntry(s.board, s.mcu_name, s.port, s.serial, s.canbus_uuid) for s in specs]
+    return specs
 
 
 # --- serial paths from the AttachedBoards fact -----------------------------------------------

@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pyinfra_ratos.hygiene import sanitise_text
 from pyinfra_ratos.results import FlashRecord
 
 PRINTER_STATUSES = ("changed", "converged", "skipped", "failed", "unreachable", "not-run")
@@ -149,7 +150,7 @@ def _cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.1f}s"
-    return str(value).replace("\n", " ")
+    return sanitise_text(str(value))  # a Pi's strings may hold terminal escapes
 
 
 def fixed_width(header: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 48) -> str:

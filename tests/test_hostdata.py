@@ -197,8 +197,10 @@ def test_the_example_inventories_are_valid(tmp_path: Path) -> None:
         "for path in sys.argv[2:]:\n"
         "    inventory = fleet_api.load_inventory(path, override_data={'klipper_source': sys.argv[1]})\n"
         "    found = validate_inventory(fleet_api.host_data(inventory), fleet_api.override_data(inventory),\n"
-        "                               load_catalog(), require=('printer', 'firmware'))\n"
+        "                               load_catalog(), require=('printer', 'firmware', 'provision'))\n"
         "    out[path] = {h: sorted(inventory.get_host(h).groups) for h in found}\n"
+        "    out[path + ':ssh'] = sorted({(s.data['ssh_known_hosts_file'], s.data['ssh_strict_host_key_checking'])\n"
+        "                                 for s in found.values()})\n"
         "print(json.dumps(out))\n"
     )
     paths = [str(ROOT / "inventory" / "single.py"), str(ROOT / "inventory" / "farm.py")]
@@ -210,3 +212,40 @@ def test_the_example_inventories_are_valid(tmp_path: Path) -> None:
     farm = found[paths[1]]
     assert {h for h, groups in farm.items() if "canary" in groups} == {"vcore3-01", "vminion-01"}
     assert {h for h, groups in farm.items() if "production" in groups} == {"vcore3-02", "vcore3-03", "vcore4-01"}
+    # host keys pinned, in the known_hosts file beside the inventory (wherever it is copied)
+    assert found[paths[0] + ":ssh"] == found[paths[1] + ":ssh"] == [[str(ROOT / "inventory" / "known_hosts"), "yes"]]
+
+
+def test_provision_needs_the_fleet_commit_when_required() -> None:
+    validate_inventory({"pi": good()}, {}, CATALOG)
+    lines = problems({"pi": good()}, require=("provision",))
+    assert fields(lines) == [("pi", "klipper_commit")] and "missing" in lines[0]
+
+
+def test_the_deploys_refuse_a_host_with_the_same_lines_as_the_inventory_check() -> None:
+    from pyinfra_ratos.provision_settings import provision_settings
+
+    data = good(klipper_commit="a" * 40, timezone="Europe/Copenhagen\n", config_backup_keep=0)
+    settings, errors = provision_settings("pi", data)
+    assert settings is None and errors == problems({"pi": data})
+
+
+def test_controller_paths_are_expanded_and_the_pis_config_folder_is_not(klipper_source: str) -> None:
+    from pyinfra_ratos.provision_settings import provision_settings
+
+    data = good(klipper_commit="a" * 40, klipper_source=klipper_source, firmware_cache="~/fw",
+                printer_model="v-core-3", config_backups="~/backups", klipper_bundle_cache="~/bundles",
+                printer_config_dir="~/cfg")
+    settings, _ = provision_settings("pi", data)
+    home = str(Path.home())
+    assert settings is not None
+    assert (settings.backups, settings.bundle_cache) == (f"{home}/backups", f"{home}/bundles")
+    assert settings.config_dir == "~/cfg"  # resolved on the Pi, as the Pi user's home
+    firmware = validate_inventory({"pi": data}, {}, CATALOG)["pi"].firmware
+    assert firmware is not None and str(firmware.cache) == f"{home}/fw"
+
+
+def test_the_example_known_hosts_is_a_commented_placeholder_and_the_readme_says_how_to_fill_it() -> None:
+    known_hosts = ROOT / "inventory" / "known_hosts"
+    assert all(not line.strip() or line.startswith("#") for line in known_hosts.read_text().splitlines())
+    assert "ssh-keyscan -H" in known_hosts.read_text() and "ssh-keyscan -H" in (ROOT / "README.md").read_text()

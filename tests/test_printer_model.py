@@ -65,7 +65,7 @@ def test_mcu_names_default_from_the_catalog() -> None:
 def test_boards_need_a_main_mcu_and_unique_names_and_can_boards_a_uuid() -> None:
     errors = errors_of({"printer_model": "v-core-3", "boards": [
         {"board": "btt-ebb42-12", "mcu_name": "tool"}, {"board": "btt-ebb36-12-can", "mcu_name": "tool"}]})
-    assert [e.split(":")[0] for e in errors] == ["boards[1].canbus_uuid", "boards", "boards"]
+    assert [e.split(":")[0] for e in errors] == ["boards[1].mcu_name", "boards[1].canbus_uuid", "boards"]
 
 
 def test_serial_prefers_the_ratos_link_then_by_id_of_a_board_running_klipper() -> None:

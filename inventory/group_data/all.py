@@ -5,6 +5,8 @@ only: no helper variables. A host's own data, then its groups' (``canary.py``, `
 win over what is set here; ``--data key=value`` on the command line wins over everything.
 """
 
+from pathlib import Path as _Path  # imports are not data
+
 # --- the fleet's Klipper ---------------------------------------------------------------------
 # The commit every Pi runs (40 hex digits, `git rev-parse HEAD`): pinned in moonraker.conf, and
 # the commit the firmware of every board is built from. Here: Klipper v0.13.0.
@@ -28,5 +30,8 @@ stepper_current = {"x": 1.6, "y": 1.6, "z": 1.2, "e": 0.7}  # run_current in A
 
 # --- how pyinfra reaches the Pis -------------------------------------------------------------
 ssh_user = "pi"
-# Keys trusted on first use; set "yes" with a known_hosts file you maintain for a production farm.
-ssh_strict_host_key_checking = "accept-new"
+# Host keys are pinned: a Pi is reached only when its key is in the known_hosts file beside the
+# inventories (add each with `ssh-keyscan -H <pi> >> known_hosts`, then check its fingerprint on
+# the Pi itself). Never "accept-new": a spoofed address would be trusted on first use.
+ssh_known_hosts_file = str(_Path(__file__).resolve().parent.parent / "known_hosts")
+ssh_strict_host_key_checking = "yes"

@@ -157,6 +157,30 @@ def test_bad_inventory_values_are_each_one_line_and_nothing_runs_on_any_pi(farm:
     assert "did you mean 'btt-octopus-pro-h723" in errors[0] and "did you mean 'printer_model'?" in errors[3]
 
 
+@pytest.mark.parametrize("command", ["status", "plan"])
+def test_hostile_inventory_values_exit_2_and_no_pi_sees_a_connection(
+    farm: RunningFarm, tmp_path: Path, command: str,
+) -> None:
+    inventory = derived(farm, tmp_path, "\n".join((
+        "pis = [(name, dict(data)) for name, data in pis]",
+        "pis[0][1]['boards'] = [{'board': 'btt-octopus-pro-h723-11', 'port': '1-1.1\\n'},",
+        "                       {'board': 'btt-ebb42-12', 'port': '1-1.1', 'kconfig': {5: 'x'}}]",
+        "pis[1][1]['config_backups'] = 'x\\0y'",
+        "pis[1][1]['ssh_password'] = 424242",
+        "pis[2] = ('..', {**pis[2][1], 'hotend': 'rapido\\x1b]0;pwned\\x07', 'timezone': '$(reboot)'})",
+    )))
+    before = ssh_commands(farm)
+    done = subprocess.run([str(VENV_BIN / "ratos-fleet"), command, str(inventory)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert ssh_commands(farm) == before
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr, done.stderr
+    for host, field in [("st-current", "boards[0].port"), ("st-current", "boards[1].kconfig"),
+                        ("st-behind", "config_backups"), ("st-behind", "ssh_password"), ("..", "inventory name"),
+                        ("..", "hotend"), ("..", "timezone")]:
+        assert f"host {host}: field '{field}'" in done.stderr, (host, field, done.stderr)
+    assert "424242" not in done.stderr and "\x1b" not in done.stderr and "\x07" not in done.stderr
+
+
 def test_an_unknown_limit_is_bad_input(farm: RunningFarm) -> None:
     before = ssh_commands(farm)
     done = status(farm, "--limit", "no-such-printer")
