@@ -119,6 +119,10 @@ class Builder:
                              f"Fix: git -C {self.source} fetch --tags --unshallow")
         described = self._git(self.source, "describe", "--always", "--tags", "--long", f"{commit}^{{commit}}")
         if described.returncode != 0:
+            if "dubious ownership" in described.stderr:
+                raise BuildError(f"git refuses klipper_source {self.source}: it belongs to another user "
+                                 "(dubious ownership). Fix: build as its owner, or git config --global --add "
+                                 f"safe.directory {self.source}")
             raise BuildError(f"the controller's Klipper checkout {self.source} lacks commit {commit} "
                              "that the Pi runs: git fetch (with tags) in it, or update the Pis")
         version = described.stdout.strip()
