@@ -124,3 +124,16 @@ def test_the_linux_mcu_installs_a_stripped_elf_that_still_carries_its_dictionary
     assert len(stripped) < len(full) and b"DW_AT_comp_dir" in full and b"DW_AT_comp_dir" not in stripped
     info = inspect_image(stripped, "elf")
     assert not info.defects and info.version == built.identity.version and info.mcu == "linux"
+
+
+def test_the_artifacts_fact_shows_an_ebb_usb_build_at_0x08000000(source: tuple[Path, str], tmp_path: Path) -> None:
+    from pyinfra_ratos.facts import remote
+    from pyinfra_ratos.facts.firmware import parse_firmware_artifacts
+
+    repo, commit = source
+    ebb, manta = CATALOG["btt-ebb36-12"], CATALOG["btt-manta-m8p-11"]
+    built = Builder(repo, tmp_path).build(commit, ebb, render_fragment(ebb))
+    # its reset handler ~30 KiB in lies inside the image at 0x08002000 too: only the config can tell
+    assert built.image.vector_in_range(ebb.app_address) and built.image.vector_in_range(manta.app_address)
+    shown = parse_firmware_artifacts(remote.probe_artifacts(str(tmp_path)))[built.identity.name]
+    assert shown["app_address"] == 0x08000000 and shown["mcu"] == "stm32g0b1xx"
