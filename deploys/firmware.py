@@ -30,7 +30,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import python
 
-from pyinfra_ratos import results
+from pyinfra_ratos import gate, results
 from pyinfra_ratos.builder import BuildError, BuiltArtifact, shared_builder
 from pyinfra_ratos.catalog import load_catalog
 from pyinfra_ratos.connection import set_nodelay
@@ -72,7 +72,8 @@ def plan_firmware(audit: FleetAuditDict, commit: str | None = None) -> list[Boar
         return [BoardStep("Firmware", "", refusal=f"cannot tell which Klipper the Pi runs: {why}")]
     mcus = audit["mcu_firmware"].get("mcus", {})
     if settings.build_on == "pi":
-        return [_pi_build_step(target, mcus.get(target.mcu_name), klipper) for target in settings.targets]
+        moving = commit is not None and commit != klipper.get("commit")
+        return [_pi_build_step(target, mcus.get(target.mcu_name), klipper, moving) for target in settings.targets]
     builder = shared_builder(settings.klipper_source, settings.cache, settings.allow_unclean)
     steps = []
     for target in settings.targets:
@@ -99,48 +100,87 @@ def plan_firmware(audit: FleetAuditDict, commit: str | None = None) -> list[Boar
     return steps
 
 
-def apply_firmware(steps: list[BoardStep]) -> None:
-    """The operations of planned boards: upload each artifact once, then flash (or skip, refuse)."""
+def preparation_failures(steps: list[BoardStep]) -> list[str]:
+    """Why the firmware cannot be prepared (a build that fails, an image that does not fit, a
+    board not found): any of these leaves the whole printer as it is."""
+    return [step.refusal or step.plan.reason for step in steps
+            if step.refusal is not None or (step.plan is not None and step.plan.refused and not step.plan.hold)]
+
+
+def held(steps: list[BoardStep]) -> list[str]:
+    """Boards left alone by policy (never flashed unattended, printer busy): the printer keeps its
+    Klipper until they can be flashed, or a new host would stop it with an MCU protocol error."""
+    return [step.plan.reason for step in steps if step.plan is not None and step.plan.refused and step.plan.hold]
+
+
+def apply_firmware(steps: list[BoardStep], move: dict[str, str] | None = None) -> None:
+    """Prepare every board (build, upload and check), then disrupt once: one printer transaction
+    that flashes the boards and, with ``move``, checks Klipper out at the target commit.
+
+    Nothing disruptive is added when a board's preparation failed: the host fails first.
+    """
+    failures = preparation_failures(steps)
+    if failures:
+        firmware.refuse(name="Prepare the firmware", reason="nothing was changed: " + "; ".join(failures))
+        return
+    for step in steps:
+        if step.plan is not None and step.plan.action != "flash":
+            host.noop(step.plan.reason)  # a skip, or a board held by policy
+        elif step.plan is None and step.pi_build is None:
+            host.noop(f"{step.title}: runs the host's version")
+    flashes = _prepare_uploads(steps)
+    pi_builds = [step for step in steps if step.pi_build is not None]
+    if pi_builds:
+        _build_on_pi_then_update(pi_builds, flashes, move)
+        return
+    results.note_op(host.name, "flash:transaction", add_if_needed(
+        firmware.transaction, name=transaction_name(flashes, move), boards=flashes, klipper=move))
+
+
+def transaction_name(flashes: list[tuple[FlashPlan, str]], move: dict[str, str] | None) -> str:
+    """The same name on every host for the same kind of work (pyinfra lists operations by name)."""
+    if flashes and move:
+        return "Update Klipper and flash the boards"
+    return "Flash the boards" if flashes else "Update Klipper"
+
+
+def _prepare_uploads(steps: list[BoardStep]) -> list[tuple[FlashPlan, str]]:
+    """Upload each artifact once (checked by sha256 on the Pi) and the pyusb client where needed."""
     artifacts: dict | None = None  # read only when something is to be flashed
     client_checked = False
     shipped: set[str] = set()  # two boards of one identity (a pair of Octopus) share one upload
+    flashes = []
     for step in steps:
-        if step.pi_build is not None:
-            _build_then_flash(step.title, step.pi_build)
-            continue
-        if step.plan is None:
-            if step.refusal is None:  # a Pi-built board already running the host's version
-                host.noop(f"{step.title}: runs the host's version")
-                continue
-            firmware.refuse(name=step.title, reason=step.refusal)
-            continue
         built, plan = step.built, step.plan
-        if plan.action == "flash" and built is not None:
-            if built.identity.name not in shipped:
-                shipped.add(built.identity.name)
-                if artifacts is None:
-                    artifacts = host.get_fact(FirmwareArtifacts)
-                firmware.upload(name=f"Upload {built.identity.name}", artifact=built,
-                                present=artifacts.get(built.identity.name))
-            if plan.method == "pyusb" and not client_checked:
-                client_checked = True
-                firmware.dfu_client(name="Install the pyusb DFU client",
-                                    present=host.get_fact(FileContents, path=firmware.DFU_CLIENT_STAMP))
-        # the flash reads nothing itself: a skip (a board on its identity) adds no operation
-        results.note_op(host.name, f"flash:{step.mcu_name}",
-                        add_if_needed(firmware.flash, name=step.title, plan=plan, mcu_name=step.mcu_name))
+        if plan is None or plan.action != "flash" or built is None:
+            continue
+        if built.identity.name not in shipped:
+            shipped.add(built.identity.name)
+            if artifacts is None:
+                artifacts = host.get_fact(FirmwareArtifacts)
+            firmware.upload(name="Upload the firmware", artifact=built, present=artifacts.get(built.identity.name))
+        if plan.method == "pyusb" and not client_checked:
+            client_checked = True
+            firmware.dfu_client(name="Install the pyusb DFU client",
+                                present=host.get_fact(FileContents, path=firmware.DFU_CLIENT_STAMP))
+        flashes.append((plan, step.mcu_name))
+    return flashes
 
 
 # --- building on the Pi -------------------------------------------------------------------------
-# One printer on a workbench needs no controller checkout: its own ~/klipper builds the firmware.
-# The identity is known only once the Pi has built it, so the flash of such a board is planned at
-# execution time (python.call), from the artifact's config, dictionary and image fetched back.
+# One printer on a workbench needs no controller checkout: its own ~/klipper builds the firmware,
+# for the commit it will run (in a worktree at that commit while an update is pending: the
+# checkout itself does not move before everything is prepared). The identity is known only once
+# the Pi has built it, so the transaction of such a printer is planned at execution time
+# (python.call), from the artifact's config, dictionary and image fetched back.
 
 
-def _pi_build_step(target: FirmwareTarget, mcu: Mapping[str, Any] | None, klipper: Mapping[str, Any]) -> BoardStep:
+def _pi_build_step(target: FirmwareTarget, mcu: Mapping[str, Any] | None, klipper: Mapping[str, Any],
+                   moving: bool = False) -> BoardStep:
     title = f"Firmware {target.mcu_name} ({target.board.id})"
     version = klipper.get("version") or ""
-    if mcu and mcu.get("connected") and mcu.get("version") == version and mcu_matches_host(version, version) \
+    if not moving and mcu and mcu.get("connected") and mcu.get("version") == version \
+            and mcu_matches_host(version, version) \
             and (mcu.get("constants") or {}).get("MCU", target.board.mcu) == target.board.mcu:
         # the up-to-date rule when the Pi builds: the MCU reports exactly the host's clean version
         record = results.FlashRecord(host.name, target.board.id, target.port, target.mcu_name, version, version,
@@ -155,55 +195,78 @@ def _pi_build_step(target: FirmwareTarget, mcu: Mapping[str, Any] | None, klippe
     return BoardStep(title, target.mcu_name, pi_build=target)
 
 
-def _build_then_flash(title: str, target: FirmwareTarget) -> None:
+def _build_on_pi_then_update(steps: list[BoardStep], flashes: list[tuple[FlashPlan, str]],
+                             move: dict[str, str] | None) -> None:
     settings = firmware_settings(host.name, host.data.dict(), host.inventory.get_override_data(), load_catalog())
-    meta = firmware.build(name=f"Build {target.board.id} on the Pi", fragment=target.fragment,
-                          allow_unclean=settings.allow_unclean)
-    python.call(name=title, function=_flash_pi_built, build_meta=meta, target=target, title=title,
-                attended_flash=settings.attended_flash, backend=settings.backend)
+    builds = [(step, firmware.build(name="Build the firmware on the Pi", fragment=step.pi_build.fragment,
+                                    allow_unclean=settings.allow_unclean, commit=(move or {}).get("to")))
+              for step in steps if step.pi_build is not None]
+    python.call(name="Plan the flashes of the firmware built on the Pi", function=_update_pi_built,
+                builds=builds, flashes=flashes, move=move, attended_flash=settings.attended_flash,
+                backend=settings.backend)
 
 
-def _flash_pi_built(build_meta: Any, target: FirmwareTarget, title: str, attended_flash: bool, backend: str) -> None:
+def _update_pi_built(builds: list[tuple[BoardStep, Any]], flashes: list[tuple[FlashPlan, str]],
+                     move: dict[str, str] | None, attended_flash: bool, backend: str) -> None:
     with added_while_executing():  # run by python.call: the operations below are added while executing
-        _plan_pi_built_flash(build_meta, target, title, attended_flash, backend)
+        audit = host.get_fact(FleetAudit)  # the Pi as it is now, right before planning its flashes
+        plans = list(flashes)
+        for step, meta in builds:
+            plan = _plan_pi_built(meta, step.pi_build, audit, attended_flash, backend)
+            if isinstance(plan, str):
+                firmware.refuse(name="Prepare the firmware", reason=f"nothing was changed: {plan}")
+                return
+            results.note_board(host.name, results.record_for_plan(host.name, step.mcu_name, plan))
+            if plan.refused and plan.hold and move:
+                firmware.refuse(name="Prepare the firmware", reason=f"not updating Klipper: {plan.reason}")
+                return
+            if plan.action == "flash":
+                plans.append((plan, step.mcu_name))
+        results.note_op(host.name, "flash:transaction", firmware.transaction(
+            name=transaction_name(plans, move), boards=plans, klipper=move))
 
 
-def _plan_pi_built_flash(build_meta: Any, target: FirmwareTarget, title: str, attended_flash: bool,
-                         backend: str) -> None:
+def _plan_pi_built(build_meta: Any, target: FirmwareTarget, audit: Mapping[str, Any], attended_flash: bool,
+                   backend: str) -> FlashPlan | str:
+    """The flash plan of a board built on the Pi, or why it cannot be flashed."""
     identity_name = firmware.built_identity(build_meta)
     if identity_name is None:
-        firmware.refuse(name=title, reason=f"{target.board.id}: the build on the Pi named no artifact")
-        return
+        return f"{target.board.id}: the build on the Pi named no artifact"
     local = Path(tempfile.mkdtemp(prefix="ratos-pi-build-"))
     for name in ("config", "klipper.dict", target.board.firmware_file):
         host.get_file(f"{firmware.ARTIFACTS_DIR}/{identity_name}/{name}", str(local / name))
     resolved = (local / "config").read_text(encoding="utf-8")
     problems = verify_resolved(target.board, target.fragment, resolved)
     if problems:
-        firmware.refuse(name=title, reason=f"{target.board.id}: Kconfig did not resolve as asked on the Pi: "
-                        + "; ".join(str(problem) for problem in problems))
-        return
+        return (f"{target.board.id}: Kconfig did not resolve as asked on the Pi: "
+                + "; ".join(str(problem) for problem in problems))
     version = json.loads((local / "klipper.dict").read_text(encoding="utf-8"))["version"]
     identity = identity_of(version, resolved, target.board)
     data = (local / target.board.firmware_file).read_bytes()
     built = BuiltArtifact(identity, local, target.board.firmware_file,
                           inspect_image(data, target.board.firmware_file.rsplit(".", 1)[1]), resolved)
-    audit = host.get_fact(FleetAudit)  # the Pi as it is now, right before planning its flash
     plan = plan_flash(
         target.board, audit["boards"], audit["mcu_firmware"].get("mcus", {}).get(target.mcu_name),
         audit["activity"], Artifact(identity, built.image, firmware.artifact_path(built), resolved),
         mcu_name=target.mcu_name, port=target.port, attended_flash=attended_flash, backend=backend,
     )
-    results.note_board(host.name, results.record_for_plan(host.name, target.mcu_name, plan))
-    results.note_op(host.name, f"flash:{target.mcu_name}",
-                    firmware.flash(name=f"{title}: flash", plan=plan, mcu_name=target.mcu_name))
+    if plan.refused and not plan.hold:
+        return plan.reason
+    return plan
 
 
 @deploy("Converge board firmware")
 def converge_firmware(audit: FleetAuditDict | None = None, commit: str | None = None) -> None:
     """Converge every board of the host (``audit``: its FleetAudit when the caller read it)."""
     set_nodelay(host)
-    apply_firmware(plan_firmware(audit if audit is not None else host.get_fact(FleetAudit), commit))
+    audit = audit if audit is not None else host.get_fact(FleetAudit)
+    busy = gate.disruption_refused(audit["activity"])
+    if busy:
+        results.note(host.name, skipped=busy)
+        host.noop(f"{busy}: not flashing now")
+        return
+    apply_firmware(plan_firmware(audit, commit))
+
 
 
 if executed_by_pyinfra(globals()):

@@ -50,8 +50,8 @@ from pyinfra.operations import apt, files, python, server, systemd
 
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.deploys import executed_by_pyinfra
-from pyinfra_ratos.deploys.firmware import converge_firmware
-from pyinfra_ratos import results
+from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures
+from pyinfra_ratos import gate, results
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.firmware_settings import as_flag
@@ -205,17 +205,11 @@ def _final_backup(settings: ProvisionSettings) -> None:
                       config_dir=settings.config_dir, keep=settings.backup_keep)
 
 
-def converge_printer(settings: ProvisionSettings, config: Mapping[str, Any] | None,
-                     audit: FleetAuditDict | None = None, commit: str | None = None) -> None:
-    """Firmware, configuration, last backup. ``config`` None: running late, read the Pi now.
-
-    ``audit``: the host's FleetAudit when it still describes the Pi's boards and printer;
-    ``commit``: the Klipper commit the Pi runs by the time the firmware operations execute.
-    """
+def converge_config(settings: ProvisionSettings, config: Mapping[str, Any] | None) -> None:
+    """Configuration and its last backup. ``config`` None: running late (after a restore), read the Pi now."""
     late = config is None
     if late:
         config = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
-    converge_firmware(audit=None if late else audit, commit=commit)
     changes = printer_configuration(settings, config)
     results.note_op(host.name, "config", changes[0])
     results.note_op(host.name, "pins", changes[1])
@@ -226,9 +220,9 @@ def converge_printer(settings: ProvisionSettings, config: Mapping[str, Any] | No
 
 
 def _converge_late(settings: ProvisionSettings) -> None:
-    """converge_printer from a python.call, once Klipper's new commit or the restored config is in place."""
+    """converge_config from a python.call, once the restored config is in place."""
     with added_while_executing():
-        converge_printer(settings, None)
+        converge_config(settings, None)
 
 
 def back_up_changes(settings: ProvisionSettings, changes: list[Any]) -> None:
@@ -260,28 +254,43 @@ def provision() -> None:
     if not restoring:  # a fresh card's defaults are not worth a version
         backup.config_dir(name="Back up the printer's config", dest_root=settings.backups,
                           config_dir=settings.config_dir, keep=settings.backup_keep, current=config)
+    # the gate every entry point shares: a printer that is not positively idle is left as it is
+    # (a fresh card, with no Klipper running, is idle)
+    busy = gate.disruption_refused(audit["activity"])
+    if busy:
+        results.note(host.name, skipped=busy)
+        host.noop(f"{busy}: not provisioning it now")
+        return
     backup.restore_config(name="Restore the config of a replaced SD card", dest_root=settings.backups,
                           config_dir=settings.config_dir, current=config)
 
     _system(settings)
 
     plan = klipper.plan_checkout(settings.commit, audit["klipper"], audit["network"], settings.remote)
-    klipper.checkout(
-        name="Klipper at the fleet's commit", commit=settings.commit, klipper=audit["klipper"],
-        network=audit["network"], source=settings.source, remote_url=settings.remote,
-        bundle_cache=settings.bundle_cache,
-        expected_version=describe(settings.source, settings.commit) if settings.source and plan.changes_commit else None,
-    )
-    _services(settings)
-    if plan.changes_commit:
-        # not while printing: the restart re-checks on the Pi and else leaves it pending
-        klipper.restart(name="Restart Klipper on the new commit", config_dir=settings.config_dir)
-
-    if plan.changes_commit or restoring:
-        python.call(name="Firmware and configuration for the new Klipper / restored config",
-                    function=_converge_late, settings=settings)
+    if plan.action == "refuse":
+        firmware.refuse(name="Klipper at the fleet's commit", reason=f"{host.name}: {plan.reason}")
+        return
+    # prepare everything for the commit the Pi will run, before anything disrupts it
+    boards = plan_firmware(audit, commit=settings.commit)
+    stay = gate.klipper_move_refused(plan.changes_commit, held(boards))
+    if stay:
+        # the printer keeps its Klipper (and its firmware) until the held board can be flashed
+        host.noop(stay)
+        results.note(host.name, skipped=stay)
     else:
-        converge_printer(settings, config, audit)
+        if preparation_failures(boards):
+            apply_firmware(boards)  # fails the host, naming every board that cannot be prepared
+            return
+        klipper.fetch(name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
+                      network=audit["network"], source=settings.source, remote_url=settings.remote,
+                      bundle_cache=settings.bundle_cache)
+        # disrupt once: the printer agent flashes, moves Klipper and restarts it, or puts both back
+        apply_firmware(boards, move=klipper.move_of(plan, settings.commit, audit["klipper"]))
+    _services(settings)
+    if restoring:
+        python.call(name="Configuration for the restored config", function=_converge_late, settings=settings)
+    else:
+        converge_config(settings, config)
 
 
 if executed_by_pyinfra(globals()):

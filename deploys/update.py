@@ -24,11 +24,11 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
-from pyinfra_ratos import prefetch, results
+from pyinfra_ratos import gate, prefetch, results
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra
-from pyinfra_ratos.deploys.firmware import apply_firmware, plan_firmware
+from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures
 from pyinfra_ratos.deploys.provision import (
     ProvisionSettings,
     back_up_changes,
@@ -40,16 +40,6 @@ from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.facts.update_state import UpdateState
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
 from pyinfra_ratos.planned import add_if_needed
-
-
-def busy_reason(activity: dict) -> str | None:
-    """Why a printer must not be touched now, or None (unknown state counts as busy)."""
-    if not activity.get("busy", True):
-        return None
-    state = activity.get("print_state") or activity.get("idle_state")
-    if state:
-        return f"printer is busy ({state})"
-    return "printer state unknown (Moonraker does not answer while Klipper runs)"
 
 
 def update_reads(settings: ProvisionSettings | None = None) -> list[tuple[type, dict[str, Any]]]:
@@ -88,38 +78,33 @@ def update_printer() -> None:
     results.note_op(host.name, "backup", add_if_needed(
         backup.config_dir, name="Back up the printer's config", dest_root=settings.backups,
         config_dir=settings.config_dir, keep=settings.backup_keep, current=config))
-    busy = busy_reason(audit["activity"])
+    busy = gate.disruption_refused(audit["activity"])
     if busy:
-        results.note(host.name, skipped=busy, klipper={"before": before, "after": before, "action": "skipped",
-                                                        "reason": busy})
-        host.noop(f"{busy}: not updating it now")
+        skip(before, busy)
         return
     plan = klipper.plan_checkout(settings.commit, audit["klipper"], audit["network"], settings.remote)
+    if plan.action == "refuse":
+        firmware.refuse(name="Klipper at the fleet's commit", reason=f"{host.name}: {plan.reason}")
+        return
+    # prepare: everything that can fail without touching the printer, for the commit it will run
     boards = plan_firmware(audit, commit=settings.commit)
-    held = [step.plan.reason for step in boards if step.plan and step.plan.action == "refuse" and step.plan.hold]
-    if held and plan.changes_commit:
-        # a new Klipper on the host with a board left on the old firmware stops the printer
-        # (MCU protocol error): the printer keeps working as it is until the board can be flashed
-        reason = f"not updating: {held[0]}"
-        results.note(host.name, skipped=reason, klipper={"before": before, "after": before, "action": "skipped",
-                                                          "reason": reason})
-        host.noop(reason)
+    stay = gate.klipper_move_refused(plan.changes_commit, held(boards))
+    if stay:
+        skip(before, stay)
         return
     target = describe(settings.source, settings.commit) if settings.source and plan.changes_commit else None
     results.note(host.name, klipper={"before": before, "after": target or before,
                                      "action": "updated" if plan.changes_commit else "unchanged", "reason": ""})
-    results.note_op(host.name, "klipper", add_if_needed(
-        klipper.checkout, name="Klipper at the fleet's commit", commit=settings.commit, klipper=audit["klipper"],
+    if preparation_failures(boards):
+        apply_firmware(boards)  # fails the host, naming every board that cannot be prepared
+        return
+    add_if_needed(
+        klipper.fetch, name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
         network=audit["network"], source=settings.source, remote_url=settings.remote,
-        bundle_cache=settings.bundle_cache, expected_version=target,
-    ))
-    if plan.changes_commit:
-        klipper.restart(name="Restart Klipper on the new commit", config_dir=settings.config_dir)
-    # Planned now, for the commit the checkout puts in place: the boards, the printer and its
-    # files do not change with it, and the whole update shows under --dry and `ratos-fleet plan`.
-    # If the checkout fails, pyinfra runs nothing more on that host. (The backup above already
-    # holds the config as it was; no nested operations run at execution time.)
-    apply_firmware(boards)
+        bundle_cache=settings.bundle_cache,
+    )
+    # disrupt once: the printer agent flashes the boards and moves Klipper in one transaction
+    apply_firmware(boards, move=klipper.move_of(plan, settings.commit, audit["klipper"]))
     # a flash re-enumerates its board (new serial path): then printer.config reads the USB itself
     flashing = any(step.plan is not None and step.plan.action == "flash" for step in boards)
     config_op, pins_op = printer_configuration(settings, config, files=state["files"],
@@ -128,6 +113,13 @@ def update_printer() -> None:
     results.note_op(host.name, "config", config_op)
     results.note_op(host.name, "pins", pins_op)
     back_up_changes(settings, [config_op, pins_op])
+
+
+def skip(before: str | None, reason: str) -> None:
+    """Leave the printer exactly as it is, saying why (the report counts it as not done)."""
+    results.note(host.name, skipped=reason, klipper={"before": before, "after": before, "action": "skipped",
+                                                      "reason": reason})
+    host.noop(f"{reason}: not updating it now")
 
 
 if executed_by_pyinfra(globals()):

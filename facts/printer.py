@@ -8,14 +8,10 @@ from typing import Any, TypedDict
 from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
+from pyinfra_ratos.flash_agent import judge_activity
+
 from .klipper import DEFAULT_URL
 from .probe import as_dict, as_str, json_document, probe_command
-
-BUSY_PRINT_STATES = frozenset({"printing", "paused"})
-# klippy states in which no job can be running: a stopped or failed service, or klippy not ready
-NOT_RUNNING_SERVICE_STATES = frozenset({"inactive", "failed"})
-NO_JOB_KLIPPY_STATES = frozenset({"error", "startup"})
-
 
 class PrinterActivityDict(TypedDict):
     moonraker: bool  # Moonraker answered at all
@@ -24,44 +20,37 @@ class PrinterActivityDict(TypedDict):
     idle_state: str  # idle_timeout.state, "" when unknown
     sdcard_active: bool
     klipper_service: str  # `systemctl is-active klipper` when Moonraker could not answer, else ""
-    busy: bool
-
-
-def is_busy(print_state: str, idle_state: str, sdcard_active: bool) -> bool:
-    """A job is running or paused (domain.md §6): ``idle_timeout`` is ``Ready`` while paused,
-    and after M112 mid-print ``print_stats`` stays ``paused`` under a ``shutdown`` klippy."""
-    return print_state in BUSY_PRINT_STATES or idle_state == "Printing" or sdcard_active
+    busy: bool  # not positively idle: nothing disruptive may run
+    reason: str  # why it is busy ("" when idle), for the report and the terminal
 
 
 def parse_printer_activity(raw: Mapping[str, Any]) -> PrinterActivityDict:
     """The probe's Moonraker answers (``remote.probe_moonraker``) as the printer's activity.
 
-    Unknown never counts as idle: when Moonraker cannot give the job state (down, or klippy not
-    connected: Moonraker restarting while klippy prints looks just like that), ``busy`` is True
-    unless ``klipper.service`` is known to be stopped.
+    ``busy`` and ``reason`` come from :func:`pyinfra_ratos.flash_agent.judge_activity`, the very
+    function the agent re-checks with on the Pi right before a disruptive step: only a positive
+    answer is idle (a job state that shows no job, or a klipper unit that is positively stopped).
     """
     info_status = as_dict(raw.get("info")).get("status")
     query = as_dict(raw.get("query"))
     service = as_str(raw.get("klipper_service"))
+    idle, reason = judge_activity(dict(raw))
     activity: PrinterActivityDict = {
         "moonraker": isinstance(info_status, int) and info_status > 0,
         "klippy_state": "disconnected" if info_status == 503 else "",
         "print_state": "", "idle_state": "", "sdcard_active": False,
-        "klipper_service": service, "busy": service not in NOT_RUNNING_SERVICE_STATES,
+        "klipper_service": service, "busy": not idle, "reason": reason,
     }
     if query.get("status") != 200:
         return activity
     status = as_dict(as_dict(as_dict(query.get("body")).get("result")).get("status"))
     info = as_dict(as_dict(as_dict(raw.get("info")).get("body")).get("result"))
-    print_state = as_str(as_dict(status.get("print_stats")).get("state"))
-    idle_state = as_str(as_dict(status.get("idle_timeout")).get("state"))
-    sdcard_active = as_dict(status.get("virtual_sdcard")).get("is_active") is True
-    klippy_state = as_str(as_dict(status.get("webhooks")).get("state")) or as_str(info.get("state"))
-    busy = is_busy(print_state, idle_state, sdcard_active)
-    if not (print_state or idle_state):  # job objects unknown: only a klippy that cannot print is idle
-        busy = klippy_state not in NO_JOB_KLIPPY_STATES
-    activity.update(klippy_state=klippy_state, print_state=print_state, idle_state=idle_state,
-                    sdcard_active=sdcard_active, busy=busy)
+    activity.update(
+        klippy_state=as_str(as_dict(status.get("webhooks")).get("state")) or as_str(info.get("state")),
+        print_state=as_str(as_dict(status.get("print_stats")).get("state")),
+        idle_state=as_str(as_dict(status.get("idle_timeout")).get("state")),
+        sdcard_active=as_dict(status.get("virtual_sdcard")).get("is_active") is True,
+    )
     return activity
 
 

@@ -237,7 +237,36 @@ def probe_moonraker(url, log_path, with_mcus=True, with_activity=True):
         result["log"] = _klippy_log(log_path)
     if with_activity and (result.get("query") or {}).get("status") != 200:
         result["klipper_service"] = _service_state("klipper")
+    if with_activity:
+        result["locks"] = held_locks()
     return result
+
+
+LOCK_DIR = "/run/pyinfra-ratos"
+
+
+def held_locks(lock_dir=LOCK_DIR):
+    """The printer agent's locks another process holds (pyinfra_ratos.flash_agent.held_locks):
+    a run is updating this printer, so the printer is not idle for anyone else."""
+    import fcntl
+
+    held = []
+    for name in _listdir(lock_dir):
+        try:
+            fd = os.open(os.path.join(lock_dir, name), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                info = json.loads(os.read(fd, 4096).decode("utf-8") or "{}")
+            except ValueError:
+                info = {}
+            held.append({"lock": name, "pid": info.get("pid"), "what": info.get("what")})
+        finally:
+            os.close(fd)
+    return held
 
 
 # ------------------------------------------------------------------------------ network

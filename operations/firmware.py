@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import tarfile
 from collections.abc import Mapping, Sequence
@@ -82,7 +83,7 @@ def refuse(reason: str):
 BUILT_PREFIX = "RATOS-BUILT "
 
 
-def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool) -> str:
+def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool, commit: str | None = None) -> str:
     """The shell script that builds one fragment on the Pi and files it under its identity.
 
     Two make calls with absolute ``KCONFIG_CONFIG``/``OUT`` (never olddefconfig and the build in
@@ -98,6 +99,15 @@ def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool) -> st
         f'K="$HOME"/{shlex.quote(klipper_path[2:])}' if klipper_path.startswith("~/") else f"K={shlex.quote(klipper_path)}",
         f'root="$HOME/{ARTIFACTS_DIR}"; mkdir -p "$root"',
         'work=$(mktemp -d "$root/.build-XXXXXX"); trap \'rm -rf "$work"\' EXIT',
+        *([] if commit is None else [
+            # the commit the Pi will run, in a worktree: the checkout itself moves only later, in
+            # the printer agent, once everything is prepared
+            f'c={shlex.quote(commit)}',
+            'git -C "$K" worktree add -q --detach "$work/src" "$c" > "$work/worktree.log" 2>&1'
+            ' || { tail -3 "$work/worktree.log" >&2; exit 1; }',
+            'trap \'git -C "$K" worktree remove --force "$work/src" 2>/dev/null; rm -rf "$work"\' EXIT',
+            'K="$work/src"',
+        ]),
         f"printf '%s' {shlex.quote(fragment)} > \"$work/config\"",
         'make -C "$K" KCONFIG_CONFIG="$work/config" OUT="$work/out/" olddefconfig > "$work/build.log" 2>&1',
         'make -C "$K" KCONFIG_CONFIG="$work/config" OUT="$work/out/" -j"$(nproc)" >> "$work/build.log" 2>&1'
@@ -118,7 +128,7 @@ def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool) -> st
 
 
 @operation()
-def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = False):
+def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = False, commit: str | None = None):
     """
     Build a board's firmware on the Pi from its own Klipper checkout, filed under its identity.
 
@@ -126,6 +136,8 @@ def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = 
     + klipper_path: the Pi's Klipper checkout; the build runs as the SSH user, who must own it
       (as root, git would refuse a checkout owned by pi and the version would silently become ``?``)
     + allow_unclean: also file builds of a dirty or undescribable checkout
+    + commit: build this commit (already fetched) from a worktree, leaving the checkout where it is
+      (an update builds for the commit it will move to before moving anything); default: HEAD
 
     The artifact lands in ``~/printer_data/firmware/<version>-<sha256(config)[:12]>/`` (the same
     layout the controller ships). Already built: the make calls find nothing to do. Prints
@@ -137,7 +149,9 @@ def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = 
 
         firmware.build(name="Build on the Pi", fragment=target.fragment)
     """
-    yield StringCommand("sh", "-c", QuoteString(pi_build_script(fragment, klipper_path, allow_unclean)))
+    if commit is not None and not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise OperationError(f"commit={commit!r}: 40 lower-case hex digits")
+    yield StringCommand("sh", "-c", QuoteString(pi_build_script(fragment, klipper_path, allow_unclean, commit)))
 
 
 def built_identity(meta: Any) -> str | None:
@@ -281,8 +295,8 @@ def _step(step: Any) -> dict[str, Any]:
     return {"step": type(step).__name__, **dataclasses.asdict(step)}
 
 
-def agent_plan(plan: FlashPlan, mcu_name: str, moonraker_url: str) -> dict[str, Any]:
-    """The JSON the flash agent runs (see :mod:`pyinfra_ratos.flash_agent`)."""
+def agent_board(plan: FlashPlan, mcu_name: str) -> dict[str, Any]:
+    """One board of the agent's plan (see :mod:`pyinfra_ratos.flash_agent`)."""
     return {
         "board": plan.board_id,
         "mcu_name": mcu_name,
@@ -290,11 +304,82 @@ def agent_plan(plan: FlashPlan, mcu_name: str, moonraker_url: str) -> dict[str, 
         "port": plan.port,
         "expected_version": plan.expected_version,
         "before_version": plan.before_version,
-        "moonraker": moonraker_url,
+        "sha256": plan.image_sha256,
         "steps": [_step(step) for step in plan.steps],
-        "finally_steps": [_step(step) for step in plan.finally_steps],
-        "verify_steps": [_step(step) for step in plan.verify_steps],
     }
+
+
+def agent_plan(plan: FlashPlan, mcu_name: str, moonraker_url: str) -> dict[str, Any]:
+    """The JSON the agent runs to flash one board (no checkout)."""
+    return {"moonraker": moonraker_url, "boards": [agent_board(plan, mcu_name)]}
+
+
+def agent_command(payload: Mapping[str, Any]) -> StringCommand:
+    """Run the printer agent on the Pi as root with ``payload`` as its plan: the one place where
+    Klipper is stopped, restarted or moved and boards are flashed (it re-checks the printer first)."""
+    # "$HOME" is the SSH user's (expanded before sudo): the agent finds the artifacts under it
+    return StringCommand("sudo", "-n", "python3", "-c", QuoteString(_AGENT_SOURCE),
+                         QuoteString(json.dumps({"lock_wait_s": 5, **payload}, sort_keys=True)), '"$HOME"')
+
+
+def checked_backend(plan: FlashPlan, backend: str | None) -> FlashPlan:
+    if backend is None:
+        return plan
+    try:
+        return with_backend(plan, backend)
+    except ValueError as error:
+        raise OperationError(str(error)) from None
+
+
+@operation()
+def transaction(
+    boards: Sequence[tuple[FlashPlan, str]] = (),
+    klipper: Mapping[str, str] | None = None,
+    restart: bool = False,
+    moonraker_url: str = "http://127.0.0.1:7125",
+    backend: str | None = None,
+):
+    """
+    Disrupt a printer once, as a whole: flash its boards, move its Klipper, restart it, verify.
+
+    + boards: ``(flash plan, mcu name)`` of every board to flash, in the order to flash them
+      (plans that are not ``flash`` are left out: :func:`flash` reports those)
+    + klipper: ``{"path", "user", "from", "to"}``: check the Klipper checkout out at commit ``to``
+      (already fetched: :func:`pyinfra_ratos.operations.klipper.fetch`) as its owner ``user``
+    + restart: restart Klipper even when nothing is flashed or moved (a configuration change)
+    + moonraker_url: Moonraker as seen from the Pi
+    + backend: ``dfu-util`` or ``pyusb`` for every DFU board (default: each plan's)
+
+    The printer agent runs it as root (:mod:`pyinfra_ratos.flash_agent`): it takes the printer's
+    lock and each board's USB port lock, re-checks on the Pi that the printer is positively idle,
+    re-checks what was prepared (image sha256, the commit present, a clean tree), then stops
+    Klipper, flashes each board (keeping a read of the firmware it ran, reading every write back),
+    checks Klipper out, starts it and verifies it (a new main PID, klippy ready, every MCU on its
+    new version). Any failure after the first disruptive step puts the previous commit and
+    firmware back. The host fails unless everything was done: exit 75 when the printer was not
+    idle (nothing touched), 1 when it failed or was rolled back (the reason and what to do on
+    stderr). Nothing to do: no command.
+
+    **Example:**
+
+    .. code:: python
+
+        firmware.transaction(
+            name="Update the printer",
+            boards=[(plan, "mcu")],
+            klipper={"path": "/home/pi/klipper", "user": "pi", "from": old, "to": new},
+        )
+    """
+    flashes = [(checked_backend(plan, backend), mcu) for plan, mcu in boards if plan.action == "flash"]
+    moves = bool(klipper) and klipper["to"] != klipper.get("from")  # type: ignore[index]
+    if not (flashes or moves or restart):
+        host.noop("nothing to flash, move or restart")
+        return
+    yield agent_command({
+        "moonraker": moonraker_url,
+        "boards": [agent_board(plan, mcu) for plan, mcu in flashes],
+        "klipper": dict(klipper) if moves else None,  # type: ignore[arg-type]
+    })
 
 
 @operation()
@@ -307,18 +392,16 @@ def flash(plan: FlashPlan, mcu_name: str = "mcu", moonraker_url: str = "http://1
     + mcu_name: Klipper's name for the board's MCU (``mcu``, ``toolboard_t0``...), for verification
     + moonraker_url: Moonraker as seen from the Pi
     + backend: how a DFU board is written: ``dfu-util`` or ``pyusb`` (the client installed by
-      ``dfu_client``: it reads the flash back and compares before leaving DFU, so a bad write
-      leaves the board in DFU and fails); default: the plan's (``plan_flash(backend=...)``)
+      ``dfu_client``); both read every write back and compare it before the board leaves DFU;
+      default: the plan's (``plan_flash(backend=...)``)
 
     A skip yields nothing (``host.noop`` says why). A refusal by policy (printer busy, a board that
     is never flashed unattended) is reported the same way; any other refusal (an image that does
     not fit the board, a board not found) fails this host alone, before any command touches it.
-    A flash runs the flash agent on the Pi as root: it re-checks that the printer is idle right
-    before stopping Klipper, requests the bootloader, flashes by USB port, judges dfu-util by its
-    output and by the board coming back, restarts Klipper on every exit path and verifies the
-    version through Moonraker; its last line is the board's result record
-    (``RATOS-RESULT {...}``, see :mod:`pyinfra_ratos.flash_agent`: it names the ``backend`` that
-    wrote and whether the flash was ``read_back``).
+    A flash is a :func:`transaction` of this one board: the printer agent re-checks that the
+    printer is idle, flashes by USB port with read-back, restarts Klipper on every exit path,
+    verifies the version through Moonraker and puts the old firmware back when anything failed;
+    its board line is ``RATOS-RESULT {...}`` (see :mod:`pyinfra_ratos.flash_agent`).
 
     **Example:**
 
@@ -337,13 +420,4 @@ def flash(plan: FlashPlan, mcu_name: str = "mcu", moonraker_url: str = "http://1
         return
     if plan.action != "flash":
         raise OperationError(f"unknown flash plan action {plan.action!r}")
-    if backend is not None:
-        try:
-            plan = with_backend(plan, backend)
-        except ValueError as error:
-            raise OperationError(str(error)) from None
-    payload = json.dumps(agent_plan(plan, mcu_name, moonraker_url), sort_keys=True)
-    # "$HOME" is the SSH user's (expanded before sudo): the agent finds the artifact under it
-    yield StringCommand(
-        "sudo", "-n", "python3", "-c", QuoteString(_AGENT_SOURCE), QuoteString(payload), '"$HOME"',
-    )
+    yield agent_command(agent_plan(checked_backend(plan, backend), mcu_name, moonraker_url))

@@ -124,9 +124,11 @@ _HEADER = (
 )
 
 
-def _escaped(message: str) -> str:
-    """``message`` inside a double-quoted shell string, its backticks literal."""
-    return message.replace("`", "\\`")
+def _dirty_fail(path: str) -> list[str]:
+    """Shell lines failing with :func:`dirty_message` for ``$n`` changed files: the message is
+    data (two quoted variables around the count), never script text."""
+    before, after = dirty_message(path, "\0 changed").split("\0")
+    return [f"pre={shlex.quote(before)}; post={shlex.quote(after)}", 'fail "$pre$n$post"']
 
 
 def dirty_command(path: str) -> StringCommand:
@@ -134,15 +136,18 @@ def dirty_command(path: str) -> StringCommand:
     return _script(
         *_HEADER, f"p={shlex.quote(path)}",
         'n=$(git -c safe.directory="$p" -C "$p" status --porcelain --untracked-files=no | wc -l)',
-        f'fail "$(hostname): {_escaped(dirty_message(path, "$n changed"))}"',
+        *_dirty_fail(path),
     )
 
 
 def prepare_script(plan: CheckoutPlan, commit: str, fetch_timeout: int) -> StringCommand:
     """Owner fix, creation, the dirty re-check (it may have changed since the facts), origin fetch."""
     p = shlex.quote(plan.path)
-    lines = [*_HEADER, f"p={p}; c={commit}", f'mkdir -p "$HOME"/{REMOTE_BUNDLE_DIR} || exit 1',
-             f'rm -f "$HOME"/{ORIGIN_LOG}']
+    keep = shlex.quote(f"klipper-{commit[:12]}.bundle")
+    lines = [*_HEADER, f"p={p}; c={shlex.quote(commit)}", f'mkdir -p "$HOME"/{REMOTE_BUNDLE_DIR} || exit 1',
+             f'rm -f "$HOME"/{ORIGIN_LOG}',
+             # the bundle of an older pin is dead weight on the SD card
+             f'find "$HOME"/{REMOTE_BUNDLE_DIR} -maxdepth 1 -name "klipper-*.bundle" ! -name {keep} -delete 2>/dev/null']
     if plan.fix_owner:
         lines.append('sudo -n chown -R "$(id -un):$(id -gn)" -- "$p" || fail "$p is owned by root and '
                      '\\`sudo -n chown\\` failed: run \\`sudo chown -R $(id -un): $p\\` and rerun"')
@@ -157,7 +162,7 @@ def prepare_script(plan: CheckoutPlan, commit: str, fetch_timeout: int) -> Strin
         'owner=$(stat -c %U -- "$p")',
         '[ "$owner" = "$(id -un)" ] || fail "$p is owned by $owner since it was read; rerun"',
         'n=$(git -C "$p" status --porcelain --untracked-files=no | wc -l)',
-        f'[ "$n" -eq 0 ] || fail "{_escaped(dirty_message(plan.path, "$n changed"))}"',
+        'if [ "$n" -ne 0 ]; then', *_dirty_fail(plan.path), "fi",
     ]
     if plan.online:
         lines += [
@@ -214,25 +219,90 @@ def fetch_bundle(
     return True
 
 
-def checkout_script(plan: CheckoutPlan, commit: str, expected_version: str | None) -> StringCommand:
-    keep = shlex.quote(f"klipper-{commit[:12]}.bundle")
-    lines = [
-        *_HEADER, f"p={shlex.quote(plan.path)}; c={commit}",
-        'git -C "$p" checkout -q --detach "$c" || fail "git checkout of $c failed in $p"',
-        '[ "$(git -C "$p" rev-parse HEAD)" = "$c" ] || fail "$p is not at $c after the checkout"',
-        'v=$(git -C "$p" describe --always --tags --long --dirty)',
-        f'say "$p: {plan.current[:12] or "(new)"} -> $c ($v)"',
-        # the bundle of an older pin is dead weight on the SD card
-        f'find "$HOME"/{REMOTE_BUNDLE_DIR} -maxdepth 1 -name "klipper-*.bundle" ! -name {keep} -delete 2>/dev/null',
-        f'rm -f "$HOME"/{ORIGIN_LOG}',
-    ]
-    if expected_version:
-        lines.append(f'[ "$v" = {shlex.quote(expected_version)} ] || say "warning: the Pi describes $c as $v, the '
-                     f'controller as {expected_version}: tags differ, so firmware built on the controller will not match"')
-    return _script(*lines, "exit 0")
+def move_of(plan: CheckoutPlan, commit: str, klipper: Mapping[str, Any]) -> dict[str, str] | None:
+    """What the printer agent checks out (``firmware.transaction(klipper=...)``), or None."""
+    if not plan.changes_commit:
+        return None
+    return {"path": str(klipper.get("path") or plan.path), "user": str(klipper.get("ssh_user") or ""),
+            "from": plan.current, "to": commit}
 
 
 # --- operations ------------------------------------------------------------------------------
+
+
+def _checked(commit: str, fetch_timeout: int) -> str | None:
+    if (host.current_op_global_arguments or {}).get("_sudo"):
+        raise OperationValueError("klipper.fetch/checkout run git as the checkout's owner, never as root: drop "
+                                  "_sudo (they use `sudo -n` themselves only to give a root-owned checkout back)")
+    if isinstance(fetch_timeout, bool) or not isinstance(fetch_timeout, int) or fetch_timeout < 1:
+        raise OperationValueError(f"fetch_timeout={fetch_timeout!r}: seconds, an int >= 1")
+    if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+        return (f"{host.name}: klipper_commit {commit!r} is not a full commit hash. Fix: use the 40 "
+                "lower-case hex digits of `git rev-parse HEAD`. Nothing was changed.")
+    return None
+
+
+def _fetch_commands(plan: CheckoutPlan, commit: str, source: str | None, bundle_cache: str | None,
+                    fetch_timeout: int):
+    if plan.action == "refuse":
+        yield dirty_command(plan.path) if plan.dirty else _fail(f"{host.name}: {plan.reason}")
+        return
+    yield prepare_script(plan, commit, fetch_timeout)
+    yield FunctionCommand(fetch_bundle, (plan.path, commit, source, bundle_cache, plan.online, plan.remote), {})
+
+
+@operation()
+def fetch(
+    commit: str,
+    klipper: Mapping[str, Any],
+    network: Mapping[str, Any],
+    source: str | None = None,
+    remote_url: str = DEFAULT_REMOTE,
+    fix_ownership: bool = True,
+    fetch_timeout: int = 600,
+    bundle_cache: str | None = None,
+):
+    """
+    Bring ``commit`` into the Pi's Klipper checkout without moving it (the preparation of an update).
+
+    + commit: the fleet's pinned commit (40 hex digits, host data ``klipper_commit``)
+    + klipper: the Pi's ``KlipperHost`` fact (``FleetAudit()["klipper"]``), read once by the caller
+    + network: the Pi's ``NetworkReachability`` fact (``FleetAudit(hosts=[...])["network"]``)
+    + source: a Klipper checkout on the controller holding ``commit`` (host data ``klipper_source``):
+      the bundle an offline Pi gets Klipper from
+    + remote_url: ``origin`` of a checkout created here (an existing one keeps its own)
+    + fix_ownership: a root-owned checkout is given back to the SSH user (else refused)
+    + fetch_timeout: seconds a ``git fetch`` from origin may take
+    + bundle_cache: where the controller keeps its bundles (default ``~/.cache/pyinfra-ratos/bundles``)
+
+    Nothing happens when the checkout is at ``commit`` with a clean tree. Otherwise, when the
+    remote's host is reachable it fetches from ``origin``; when it is not, or the fetch fails, the
+    controller makes a git bundle of ``commit`` (once per commit), uploads it once per Pi and the
+    Pi fetches from that. A missing checkout is created (``git init``, empty). A tree with local
+    changes is never overwritten: the host fails, saying how many files changed and how to fix it.
+    The working tree, and Klipper, are left as they are: the printer agent checks the commit out
+    (:func:`pyinfra_ratos.operations.firmware.transaction`, or :func:`checkout`).
+
+    **Example:**
+
+    .. code:: python
+
+        audit = host.get_fact(FleetAudit, hosts=["github.com:443"])
+        klipper.fetch(
+            name="Bring the fleet's Klipper commit",
+            commit="0d67d9c45e6e8d1a7c0f2b6f4a1e9d3c5b7a8f90",
+            klipper=audit["klipper"], network=audit["network"], source="/srv/klipper",
+        )
+    """
+    problem = _checked(commit, fetch_timeout)
+    if problem:
+        yield _fail(problem)
+        return
+    plan = plan_checkout(commit, klipper, network, remote_url, fix_ownership)
+    if plan.action == "noop":
+        host.noop(plan.reason)
+        return
+    yield from _fetch_commands(plan, commit, source, bundle_cache, fetch_timeout)
 
 
 @operation()
@@ -245,33 +315,26 @@ def checkout(
     fix_ownership: bool = True,
     fetch_timeout: int = 600,
     bundle_cache: str | None = None,
-    expected_version: str | None = None,
+    moonraker_url: str = MOONRAKER_URL,
 ):
     """
-    Put the Klipper checkout at ``commit`` (detached, tags kept so ``git describe`` matches).
+    Put the Klipper checkout at ``commit`` (detached, tags kept so ``git describe`` matches) and
+    restart Klipper on it, through the printer agent: only when the printer is idle right then.
 
-    + commit: the fleet's pinned commit (40 hex digits, host data ``klipper_commit``)
-    + klipper: the Pi's ``KlipperHost`` fact (``FleetAudit()["klipper"]``), read once by the caller
-    + network: the Pi's ``NetworkReachability`` fact (``FleetAudit(hosts=[...])["network"]``)
-    + source: a Klipper checkout on the controller holding ``commit`` (host data ``klipper_source``):
-      the bundle an offline Pi gets Klipper from
-    + remote_url: ``origin`` of a checkout created here (an existing one keeps its own)
-    + fix_ownership: a root-owned checkout is given back to the SSH user (else refused)
-    + fetch_timeout: seconds a ``git fetch`` from origin may take
-    + bundle_cache: where the controller keeps its bundles (default ``~/.cache/pyinfra-ratos/bundles``)
-    + expected_version: the controller's ``git describe`` of ``commit``: warn when the Pi differs
+    + commit, klipper, network, source, remote_url, fix_ownership, fetch_timeout, bundle_cache:
+      as :func:`fetch`
+    + moonraker_url: Moonraker as seen from the Pi
 
-    Nothing happens when the checkout is at ``commit`` with a clean tree. Otherwise, when the
-    remote's host is reachable it fetches from ``origin``; when it is not, or the fetch fails, the
-    controller makes a git bundle of ``commit`` (once per commit), uploads it once per Pi and the
-    Pi fetches from that. A tree with local changes is never overwritten: the host fails, saying
-    how many files changed and how to fix it. Klipper is not restarted (see :func:`restart`).
+    :func:`fetch` first; then the agent re-checks on the Pi that the printer is positively idle,
+    stops Klipper, checks the commit out as the checkout's owner, starts Klipper and verifies it
+    started anew, and checks the previous commit out again if anything failed. A printer that is
+    not idle is left as it is and the host fails with exit 75 (the fetched objects stay).
 
     **Example:**
 
     .. code:: python
 
-        audit = host.get_fact(FleetAudit, hosts=["github.com"])
+        audit = host.get_fact(FleetAudit, hosts=["github.com:443"])
         klipper.checkout(
             name="Klipper at the fleet's commit",
             commit="0d67d9c45e6e8d1a7c0f2b6f4a1e9d3c5b7a8f90",
@@ -279,43 +342,36 @@ def checkout(
             source="/srv/klipper",
         )
     """
-    if not isinstance(commit, str) or not _COMMIT.match(commit):
-        yield _fail(f"{host.name}: klipper_commit {commit!r} is not a full commit hash. Fix: use the 40 "
-                    "lower-case hex digits of `git rev-parse HEAD`. Nothing was changed.")
+    from pyinfra_ratos.operations.firmware import agent_command  # firmware imports printer, as this does
+
+    problem = _checked(commit, fetch_timeout)
+    if problem:
+        yield _fail(problem)
         return
-    if isinstance(fetch_timeout, bool) or not isinstance(fetch_timeout, int) or fetch_timeout < 1:
-        raise OperationValueError(f"fetch_timeout={fetch_timeout!r}: seconds, an int >= 1")
-    if (host.current_op_global_arguments or {}).get("_sudo"):
-        raise OperationValueError("klipper.checkout runs git as the checkout's owner, never as root: drop _sudo "
-                                  "(it uses `sudo -n` itself only to give a root-owned checkout back)")
     plan = plan_checkout(commit, klipper, network, remote_url, fix_ownership)
     if plan.action == "noop":
         host.noop(plan.reason)
         return
-    if plan.action == "refuse":
-        yield dirty_command(plan.path) if plan.dirty else _fail(f"{host.name}: {plan.reason}")
-        return
-    yield prepare_script(plan, commit, fetch_timeout)
-    yield FunctionCommand(fetch_bundle, (plan.path, commit, source, bundle_cache, plan.online, plan.remote), {})
-    yield checkout_script(plan, commit, expected_version)
+    yield from _fetch_commands(plan, commit, source, bundle_cache, fetch_timeout)
+    if plan.action != "refuse":
+        yield agent_command({"moonraker": moonraker_url, "klipper": move_of(plan, commit, klipper)})
 
 
 @operation()
 def restart(config_dir: str = "~/printer_data/config", moonraker_url: str = MOONRAKER_URL):
     """
-    Restart Klipper unless a print started meanwhile (then the restart is left pending).
+    Restart Klipper unless the printer is not idle on the Pi right then (then it is left pending).
 
     + config_dir: Klipper's config folder (where a pending restart is marked for the next deploy)
     + moonraker_url: Moonraker as seen from the Pi
 
-    Call it after :func:`checkout` changed the commit and the printer was idle when read: the check
-    is made again on the Pi right before restarting, since minutes may pass on a big farm.
+    The printer agent re-checks the printer on the Pi right before restarting (minutes may pass on
+    a big farm) and counts the restart done only when the unit's main PID or start time changed.
 
     **Example:**
 
     .. code:: python
 
-        if plan.changes_commit and not audit["activity"].get("busy", True):
-            klipper.restart(name="Restart Klipper on the new commit")
+        klipper.restart(name="Restart Klipper")
     """
     yield restart_command(config_dir, "klipper", moonraker_url)

@@ -26,6 +26,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 from pyinfra.api.command import FileUploadCommand
 
+from pyinfra_ratos import gate
 from pyinfra_ratos import klipper_config as kc
 from pyinfra_ratos import printer_model as pm
 from pyinfra_ratos.catalog import Board, load_catalog
@@ -151,21 +152,15 @@ def install_command(directory: str, write: FileWrite, temp_name: str, backups: i
 
 
 def restart_command(directory: str, service: str, url: str) -> StringCommand:
-    """Restart a service through Moonraker (then systemctl), unless a print started meanwhile:
-    the plan read the printer idle, but on a big farm minutes pass before this runs."""
-    marker = shlex.quote(restart_marker(service))
-    query = f"{url}/printer/objects/query?print_stats&idle_timeout"
-    script = "\n".join([
-        f"cd {shell_path(directory)} || exit 1",
-        f"q=$(curl -s -m 5 {shlex.quote(query)})",
-        "if printf '%s' \"$q\" | grep -Eq '\"state\": *\"(printing|paused|Printing)\"'; then",
-        f"  touch {marker}; echo 'pyinfra-ratos: the printer started printing: {service} restart left pending'; exit 0",
-        "fi",
-        f"curl -sf -m 60 -X POST -H 'Content-Type: application/json' -d '{{\"service\": \"{service}\"}}' "
-        f"{shlex.quote(url + '/machine/services/restart')} >/dev/null || sudo -n systemctl restart {service} || exit 1",
-        f"rm -f {marker}",
-    ])
-    return StringCommand("sh", "-c", QuoteString(script))
+    """Restart a service through the printer agent, unless the printer is not positively idle on
+    the Pi right then (the plan read it idle, but on a big farm minutes pass before this runs):
+    then the restart is left pending (marked in ``directory``) and the host fails with exit 75.
+    Done means a new main PID or start time (:mod:`pyinfra_ratos.flash_agent`)."""
+    from pyinfra_ratos.operations.firmware import agent_command  # firmware imports this module
+
+    marker = f"{directory.rstrip('/')}/{restart_marker(service)}"
+    return agent_command({"moonraker": url, "restart": service,
+                          "pending_marker": marker[2:] if marker.startswith("~/") else marker})
 
 
 def mark_pending_command(directory: str, service: str) -> StringCommand:
@@ -265,8 +260,8 @@ def printer_busy(url: str, activity: Mapping[str, Any] | None = None) -> bool:
     """Whether the printer is busy: ``activity`` when the caller read it, else asked now."""
     if activity is None:
         activity = host.get_fact(PrinterActivity, url=url)
-    # no answer at all is not "idle": never restart what we cannot see
-    return bool(activity.get("busy", True)) if activity else True
+    # no answer at all is not "idle": never restart what we cannot see (the one gate)
+    return gate.disruption_refused(activity) is not None
 
 
 # --- the operation ---------------------------------------------------------------------------

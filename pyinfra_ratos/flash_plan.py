@@ -20,6 +20,7 @@ from typing import Any, Union
 
 from pyinfra_ratos import flash_agent
 from pyinfra_ratos.catalog import Board
+from pyinfra_ratos.dfu.memory import parse_memory_map
 from pyinfra_ratos.firmware_image import ImageInfo, check_image_for_board
 from pyinfra_ratos.identity import FirmwareIdentity, config_sha256
 from pyinfra_ratos.kconfig import application_address, derived_problems, parse_config
@@ -82,6 +83,7 @@ class DfuDownload:
     image: str
     alt: int = 0
     leave: bool = True
+    capture_length: int = 0  # bytes from ``address`` read first and kept, to restore on a rollback
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class PyusbDownload:
     image: str
     protect_below: int
     venv: str = DFU_CLIENT_VENV
+    capture_length: int = 0  # bytes from ``address`` read first and kept, to restore on a rollback
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class FlashPlan:
     verify_steps: tuple[Step, ...] = ()
     expected_version: str | None = None
     before_version: str | None = None
+    image_sha256: str | None = None  # the agent re-checks the shipped file right before writing it
     # a refusal by policy (busy printer, board never flashed unattended): the printer is
     # reported as skipped with the reason, not failed; nothing is wrong with it
     hold: bool = False
@@ -264,18 +268,31 @@ def _linux_steps(board: Board, mcu_name: str, artifact: Artifact) -> FlashPlan:
                RestartService(LINUX_MCU_SERVICE)),
         finally_steps=(StartKlipper(),),
         verify_steps=(Verify(mcu_name, artifact.identity.version),),
-        expected_version=artifact.identity.version,
+        expected_version=artifact.identity.version, image_sha256=artifact.image.sha256,
     )
 
 
-def download_step(backend: str, port: str, address: int, image: str) -> Step:
-    """The step writing ``image`` at ``address`` on the DFU device at ``port``, with ``backend``.
+def capture_length(board: Board) -> int:
+    """Bytes from the application address to the end of the board's flash: what a rollback may
+    have to write back (0 when the catalog has no DFU map for it)."""
+    if not board.dfu_flash_map:
+        return 0
+    try:
+        memory = parse_memory_map(board.dfu_flash_map)
+    except ValueError:
+        return 0
+    return max(0, memory.end - board.app_address)
+
+
+def download_step(backend: str, port: str, address: int, image: str, capture: int = 0) -> Step:
+    """The step writing ``image`` at ``address`` on the DFU device at ``port``, with ``backend``,
+    after keeping ``capture`` bytes of what the board ran (the agent reads them back first).
 
     The pyusb client never erases below the application address: the bootloader stays.
     """
     if backend == "pyusb":
-        return PyusbDownload(port=port, address=address, image=image, protect_below=address)
-    return DfuDownload(port=port, address=address, image=image)
+        return PyusbDownload(port=port, address=address, image=image, protect_below=address, capture_length=capture)
+    return DfuDownload(port=port, address=address, image=image, capture_length=capture)
 
 
 def with_backend(plan: FlashPlan, backend: str) -> FlashPlan:
@@ -284,7 +301,7 @@ def with_backend(plan: FlashPlan, backend: str) -> FlashPlan:
         raise ValueError(f"unknown flash backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if plan.action != "flash" or plan.method not in BACKENDS or plan.method == backend:
         return plan
-    steps = tuple(download_step(backend, step.port, step.address, step.image)
+    steps = tuple(download_step(backend, step.port, step.address, step.image, step.capture_length)
                   if isinstance(step, (DfuDownload, PyusbDownload)) else step for step in plan.steps)
     return replace(plan, method=backend, steps=steps)
 
@@ -297,7 +314,7 @@ def _dfu_steps(board: Board, entry: Mapping[str, Any], mcu_name: str, artifact: 
         body.append(RequestBootloader(entry["tty"], port))
     body += [
         WaitDfu(port, dfu_timeout),
-        download_step(backend, port, board.app_address, artifact.path),
+        download_step(backend, port, board.app_address, artifact.path, capture_length(board)),
         WaitKlipper(port, klipper_timeout),
     ]
     return FlashPlan(
@@ -305,7 +322,7 @@ def _dfu_steps(board: Board, entry: Mapping[str, Any], mcu_name: str, artifact: 
         f"{board.id}: flash {artifact.identity.name} at {board.app_address:#010x} on USB port {port}",
         method=backend, port=port, steps=tuple(body), finally_steps=(StartKlipper(),),
         verify_steps=(Verify(mcu_name, artifact.identity.version),),
-        expected_version=artifact.identity.version,
+        expected_version=artifact.identity.version, image_sha256=artifact.image.sha256,
     )
 
 

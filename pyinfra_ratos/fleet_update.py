@@ -28,7 +28,7 @@ from pyinfra_ratos import report as reports
 from pyinfra_ratos import prefetch, results
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.flash_agent import RESULT_PREFIX
+from pyinfra_ratos.flash_agent import RESULT_PREFIX, SUMMARY_PREFIX
 from pyinfra_ratos.hostdata import InventoryError, validate_inventory
 
 CANARY = "canary"
@@ -42,10 +42,27 @@ def make_batches(hosts: Sequence[str], canary: Sequence[str], size: int) -> list
     return ([first] if first else []) + [rest[i : i + size] for i in range(0, len(rest), size)]
 
 
-def _agent_records(meta: Any) -> list[dict[str, Any]]:
+def _agent_lines(meta: Any, prefix: str) -> list[dict[str, Any]]:
     if meta is None or not meta.is_complete():
         return []
-    return [json.loads(line.split(RESULT_PREFIX, 1)[1]) for line in meta.stdout_lines if RESULT_PREFIX in line]
+    found = []
+    for line in meta.stdout_lines:
+        if prefix in line:
+            try:
+                found.append(json.loads(line.split(prefix, 1)[1]))
+            except ValueError:
+                continue
+    return found
+
+
+def _agent_records(meta: Any) -> list[dict[str, Any]]:
+    return _agent_lines(meta, RESULT_PREFIX)
+
+
+def _agent_summary(meta: Any) -> dict[str, Any] | None:
+    """The printer agent's verdict on the whole printer (``RATOS-TXN``), None when it did not run."""
+    found = _agent_lines(meta, SUMMARY_PREFIX)
+    return found[-1] if found else None
 
 
 def _errors(state: State, host: Any) -> list[str]:
@@ -89,7 +106,7 @@ def printer_entry(state: State | None, host_name: str, executed: bool) -> dict[s
             for record in _agent_records(meta):
                 base = boards.get(record.get("mcu_name"), {})
                 boards[record.get("mcu_name")] = {
-                    **base, **{k: record[k] for k in ("after_version", "duration_s", "verified", "reason")
+                    **base, **{k: record[k] for k in ("after_version", "duration_s", "verified", "reason", "rolled_back")
                                if k in record},
                     "action": record["action"] if record["action"] in results.ACTIONS else "failed",
                     "method": record.get("backend") or base.get("method"),
@@ -97,14 +114,25 @@ def printer_entry(state: State | None, host_name: str, executed: bool) -> dict[s
                 }
     errors = _errors(state, host) if (state and executed and host) else []
     klipper = dict(noted.get("klipper") or {})
+    summary = _agent_summary(noted.get("ops", {}).get("flash:transaction")) if executed else None
     if klipper and executed and klipper.get("action") == "updated":
-        outcome = _op_action(noted["ops"].get("klipper"), "updated", True)
-        if outcome == "failed":
-            klipper.update(action="failed", after=klipper.get("before"), reason=errors[0] if errors else "")
+        if summary is None or summary["outcome"] != "done":
+            # not moved (the agent did not run, found the printer busy, failed or rolled back)
+            why = (summary or {}).get("reason") or (errors[0] if errors else "not run")
+            klipper.update(action="failed" if summary is None or summary["outcome"] != "pending" else "skipped",
+                           after=klipper.get("before"), reason=why)
     config = {"action": _op_action(noted.get("ops", {}).get("config"), "written", executed)}
     if noted.get("skipped"):
         status, reason = "skipped", noted["skipped"]
         config = {"action": "skipped", "reason": reason}
+    elif summary is not None and summary.get("outcome") == "pending":
+        # the printer was found busy on the Pi right before the first disruptive step: not done
+        status, reason = "skipped", summary.get("reason") or "printer busy"
+    elif summary is not None and summary.get("outcome") in ("failed", "rolled-back", "attention"):
+        words = {"failed": "failed, left as it was", "rolled-back": "rolled back to the previous Klipper and "
+                 "firmware", "attention": "NEEDS ATTENTION"}[summary["outcome"]]
+        status = "failed"
+        reason = f"{words}: {summary.get('reason')}" + (f"; to do: {summary['todo']}" if summary.get("todo") else "")
     elif any(b.get("action") == "failed" for b in boards.values()):
         # the flash agent's own verdict says more than the failed command's last line
         status, reason = "failed", next(b["reason"] for b in boards.values() if b.get("action") == "failed")

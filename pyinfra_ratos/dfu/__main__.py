@@ -8,7 +8,7 @@ import sys
 
 from . import __doc__ as PACKAGE_DOC
 from .errors import EXIT_OK, DfuFailure
-from .flash import LEAVE_TIMEOUT_S, flash, load_device_module
+from .flash import LEAVE_TIMEOUT_S, flash, load_device_module, read
 from .memory import parse_memory_map
 
 
@@ -37,6 +37,14 @@ def parser() -> argparse.ArgumentParser:
     one.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the device on the port")
     one.add_argument("--leave-timeout", type=float, default=LEAVE_TIMEOUT_S,
                      help="seconds for the device to leave the port after the leave request")
+    reading = commands.add_parser("read", help="read flash into a file (DfuSe upload); the board stays in DFU")
+    reading.add_argument("--port", help="USB port path, e.g. 1-1.3")
+    reading.add_argument("--serial", help="USB serial of the DFU device (when there is no port)")
+    reading.add_argument("--address", type=_address, required=True, help="first address to read")
+    reading.add_argument("--length", type=int, required=True, help="bytes to read")
+    reading.add_argument("--out", required=True, help="the file to write")
+    reading.add_argument("--name", help="board label used in every message")
+    reading.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the device on the port")
     return top
 
 
@@ -68,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         return _list(args.json)
     if not args.port and not args.serial:
-        parser().error("flash needs --port or --serial")
-    result = flash(args.image, args.address, args.protect_below, args.port, args.serial, args.name,
-                   leave=not args.no_leave, wait_s=args.wait, leave_timeout_s=args.leave_timeout)
+        parser().error(f"{args.command} needs --port or --serial")
+    if args.command == "read":
+        result = read(args.out, args.address, args.length, args.port, args.serial, args.name, args.wait)
+    else:
+        result = flash(args.image, args.address, args.protect_below, args.port, args.serial, args.name,
+                       leave=not args.no_leave, wait_s=args.wait, leave_timeout_s=args.leave_timeout)
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
     print(json.dumps(result.to_json()), flush=True)

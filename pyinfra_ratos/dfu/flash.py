@@ -159,3 +159,32 @@ def flash(image_path: str, address: int, protect_below: int | None = None, port:
         result.failed(DfuFailure(f"{name or port or serial}: unexpected {type(exc).__name__}: {exc}"))
     result.duration_s = round(time.monotonic() - began, 3)
     return result
+
+
+def read(dest: str, address: int, length: int, port: str | None = None, serial: str | None = None,
+         name: str | None = None, wait_s: float = 0.0) -> FlashResult:
+    """Read ``length`` bytes of flash from ``address`` into ``dest`` (DfuSe UPLOAD); the board stays
+    in DFU. The agent keeps what a board ran this way before writing over it, to restore it."""
+    result = FlashResult(port=port, serial=serial, address=address)
+    began = time.monotonic()
+    try:
+        device = load_device_module()
+        found = device.find_device(port, serial, wait_s)
+        result.port, result.serial = found.port, found.serial
+        board = found.label(name)
+        fn = found.functional
+        if fn is None or fn.transfer_size <= 0 or not fn.can_upload:
+            raise PlanRefused(f"{board}: the DFU interface cannot upload: the old firmware cannot be read")
+        with device.Claimed(found) as transport:
+            dfuse = DfuSe(transport, board, fn.transfer_size, found.interface)
+            dfuse.ensure_idle()
+            data = dfuse.upload(address, length)
+        with open(dest, "wb") as handle:
+            handle.write(data)
+        result.ok, result.bytes, result.sha256 = True, len(data), hashlib.sha256(data).hexdigest()
+    except DfuFailure as failure:
+        result.failed(failure)
+    except Exception as exc:  # report, never a traceback instead of the JSON line
+        result.failed(DfuFailure(f"{name or port or serial}: unexpected {type(exc).__name__}: {exc}"))
+    result.duration_s = round(time.monotonic() - began, 3)
+    return result

@@ -55,6 +55,13 @@ PYTHONPATH=/{lib} exec /usr/bin/python3 -m pyinfra_ratos.sim.systemctl "$@"
 """
 
 
+KNOB_WRAPPER = """\
+#!/bin/sh
+# run-time knobs of the virtual RatOS Pi (pyinfra_ratos.sim.knobs); as root
+PYTHONPATH=/{lib} exec /usr/bin/python3 -m pyinfra_ratos.sim.knobs "$@"
+"""
+
+
 class FarmError(RuntimeError):
     """The farm cannot start or stop; the message says why and what to do."""
 
@@ -136,6 +143,7 @@ def build_base(base: Path) -> None:
     _write(etc / "sudoers.d" / "020_usb-bus", 'Defaults env_keep += "UMOCKDEV_DIR"\n', 0o440)
     _write(etc / "ssh" / "sshd_config", SSHD_CONFIG + f"SetEnv UMOCKDEV_DIR={USB_BUS_DIR}\n")
     _write(base / "usr" / "local" / "bin" / "systemctl", SYSTEMCTL_WRAPPER.format(lib=SIM_LIB), 0o755)
+    _write(base / "usr" / "local" / "bin" / "ratos-sim-knob", KNOB_WRAPPER.format(lib=SIM_LIB), 0o755)
     lib = base / SIM_LIB / "pyinfra_ratos"
     lib.mkdir(parents=True)
     shutil.copy2(PACKAGE_DIR / "__init__.py", lib / "__init__.py")
@@ -269,6 +277,9 @@ def prepare_pi(
         "host_version": "",
         "host_build_versions": "",
         "mcus": mcus,
+        "klippy": pi.klippy,
+        "moonraker_fault": pi.moonraker_fault,
+        "moonraker_hang_seconds": pi.moonraker_hang_seconds,
     }
     if pi.fresh:
         state["enabled"] = {"klipper": False}  # installed, never configured: nothing enabled it

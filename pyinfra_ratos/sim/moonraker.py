@@ -6,6 +6,23 @@ klippy itself would end up (disconnected, ``error`` with klippy's exact messages
 Status codes, status lines and error bodies follow Moonraker (tornado) so that clients written
 against the stand-in behave the same against a real printer.
 
+Knobs in the state file (set from a scenario, or at run time with ``ratos-sim-knob``, see
+:mod:`pyinfra_ratos.sim.knobs`), read afresh on every request:
+
+- ``moonraker_fault: "503"``: Moonraker has lost klippy. Every ``/printer/*`` endpoint answers
+  503 ``Klippy Host not connected`` (the body and status line of a stopped klippy) and
+  ``/server/info`` says ``klippy_connected: false``, whatever klippy and the print underneath do.
+- ``moonraker_fault: "hang"``: every request is accepted and read, then never answered (the
+  connection stays open until the client gives up), or answered ``moonraker_hang_seconds`` after
+  it came when that is > 0. Held connections cost no thread (:mod:`hangpool`).
+- ``klippy: "shutdown"``: klippy after an emergency stop (M112): ``webhooks.state`` and
+  ``/printer/info`` ``state`` are ``shutdown`` with klippy's message; a print that was running
+  reads ``print_stats.state: paused`` (``virtual_sdcard.is_active`` false, ``idle_timeout``
+  frozen at ``Printing``), as klippy's virtual_sdcard pauses it. The state file keeps
+  ``print_state`` as the job was; ``FIRMWARE_RESTART``/``RESTART`` or a klipper restart clear the
+  shutdown and the job (``standby``).
+- ``unit_transition.klipper`` ``activating``/``deactivating``: klippy is disconnected.
+
 Run: ``python3 -m pyinfra_ratos.sim.moonraker --host 127.0.0.1 --port 7125 [--state PATH]
 [--pid-file PATH]``. Stdlib only: it runs under Debian's python3 inside the virtual Pi.
 """
@@ -13,19 +30,22 @@ Run: ``python3 -m pyinfra_ratos.sim.moonraker --host 127.0.0.1 --port 7125 [--st
 from __future__ import annotations
 
 import argparse
+import email.utils
 import json
 import os
 import pwd
 import re
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from pyinfra_ratos.sim import pistate, procs, systemctl
+from pyinfra_ratos.sim import pistate, procs, systemctl, units
+from pyinfra_ratos.sim.hangpool import HangPool
 
 MOONRAKER_VERSION = "v0.9.3-64-gd5ee171"
 API_VERSION = [1, 5, 0]
@@ -46,6 +66,14 @@ MESSAGE_PROTOCOL_ERROR2 = """
 Once the underlying issue is corrected, use the "RESTART"
 command to reload the config and restart the host software.
 """
+# klippy/extras/error_mcu.py appends this to a host shutdown's reason (gcode.py cmd_M112's)
+MESSAGE_SHUTDOWN = """
+Once the underlying issue is corrected, use the
+"FIRMWARE_RESTART" command to reset the firmware, reload the
+config, and restart the host software.
+Printer is shutdown
+"""
+M112_REASON = "Shutdown due to M112 command"
 # the services Moonraker allows when the state names none (moonraker/assets/default_allowed_services)
 DEFAULT_ALLOWED_SERVICES = (
     "klipper_mcu", "webcamd", "MoonCord", "KlipperScreen", "moonraker-telegram-bot",
@@ -59,7 +87,7 @@ PRINTER_OBJECTS_AFTER_MCUS = ("pause_resume", "print_stats", "virtual_sdcard", "
 class Klippy:
     """What Moonraker knows of klippy: its state, message and printer objects."""
 
-    state: str  # disconnected, ready, error
+    state: str  # disconnected, ready, error, shutdown
     state_message: str
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -141,11 +169,15 @@ def mcu_status(mcu: dict[str, Any], with_stats: bool) -> dict[str, Any]:
     return status
 
 
-def job_objects(print_state: str, filename: str) -> dict[str, dict[str, Any]]:
+def job_objects(print_state: str, filename: str, shutdown: bool = False) -> dict[str, dict[str, Any]]:
     printing = print_state == "printing"
     paused = print_state == "paused"
     idle = "Printing" if printing else "Ready" if paused else "Idle"
     active_file = filename if printing or paused else ""
+    if shutdown and printing:
+        # klippy/extras/virtual_sdcard.py: the work timer stops and notes a pause; idle_timeout's
+        # handler returns NEVER once shut down, so it stays at Printing; pause_resume is untouched
+        print_state, printing = "paused", False
     return {
         "pause_resume": {"is_paused": paused},
         "print_stats": {
@@ -164,7 +196,7 @@ def job_objects(print_state: str, filename: str) -> dict[str, dict[str, Any]]:
 def derive_klippy(state: dict[str, Any]) -> Klippy:
     """klippy's state as Moonraker would see it, from the Pi's state file alone."""
     services = state.get("services", {})
-    if services.get("klipper") != "active":
+    if services.get("klipper") != "active" or units.transition("klipper", state):
         return Klippy("disconnected", "Klippy Disconnected")
     mcus = state.get("mcus", [])
     host_version = state.get("host_version", "?")
@@ -186,12 +218,20 @@ def derive_klippy(state: dict[str, Any]) -> Klippy:
             klippy_state, message = "error", protocol_error_message(state, outdated)
         for mcu in mcus:
             mcu_objects[mcu_object_name(mcu["name"])] = mcu_status(mcu, outdated is None)
+    shutdown = state.get("klippy") == "shutdown"
+    if shutdown:
+        # klippy.py invoke_shutdown: the reason replaces only a ready message (error_mcu.py adds
+        # the advice); an error stays worded as it was, but the category becomes shutdown
+        if klippy_state == "ready":
+            message = state.get("klippy_shutdown_reason", M112_REASON) + MESSAGE_SHUTDOWN
+        klippy_state = "shutdown"
     objects: dict[str, dict[str, Any]] = {
         "webhooks": {"state": klippy_state, "state_message": message},
         "configfile": {},
     }
     objects.update(mcu_objects)
-    objects.update(job_objects(state.get("print_state", "standby"), state.get("print_filename", "")))
+    objects.update(job_objects(state.get("print_state", "standby"), state.get("print_filename", ""),
+                               shutdown))
     return Klippy(klippy_state, message, objects)
 
 
@@ -321,9 +361,8 @@ def system_info(state: dict[str, Any]) -> dict[str, Any]:
     available = available_services(state)
     service_state = {}
     for name in available:
-        active = systemctl.is_active(name, state)
-        service_state[name] = {"active_state": "active" if active else "inactive",
-                               "sub_state": "running" if active else "dead"}
+        active = systemctl.active_state(name, state)
+        service_state[name] = {"active_state": active, "sub_state": units.SUB_STATES[active]}
     return {"system_info": {
         "provider": "systemd_cli",
         "available_services": available,
@@ -354,6 +393,8 @@ class Api:
     def handle(self, path: str, query: list[tuple[str, str]], body: dict[str, Any]) -> Any:
         state = pistate.load(self.state_path)
         klippy = derive_klippy(state)
+        if state.get("moonraker_fault") == "503":
+            klippy = Klippy("disconnected", "Klippy Disconnected")  # Moonraker lost klippy
         if path == "/server/info":
             return server_info(klippy)
         if path == "/machine/system_info":
@@ -372,6 +413,9 @@ class Api:
                 raise ServerError("Invalid argument 'objects', expected an object")
             return {"eventtime": round(time.monotonic(), 6), "status": query_objects(klippy, wanted)}
         if path in ("/printer/restart", "/printer/firmware_restart"):
+            if klippy.state == "shutdown":
+                with pistate.update(self.state_path) as current:
+                    systemctl.clear_shutdown(current)
             systemctl.append_klippy_log(state, systemctl.klippy_connect_lines(state))
             return "ok"
         if path == "/printer/gcode/script":
@@ -415,17 +459,28 @@ class Handler(BaseHTTPRequestHandler):
         self.answer("DELETE")
 
     def answer(self, method: str) -> None:
-        url = urlsplit(self.path)
-        query = parse_qsl(url.query, keep_blank_values=True)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        fault = hang_fault(self.state_path)
+        if fault is not None:
+            # read, never answered (or answered late, without after-response actions)
+            self.close_connection = True
+            self.server.hold(self.connection, fault,  # type: ignore[attr-defined]
+                             lambda: http_bytes(*self.respond(method, raw)[:2]))
+            return
+        status, payload, api = self.respond(method, raw)
+        self.send_json(status, payload)
+        for action in api.after_response:
+            action(self.server)
+
+    def respond(self, method: str, raw: bytes) -> tuple[int, dict[str, Any], Api]:
+        url = urlsplit(self.path)
+        query = parse_qsl(url.query, keep_blank_values=True)
         api = Api(self.state_path)
         if not api.known(url.path):
-            self.send_json(404, error_body(404, "Not Found", api_error=False))
-            return
+            return 404, error_body(404, "Not Found", api_error=False), api
         if not api.allowed(method, url.path):
-            self.send_json(405, error_body(405, "Method Not Allowed", api_error=False))
-            return
+            return 405, error_body(405, "Method Not Allowed", api_error=False), api
         body: dict[str, Any] = {}
         if self.headers.get("Content-Type", "").strip().startswith("application/json") and raw:
             try:
@@ -434,13 +489,9 @@ class Handler(BaseHTTPRequestHandler):
             except ValueError:
                 body = {}
         try:
-            result = api.handle(url.path, query, body)
+            return 200, {"result": api.handle(url.path, query, body)}, api
         except ServerError as error:
-            self.send_json(error.status, error_body(error.status, str(error)))
-            return
-        self.send_json(200, {"result": result})
-        for action in api.after_response:
-            action(self.server)
+            return error.status, error_body(error.status, str(error)), api
 
     def send_json(self, status: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
@@ -455,6 +506,53 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+def hang_fault(state_path: str | None) -> float | None:
+    """For the ``hang`` fault: seconds until a late answer (0: never); None: answer now."""
+    try:
+        state = pistate.load(state_path)
+    except (OSError, ValueError):
+        return None
+    if state.get("moonraker_fault") != "hang":
+        return None
+    return float(state.get("moonraker_hang_seconds", 0) or 0)
+
+
+def http_bytes(status: int, payload: dict[str, Any]) -> bytes:
+    """What :meth:`Handler.send_json` sends, as bytes, for an answer sent from the hang pool."""
+    data = json.dumps(payload).encode()
+    reason = "OK" if status == 200 else payload["error"]["message"]
+    head = (f"HTTP/1.1 {status} {reason}\r\nServer: TornadoServer/6.4.2\r\n"
+            f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
+            "Content-Type: application/json; charset=UTF-8\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + data
+
+
+class Server(ThreadingHTTPServer):
+    """One thread per answered request; hanging connections go to one :class:`HangPool`."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hang_pool = HangPool()
+        self.handed_over: set[Any] = set()
+        self.handed_lock = threading.Lock()
+
+    def hold(self, sock: Any, seconds: float, answer: Any) -> None:
+        with self.handed_lock:
+            self.handed_over.add(sock)
+        self.hang_pool.hold(sock, seconds or None, answer)
+
+    def shutdown_request(self, request: Any) -> None:
+        # a held connection must stay open: no FIN, no close (the pool owns it now)
+        with self.handed_lock:
+            if request in self.handed_over:
+                self.handed_over.discard(request)
+                return
+        super().shutdown_request(request)
+
+
 def restart_self(server: ThreadingHTTPServer) -> None:
     """Moonraker restarting itself: same pid (the pid file stays right), fresh process image."""
 
@@ -464,11 +562,9 @@ def restart_self(server: ThreadingHTTPServer) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "pyinfra_ratos.sim.moonraker", *sys.argv[1:]])
 
 
-def make_server(host: str, port: int, state_path: str | None) -> ThreadingHTTPServer:
+def make_server(host: str, port: int, state_path: str | None) -> Server:
     handler = type("BoundHandler", (Handler,), {"state_path": state_path})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return Server((host, port), handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,6 +157,9 @@ def start_services(services: dict[str, str]) -> None:
     for unit in ("moonraker", "klipper", "klipper-mcu"):
         if services.get(unit, "active") == "active":
             run("/usr/local/bin/systemctl", "start", unit)
+    if services.get("klipper") in ("activating", "deactivating"):
+        # caught half-way through a job at start: the knob brings the unit there (sim.knobs)
+        run("/usr/local/bin/ratos-sim-knob", f"klipper={services['klipper']}")
 
 
 def reap_forever() -> None:

@@ -27,7 +27,8 @@ Shape::
       ]
     }
 
-Optional keys read by the Moonraker and ``systemctl`` stand-ins (defaults in brackets)::
+Optional keys read by the Moonraker and ``systemctl`` stand-ins (defaults in brackets; the
+knobs among them are set at run time with ``ratos-sim-knob``, :mod:`pyinfra_ratos.sim.knobs`)::
 
     "enabled": {"klipper": true, ...},       # systemctl is-enabled/enable/disable [all true]
     "home": "/home/pi",                      # [home of klipper_user]
@@ -35,7 +36,16 @@ Optional keys read by the Moonraker and ``systemctl`` stand-ins (defaults in bra
     "moonraker_log": "...",                  # [<home>/printer_data/logs/moonraker.log]
     "moonraker_pid_file": "...",             # [/run/ratos-sim/moonraker.pid]
     "moonraker_host": "127.0.0.1", "moonraker_port": 7125,
-    "klippy_pid": 1234,                      # written by systemctl start klipper
+    "klippy_pid": 1234,                      # klipper's main process, written by systemctl start
+    "unit_started": {"klipper": [realtime_usec, monotonic_usec]},  # ExecMainStartTimestamp*
+    "unit_transition": {"klipper": "activating"},  # or deactivating (sim.units) [none]
+    "nrestarts": {"klipper": 0},             # systemctl show NRestarts [0]
+    "run_dir": "...",                        # units' pid files [/run/ratos-sim, or beside the
+                                             #  state file when that is not the Pi's own]
+    "klippy": "shutdown",                    # klippy after M112 [ready]
+    "klippy_shutdown_reason": "...",         # [Shutdown due to M112 command]
+    "moonraker_fault": "503",                # or hang [none] (sim.moonraker)
+    "moonraker_hang_seconds": 120,           # with hang: answer this late; 0 = never [0]
     mcus[].service: "klipper-mcu"            # the MCU only connects while that service is active
     mcus[].firmware.protocol_compatible: true  # a version mismatch klippy does not notice
     mcus[].firmware.protocol_error: "..."    # last line of the "MCU Protocol error" message

@@ -7,6 +7,10 @@
     state = "standby"            # print_stats.state
     network = "online"           # online|offline
     fresh = false                # true: a freshly flashed SD card (no ~/klipper, no calibration)
+    klipper = "active"           # klipper.service: active|inactive|activating|deactivating
+    klippy = "ready"             # ready|shutdown (after M112: a running print reads paused)
+    moonraker_fault = "none"     # none|503 (Klippy Host not connected)|hang (never answers)
+    moonraker_hang_seconds = 0   # with hang: answer this many seconds late; 0 = never
     [[pi.boards]]
     board = "btt-octopus-pro-h723-11"
     mode = "klipper"             # bootloader state at start
@@ -14,6 +18,8 @@
     faults = []
 
 Every error names the Pi, the key and the allowed values, so a typo is fixed in one go.
+``state``, ``klipper``, ``klippy``, ``moonraker_fault`` and ``moonraker_hang_seconds`` are also
+knobs a test flips at run time (:mod:`pyinfra_ratos.sim.knobs`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ FAULTS = (
     "corrupt-write",
 )
 SERVICE_STATES = ("active", "inactive")
+KLIPPER_STATES = ("active", "inactive", "activating", "deactivating")  # systemd ActiveState
+KLIPPY_STATES = ("ready", "shutdown")
+MOONRAKER_FAULTS = ("none", "503", "hang")
 MODELS = ("v-core-3", "v-core-4", "v-minion")
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MCU_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
@@ -80,6 +89,9 @@ class PiSpec:
     fresh: bool = False
     group: str = "pis"  # the inventory group (list) the Pi is written into, e.g. "canary"
     checkout: str = "current"  # ~/klipper at the "current" commit or the "old" release (v0.12.0)
+    klippy: str = "ready"  # "shutdown": klippy after M112 (see sim.knobs)
+    moonraker_fault: str = "none"  # "503": lost klippy; "hang": never answers
+    moonraker_hang_seconds: float = 0  # with "hang": answer this late; 0 = never
 
 
 @dataclass(frozen=True)
@@ -171,7 +183,8 @@ def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSp
         raw,
         (
             "name", "state", "network", "boards", "klipper", "moonraker", "klipper_owner",
-            "allowed_services", "model", "fresh", "group", "checkout",
+            "allowed_services", "model", "fresh", "group", "checkout", "klippy",
+            "moonraker_fault", "moonraker_hang_seconds",
         ),
     )
     if not isinstance(name, str) or not HOSTNAME_RE.match(name):
@@ -197,13 +210,16 @@ def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSp
     fresh = raw.get("fresh", False)
     if not isinstance(fresh, bool):
         raise ScenarioError(f"{where}: key 'fresh' is {fresh!r}; use true or false")
+    hang = raw.get("moonraker_hang_seconds", 0)
+    if isinstance(hang, bool) or not isinstance(hang, (int, float)) or hang < 0:
+        raise ScenarioError(f"{where}: key 'moonraker_hang_seconds' is {hang!r}; use seconds >= 0 (0: never answer)")
     return PiSpec(
         name=name,
         state=_check(where, "state", raw.get("state", "standby"), PRINT_STATES),
         network=_check(where, "network", raw.get("network", "online"), NETWORKS),
         boards=boards,
         # a fresh card's klipper.service has no checkout to run: stopped unless the scenario says
-        klipper=_check(where, "klipper", raw.get("klipper", "inactive" if fresh else "active"), SERVICE_STATES),
+        klipper=_check(where, "klipper", raw.get("klipper", "inactive" if fresh else "active"), KLIPPER_STATES),
         moonraker=_check(where, "moonraker", raw.get("moonraker", "active"), SERVICE_STATES),
         klipper_owner=owner,
         allowed_services=tuple(allowed),
@@ -211,6 +227,9 @@ def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSp
         fresh=fresh,
         group=_group(where, raw.get("group", "pis")),
         checkout=_check(where, "checkout", raw.get("checkout", "current"), ("current", "old")),
+        klippy=_check(where, "klippy", raw.get("klippy", "ready"), KLIPPY_STATES),
+        moonraker_fault=_check(where, "moonraker_fault", raw.get("moonraker_fault", "none"), MOONRAKER_FAULTS),
+        moonraker_hang_seconds=hang,
     )
 
 

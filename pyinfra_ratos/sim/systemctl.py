@@ -5,6 +5,16 @@ non-root user gets in a non-interactive shell, and the ``show`` forms pyinfra's 
 and ``SystemdEnabled`` facts parse. Every change goes through :func:`pistate.update`, so what
 the Moonraker stand-in derives from the same file always agrees with what this reports.
 
+``systemctl show UNIT -p NAME[,NAME] [--value]`` prints, like systemd, the asked properties in
+systemd's own (D-Bus) order, not the order asked, empty ones included: ``MainPID`` (the real pid
+of the unit's main process, new on every restart, 0 when not running), ``ExecMainStartTimestamp``
+(one-second resolution, as systemd prints it) and ``ExecMainStartTimestampMonotonic`` (usec,
+new on every restart), ``NRestarts`` (0: systemd counts only ``Restart=`` restarts, never a
+``systemctl restart``), ``LoadState``, ``ActiveState``, ``SubState`` and a few more. A unit can be
+caught ``activating`` (auto-restart) or ``deactivating`` (stop-sigterm), set by
+``unit_transition`` in the state file (see :mod:`pyinfra_ratos.sim.units`): ``is-active`` prints
+the state and exits 3, ``status`` exits 3, and a start/stop/restart completes the transition first.
+
 Run: ``python3 -m pyinfra_ratos.sim.systemctl VERB [OPTIONS] [UNIT...]`` (installed as
 ``/usr/local/bin/systemctl`` in each Pi). Stdlib only.
 """
@@ -20,7 +30,7 @@ import sys
 import time
 from typing import Any
 
-from pyinfra_ratos.sim import pistate, procs
+from pyinfra_ratos.sim import pistate, procs, units
 
 UNITS = {
     "klipper": "Klipper 3D Printer Firmware SV1",
@@ -35,9 +45,11 @@ SYSTEMD_VERSION = "252.33-1~deb12u1"
 CHANGING_VERBS = {"start", "stop", "restart", "reload", "try-restart", "reload-or-restart",
                   "enable", "disable", "daemon-reload"}
 JOB_VERBS = {"start", "stop", "restart", "reload", "try-restart", "reload-or-restart"}
-SHOW_ORDER = ("Type", "MainPID", "ExecMainPID", "User", "Id", "Names", "Description",
-              "LoadState", "ActiveState", "SubState", "FragmentPath", "UnitFileState",
-              "UnitFilePreset")
+# systemd's D-Bus order (Service, then exec context, then Unit properties): `show -p` keeps it
+SHOW_ORDER = ("Type", "Restart", "MainPID", "NRestarts", "ExecMainStartTimestamp",
+              "ExecMainStartTimestampMonotonic", "ExecMainPID", "User", "Id", "Names",
+              "Description", "LoadState", "ActiveState", "SubState", "FragmentPath",
+              "UnitFileState", "UnitFilePreset")
 
 
 class Failure(Exception):
@@ -98,10 +110,32 @@ def moonraker_pid(state: dict[str, Any]) -> int | None:
     return pid
 
 
-def is_active(name: str, state: dict[str, Any]) -> bool:
+def running(name: str, state: dict[str, Any]) -> bool:
+    """The unit's process side: the flag in the state file (Moonraker: its live process)."""
     if name == "moonraker":
         return moonraker_pid(state) is not None
     return state.get("services", {}).get(name) == "active"
+
+
+def active_state(name: str, state: dict[str, Any]) -> str:
+    """systemd's ActiveState: active, inactive, or a transition caught half-way."""
+    return units.transition(name, state) or ("active" if running(name, state) else "inactive")
+
+
+def is_active(name: str, state: dict[str, Any]) -> bool:
+    return active_state(name, state) == "active"
+
+
+def main_pid(name: str, state: dict[str, Any], path: str | None = None) -> int:
+    """MainPID: the unit's real main process while it runs (or is being stopped), else 0."""
+    if not running(name, state) or units.transition(name, state) == "activating":
+        return 0
+    if name == "moonraker":
+        return moonraker_pid(state) or 0
+    pid = units.process_pid(name, state, path)
+    if pid is None and name == "klipper":
+        return int(state.get("klippy_pid") or 0)  # a state file written by hand: no process
+    return pid or 0
 
 
 def is_enabled(name: str, state: dict[str, Any]) -> bool:
@@ -201,15 +235,31 @@ def append_klippy_log(state: dict[str, Any], lines: list[str]) -> None:
 
 def start_klipper(path: str | None) -> None:
     current = pistate.load(path)
-    version = host_version(current.get("klipper_path", f"{home_of(current)}/klipper"),
-                           current.get("klipper_user", "pi"))
+    user = current.get("klipper_user", "pi")
+    version = host_version(current.get("klipper_path", f"{home_of(current)}/klipper"), user)
+    pid = units.start_process("klipper", user, path)
     with pistate.update(path) as state:
         state["host_version"] = version
         state.setdefault("services", {})["klipper"] = "active"
-        # there is no klippy process; a plausible pid for printer/info
-        state["klippy_pid"] = os.getpid()
+        state["klippy_pid"] = pid  # the unit's main process: printer/info's process_id, MainPID
         snapshot = dict(state)
     append_klippy_log(snapshot, klippy_start_lines(snapshot))
+
+
+def stop_klipper(path: str | None) -> None:
+    """klippy exits: a fresh one starts ready. Out of a shutdown, the job it held is gone."""
+    units.stop_process("klipper", path)
+    with pistate.update(path) as state:
+        state.setdefault("services", {})["klipper"] = "inactive"
+        if state.get("klippy") == "shutdown":
+            clear_shutdown(state)
+
+
+def clear_shutdown(state: dict[str, Any]) -> None:
+    """What a klippy restart (or FIRMWARE_RESTART) leaves of an M112: ready, no job."""
+    state["klippy"] = "ready"
+    state["print_state"] = "standby"
+    state["print_filename"] = ""
 
 
 def set_service_flag(name: str, active: bool, path: str | None) -> None:
@@ -227,6 +277,7 @@ def start_klipper_mcu(path: str | None) -> None:
             dictionary = find_dictionary(handle.read())
     except OSError:
         dictionary = None
+    units.start_process("klipper-mcu", "root", path)
     with pistate.update(path) as state:
         state.setdefault("services", {})["klipper-mcu"] = "active"
         if dictionary is not None:
@@ -272,6 +323,7 @@ def start_moonraker(path: str | None) -> None:
                           "with error code.\nSee \"systemctl status moonraker.service\" and "
                           "\"journalctl -xeu moonraker.service\" for details.", 1)
         time.sleep(0.05)
+    units.record_start("moonraker", path)
     set_service_flag("moonraker", True, path)
 
 
@@ -286,7 +338,7 @@ def stop_moonraker(path: str | None) -> None:
 
 
 def start_service(name: str, path: str | None = None) -> None:
-    if is_active(name, pistate.load(path)):
+    if running(name, pistate.load(path)):
         return
     if name == "klipper":
         start_klipper(path)
@@ -301,8 +353,23 @@ def start_service(name: str, path: str | None = None) -> None:
 def stop_service(name: str, path: str | None = None) -> None:
     if name == "moonraker":
         stop_moonraker(path)
+    elif name == "klipper":
+        stop_klipper(path)
     else:
+        units.stop_process(name, path)
         set_service_flag(name, False, path)
+
+
+def finish_transition(name: str, action: str, path: str | None) -> None:
+    """A job on a unit caught half-way waits for that, as systemd queues it (see units)."""
+    caught = units.transition(name, pistate.load(path))
+    if caught is None:
+        return
+    units.set_transition(name, None, path)
+    if caught == "deactivating":
+        stop_service(name, path)
+    elif action == "stop":
+        stop_service(name, path)
 
 
 def restart_service(name: str, path: str | None = None) -> None:
@@ -312,6 +379,7 @@ def restart_service(name: str, path: str | None = None) -> None:
 
 def service_action(action: str, name: str, path: str | None = None) -> None:
     """start/stop/restart one of our units (no permission check: the caller is trusted)."""
+    finish_transition(name, action, path)
     {"start": start_service, "stop": stop_service, "restart": restart_service}[action](name, path)
 
 
@@ -323,21 +391,29 @@ def set_enabled(name: str, enabled: bool, path: str | None) -> None:
 # ---------------------------------------------------------------- command line
 
 
-def unit_properties(arg: str, state: dict[str, Any]) -> dict[str, str]:
+def unit_properties(arg: str, state: dict[str, Any], path: str | None = None) -> dict[str, str]:
     name, ident = unit_base(arg), unit_id(arg)
+    service = {"Type": "simple", "Restart": "no", "MainPID": "0", "NRestarts": "0",
+               "ExecMainStartTimestamp": "", "ExecMainStartTimestampMonotonic": "0",
+               "ExecMainPID": "0"}
     if name not in UNITS:
-        return {"Id": ident, "Names": ident, "Description": ident, "LoadState": "not-found",
-                "ActiveState": "inactive", "SubState": "dead", "FragmentPath": "",
-                "UnitFileState": "", "UnitFilePreset": ""}
-    active = is_active(name, state)
-    pid = (moonraker_pid(state) if name == "moonraker" else state.get("klippy_pid")) or 0
-    pid = pid if active else 0
+        return {**service, "Id": ident, "Names": ident, "Description": ident,
+                "LoadState": "not-found", "ActiveState": "inactive", "SubState": "dead",
+                "FragmentPath": "", "UnitFileState": "", "UnitFilePreset": ""}
+    active = active_state(name, state)
+    pid = str(main_pid(name, state, path))
+    started = units.started(name, state)
+    if started is not None:
+        service["ExecMainStartTimestamp"] = units.timestamp(started[0])
+        service["ExecMainStartTimestampMonotonic"] = str(started[1])
     return {
-        "Type": "simple", "MainPID": str(pid), "ExecMainPID": str(pid),
+        **service,
+        "Restart": "always",  # klipper, moonraker and klipper-mcu units all say Restart=always
+        "MainPID": pid, "ExecMainPID": pid,
+        "NRestarts": str(int(state.get("nrestarts", {}).get(name, 0))),
         "User": "root" if name == "klipper-mcu" else state.get("klipper_user", "pi"),
         "Id": ident, "Names": ident, "Description": UNITS[name], "LoadState": "loaded",
-        "ActiveState": "active" if active else "inactive",
-        "SubState": "running" if active else "dead",
+        "ActiveState": active, "SubState": units.SUB_STATES[active],
         "FragmentPath": f"/etc/systemd/system/{ident}",
         "UnitFileState": "enabled" if is_enabled(name, state) else "disabled",
         "UnitFilePreset": "enabled",
@@ -387,31 +463,39 @@ def parse_args(argv: list[str]) -> tuple[str, list[str], dict[str, Any]]:
     return verb, positional[1:], opts
 
 
-def show(units: list[str], state: dict[str, Any], opts: dict[str, Any]) -> str:
-    if not units:
+def show(names: list[str], state: dict[str, Any], opts: dict[str, Any],
+         path: str | None = None) -> str:
+    if not names:
         return f"Version={SYSTEMD_VERSION}\nArchitecture=x86-64\n"
     blocks = []
-    for unit in matching_units(units):
-        props = unit_properties(unit, state)
+    for unit in matching_units(names):
+        props = unit_properties(unit, state, path)
         lines = []
         for key in SHOW_ORDER:
             if key not in props or (opts["properties"] and key not in opts["properties"]):
                 continue
-            if not props[key] and not opts["all"]:
+            # systemd shows empty values with --all, and whenever -p asked for them by name
+            if not props[key] and not (opts["all"] or opts["properties"]):
                 continue
             lines.append(props[key] if opts["value"] else f"{key}={props[key]}")
         blocks.append("".join(f"{line}\n" for line in lines))
     return "\n".join(blocks)
 
 
-def status_text(unit: str, state: dict[str, Any]) -> str:
-    props = unit_properties(unit, state)
-    active = props["ActiveState"] == "active"
-    lines = [f"{'●' if active else '○'} {props['Id']} - {props['Description']}",
+def status_text(unit: str, state: dict[str, Any], path: str | None = None) -> str:
+    props = unit_properties(unit, state, path)
+    active, sub = props["ActiveState"], props["SubState"]
+    # systemd's glyphs: a white circle for inactive, a black one for active and transitions
+    glyph = "○" if active == "inactive" else "●"
+    result = " (Result: exit-code)" if sub == "auto-restart" else ""
+    since = ""
+    if props["ExecMainStartTimestamp"] and active != "inactive":
+        since = f" since {props['ExecMainStartTimestamp']}"
+    lines = [f"{glyph} {props['Id']} - {props['Description']}",
              f"     Loaded: loaded ({props['FragmentPath']}; {props['UnitFileState']}; "
              "preset: enabled)",
-             f"     Active: {'active (running)' if active else 'inactive (dead)'}"]
-    if active and props["MainPID"] != "0":
+             f"     Active: {active} ({sub}){result}{since}"]
+    if props["MainPID"] != "0":
         lines.append(f"   Main PID: {props['MainPID']} (python3)")
     return "".join(f"{line}\n" for line in lines)
 
@@ -508,7 +592,7 @@ def run(argv: list[str], path: str | None = None) -> tuple[int, str, str]:
             state = pistate.load(path)
             status = 3 if verb == "is-active" else 1
             for unit in units:
-                props = unit_properties(unit_id(unit), state)
+                props = unit_properties(unit_id(unit), state, path)
                 if verb == "is-enabled" and props["LoadState"] != "loaded":
                     raise Failure(f"Failed to get unit file state for {unit_id(unit)}: "
                                   "No such file or directory", 1)
@@ -525,12 +609,13 @@ def run(argv: list[str], path: str | None = None) -> tuple[int, str, str]:
                     err.append(f"Unit {unit} could not be found.\n")
                     status = 4
                     continue
-                texts.append(status_text(unit, state))
+                texts.append(status_text(unit, state, path))
+                # systemd: anything but active (or reloading) is "program is not running"
                 if not is_active(unit_base(unit), state) and status == 0:
                     status = 3
             out.append("\n".join(texts))
         elif verb == "show":
-            out.append(show(units, pistate.load(path), opts))
+            out.append(show(units, pistate.load(path), opts, path))
         elif verb == "list-units":
             out.append(list_units(units, pistate.load(path), opts))
         else:

@@ -79,3 +79,35 @@ def test_the_shipped_scenarios_are_valid() -> None:
     catalog = load_catalog()
     for path in (Path(__file__).parents[2] / "pyinfra_ratos" / "sim" / "scenarios").glob("*.toml"):
         assert load_scenario(path, board_known=catalog.__contains__).pis
+
+
+def test_printer_state_knobs_default_to_a_healthy_idle_printer() -> None:
+    pi = parse_scenario(_pi()).pi("vcore-01")
+    assert (pi.klipper, pi.klippy, pi.moonraker_fault, pi.moonraker_hang_seconds) == ("active", "ready", "none", 0)
+
+
+def test_printer_state_knobs_are_read() -> None:
+    pi = parse_scenario(_pi(state="printing", klipper="deactivating", klippy="shutdown",
+                            moonraker_fault="hang", moonraker_hang_seconds=120)).pi("vcore-01")
+    assert (pi.state, pi.klipper, pi.klippy, pi.moonraker_fault, pi.moonraker_hang_seconds) == (
+        "printing", "deactivating", "shutdown", "hang", 120)
+    assert parse_scenario(_pi(klipper="activating")).pi("vcore-01").klipper == "activating"
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"klippy": "halted"}, "pi 'vcore-01': key 'klippy' is 'halted'; allowed values: ready, shutdown"),
+        ({"moonraker_fault": "502"}, "key 'moonraker_fault' is '502'; allowed values: none, 503, hang"),
+        ({"moonraker_fault": 503}, "key 'moonraker_fault' is 503; allowed values: none, 503, hang"),
+        ({"klipper": "failed"}, "key 'klipper' is 'failed'; allowed values: active, inactive, activating, deactivating"),
+        ({"moonraker": "activating"}, "key 'moonraker' is 'activating'; allowed values: active, inactive"),
+        ({"moonraker_hang_seconds": -1}, "key 'moonraker_hang_seconds' is -1; use seconds >= 0"),
+        ({"moonraker_hang_seconds": "120"}, "key 'moonraker_hang_seconds' is '120'; use seconds >= 0"),
+        ({"moonraker_hang_seconds": True}, "key 'moonraker_hang_seconds' is True"),
+    ],
+)
+def test_bad_printer_state_knobs_are_named(keys: dict, message: str) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(_pi(**keys))
+    assert message in str(caught.value)

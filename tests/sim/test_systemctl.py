@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +56,8 @@ def pi(tmp_path: Path) -> Iterator[Path]:
     }
     pistate.save(state, str(tmp_path / "state.json"))
     yield tmp_path
-    systemctl(tmp_path, "stop", "moonraker")
+    # the units' main processes are real: stop what a test started
+    systemctl(tmp_path, "stop", "moonraker", "klipper", "klipper-mcu")
 
 
 def systemctl(pi: Path, *args: str, env: dict[str, str] | None = None,
@@ -188,3 +191,122 @@ def test_list_units_plain_no_legend_is_what_moonraker_parses(pi: Path) -> None:
     done = systemctl(pi, "list-units", "--all", "--type=service", "--plain", "--no-legend")
     assert [line.split()[0] for line in done.stdout.splitlines()] == [
         "klipper.service", "moonraker.service", "klipper-mcu.service"]
+
+
+# ---------------------------------------------------------------- show -p, MainPID, transitions
+
+RESTART_PROOF = "MainPID,ExecMainStartTimestamp,ExecMainStartTimestampMonotonic,NRestarts"
+STAMP = r"[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z]+"
+
+
+def show(pi: Path, *args: str) -> dict[str, str]:
+    done = systemctl(pi, "show", "klipper", *args)
+    assert done.returncode == 0, done.stderr
+    return dict(line.split("=", 1) for line in done.stdout.splitlines())
+
+
+def test_show_property_prints_systemds_order_not_the_asked_one(pi: Path) -> None:
+    systemctl(pi, "start", "klipper")
+    done = systemctl(pi, "show", "klipper.service",
+                     "--property=SubState,ActiveState,LoadState,NRestarts", "-p", "MainPID")
+    assert done.returncode == 0
+    names = [line.split("=", 1)[0] for line in done.stdout.splitlines()]
+    assert names == ["MainPID", "NRestarts", "LoadState", "ActiveState", "SubState"]
+    assert done.stdout.endswith("LoadState=loaded\nActiveState=active\nSubState=running\n")
+    values = systemctl(pi, "show", "klipper", "-p", "ActiveState,SubState", "--value")
+    assert (values.returncode, values.stdout) == (0, "active\nrunning\n")
+    assert systemctl(pi, "show", "klipper", "-P", "LoadState").stdout == "loaded\n"
+
+
+def test_never_started_unit_shows_empty_start_and_pid_0(pi: Path) -> None:
+    done = systemctl(pi, "show", "klipper", "-p", RESTART_PROOF)
+    assert done.stdout == ("MainPID=0\nNRestarts=0\nExecMainStartTimestamp=\n"
+                           "ExecMainStartTimestampMonotonic=0\n")
+    missing = systemctl(pi, "show", "nope", "-p", "LoadState,ActiveState,MainPID")
+    assert missing.stdout == "MainPID=0\nLoadState=not-found\nActiveState=inactive\n"
+
+
+def test_main_pid_is_a_real_process_replaced_by_every_restart(pi: Path) -> None:
+    systemctl(pi, "start", "klipper")
+    first = show(pi, "-p", RESTART_PROOF)
+    pid = int(first["MainPID"])
+    assert pid == load(pi)["klippy_pid"]
+    assert "pyinfra_ratos.sim.mainproc" in Path(f"/proc/{pid}/cmdline").read_text()
+    assert re.fullmatch(STAMP, first["ExecMainStartTimestamp"])
+    assert systemctl(pi, "restart", "klipper").returncode == 0
+    second = show(pi, "-p", RESTART_PROOF)
+    assert int(second["MainPID"]) not in (0, pid)
+    assert int(second["ExecMainStartTimestampMonotonic"]) > int(first["ExecMainStartTimestampMonotonic"])
+    assert second["NRestarts"] == "0"  # systemd counts Restart= restarts only, not ours
+    assert procs.start_time(pid) is None  # the old main process is gone
+    systemctl(pi, "stop", "klipper")
+    stopped = show(pi, "-p", RESTART_PROOF + ",ActiveState")
+    assert (stopped["MainPID"], stopped["ActiveState"]) == ("0", "inactive")
+    # systemd keeps the last run's start time on an inactive unit
+    assert stopped["ExecMainStartTimestampMonotonic"] == second["ExecMainStartTimestampMonotonic"]
+
+
+def knob(pi: Path, *settings: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pyinfra_ratos.sim.knobs", "--state",
+                           str(pi / "state.json"), *settings], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_activating_unit_is_not_active_and_has_no_main_pid(pi: Path) -> None:
+    systemctl(pi, "start", "klipper")
+    knob(pi, "klipper=activating")
+    done = systemctl(pi, "is-active", "klipper")
+    assert (done.returncode, done.stdout) == (3, "activating\n")
+    status = systemctl(pi, "status", "klipper")
+    assert status.returncode == 3
+    assert "     Active: activating (auto-restart) (Result: exit-code) since " in status.stdout
+    assert "Main PID" not in status.stdout
+    assert show(pi, "-p", "ActiveState,SubState,MainPID") == {
+        "MainPID": "0", "ActiveState": "activating", "SubState": "auto-restart"}
+    assert systemctl(pi, "restart", "klipper").returncode == 0  # queued, then done
+    after = show(pi, "-p", "ActiveState,MainPID")
+    assert after["ActiveState"] == "active" and after["MainPID"] != "0"
+
+
+def test_deactivating_unit_keeps_its_process_until_the_stop_completes(pi: Path) -> None:
+    knob(pi, "klipper=deactivating")  # starts klipper first: it was stopped
+    props = show(pi, "-p", "ActiveState,SubState,MainPID")
+    assert (props["ActiveState"], props["SubState"]) == ("deactivating", "stop-sigterm")
+    pid = int(props["MainPID"])
+    assert procs.start_time(pid) is not None
+    done = systemctl(pi, "is-active", "klipper")
+    assert (done.returncode, done.stdout) == (3, "deactivating\n")
+    assert systemctl(pi, "status", "klipper").stdout.splitlines()[2].startswith(
+        "     Active: deactivating (stop-sigterm) since ")
+    assert systemctl(pi, "start", "klipper").returncode == 0  # waits for the stop, then starts
+    after = show(pi, "-p", "ActiveState,MainPID")
+    assert after["ActiveState"] == "active" and int(after["MainPID"]) != pid
+    assert procs.start_time(pid) is None
+    knob(pi, "klipper=deactivating")
+    assert systemctl(pi, "stop", "klipper").returncode == 0
+    assert show(pi, "-p", "ActiveState,MainPID") == {"ActiveState": "inactive", "MainPID": "0"}
+
+
+def test_a_hanging_moonraker_holds_connections_and_still_stops_at_once(pi: Path) -> None:
+    assert systemctl(pi, "start", "moonraker").returncode == 0
+    knob(pi, "moonraker_fault=hang")
+    port = load(pi)["moonraker_port"]
+    held = []
+    for _ in range(5):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn.sendall(b"GET /server/info HTTP/1.1\r\nHost: x\r\n\r\n")
+        held.append(conn)
+    held[0].settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        held[0].recv(1)
+    started = time.monotonic()
+    assert systemctl(pi, "stop", "moonraker").returncode == 0
+    assert time.monotonic() - started < 5  # SIGTERM is enough: no kill after the 10 s grace
+    for conn in held:
+        conn.settimeout(5)
+        try:
+            assert conn.recv(1) == b""  # closed with the process, never answered
+        except ConnectionResetError:
+            pass
+        conn.close()
