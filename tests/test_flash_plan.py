@@ -104,9 +104,10 @@ def test_klipper_mode_board_is_flashed_through_its_bootloader_request(artifact) 
     assert result.action == "flash" and result.method == "dfu-util" and result.port == "1-1.3"
     assert result.steps == (
         EnsureIdle(), StopKlipper(), RequestBootloader("/dev/ttyACM0", "1-1.3"), WaitDfu("1-1.3", 10.0),
-        # the 896 KiB from the app address to the end of the 1 MiB flash are kept before writing
+        # the 384 KiB from the app address to the end of the 512 KiB flash (an STM32H723ZET6) are
+        # kept before writing
         DfuDownload(port="1-1.3", address=0x08020000, image=art.path, alt=0, leave=True,
-                    capture_length=0x100000 - 0x20000),
+                    capture_length=0x80000 - 0x20000),
         WaitKlipper("1-1.3", 30.0),
     )
     assert result.finally_steps == (StartKlipper(),)
@@ -163,7 +164,7 @@ def test_pyusb_backend_writes_with_the_client_and_never_erases_below_the_app(art
     result = plan(H723, art, backend="pyusb")
     downloads = [step for step in result.steps if isinstance(step, (DfuDownload, PyusbDownload))]
     assert downloads == [PyusbDownload(port="1-1.3", address=0x08020000, image=art.path, protect_below=0x08020000,
-                                       capture_length=0x100000 - 0x20000)]
+                                       capture_length=0x80000 - 0x20000)]
     assert isinstance(result.steps[-1], WaitKlipper)
 
 
