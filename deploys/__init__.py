@@ -16,3 +16,11 @@ def executed_by_pyinfra(module_globals: dict[str, Any]) -> bool:
     imported module always has one.
     """
     return module_globals.get("__spec__") is None
+
+
+def left_alone(reason: str) -> None:
+    """Say, at pyinfra's default verbosity, why the current host is left as it is (a noop's
+    description shows only with ``-v``, and the gate's refusal is the operator's business)."""
+    from pyinfra import host, logger
+
+    host.log(f"left as it is: {reason}", logger.warning)

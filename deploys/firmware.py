@@ -34,7 +34,7 @@ from pyinfra_ratos import gate, results
 from pyinfra_ratos.builder import BuildError, BuiltArtifact, shared_builder
 from pyinfra_ratos.catalog import load_catalog
 from pyinfra_ratos.connection import set_nodelay
-from pyinfra_ratos.deploys import executed_by_pyinfra
+from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.firmware import FirmwareArtifacts
 from pyinfra_ratos.firmware_image import inspect_image
@@ -121,11 +121,13 @@ def apply_firmware(steps: list[BoardStep], move: dict[str, str] | None = None) -
     """
     failures = preparation_failures(steps)
     if failures:
-        firmware.refuse(name="Prepare the firmware", reason="nothing was changed: " + "; ".join(failures))
+        firmware.refuse(name="Prepare the firmware", reason="not flashing, nothing was changed: " + "; ".join(failures))
         return
     for step in steps:
-        if step.plan is not None and step.plan.action != "flash":
-            host.noop(step.plan.reason)  # a skip, or a board held by policy
+        if step.plan is not None and step.plan.refused:
+            left_alone(step.plan.reason)  # a board held by policy
+        elif step.plan is not None and step.plan.action != "flash":
+            host.noop(step.plan.reason)  # already on its identity
         elif step.plan is None and step.pi_build is None:
             host.noop(f"{step.title}: runs the host's version")
     flashes = _prepare_uploads(steps)
@@ -263,7 +265,7 @@ def converge_firmware(audit: FleetAuditDict | None = None, commit: str | None = 
     busy = gate.disruption_refused(audit["activity"])
     if busy:
         results.note(host.name, skipped=busy)
-        host.noop(f"{busy}: not flashing now")
+        left_alone(busy)
         return
     apply_firmware(plan_firmware(audit, commit))
 

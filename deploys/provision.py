@@ -49,7 +49,7 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, python, server, systemd
 
 from pyinfra_ratos.bundle import describe
-from pyinfra_ratos.deploys import executed_by_pyinfra
+from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures
 from pyinfra_ratos import gate, results
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
@@ -259,7 +259,7 @@ def provision() -> None:
     busy = gate.disruption_refused(audit["activity"])
     if busy:
         results.note(host.name, skipped=busy)
-        host.noop(f"{busy}: not provisioning it now")
+        left_alone(busy)
         return
     backup.restore_config(name="Restore the config of a replaced SD card", dest_root=settings.backups,
                           config_dir=settings.config_dir, current=config)
@@ -267,25 +267,27 @@ def provision() -> None:
     _system(settings)
 
     plan = klipper.plan_checkout(settings.commit, audit["klipper"], audit["network"], settings.remote)
-    if plan.action == "refuse":
-        firmware.refuse(name="Klipper at the fleet's commit", reason=f"{host.name}: {plan.reason}")
+    if plan.action == "refuse":  # a dirty, foreign or broken checkout: the fetch fails the host, saying why
+        klipper.fetch(name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
+                      network=audit["network"], remote_url=settings.remote)
         return
     # prepare everything for the commit the Pi will run, before anything disrupts it
     boards = plan_firmware(audit, commit=settings.commit)
     stay = gate.klipper_move_refused(plan.changes_commit, held(boards))
     if stay:
-        # the printer keeps its Klipper (and its firmware) until the held board can be flashed
-        host.noop(stay)
+        # the printer keeps its Klipper, firmware and configuration, which work together, until
+        # the held board can be flashed (as update does)
         results.note(host.name, skipped=stay)
-    else:
-        if preparation_failures(boards):
-            apply_firmware(boards)  # fails the host, naming every board that cannot be prepared
-            return
-        klipper.fetch(name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
-                      network=audit["network"], source=settings.source, remote_url=settings.remote,
-                      bundle_cache=settings.bundle_cache)
-        # disrupt once: the printer agent flashes, moves Klipper and restarts it, or puts both back
-        apply_firmware(boards, move=klipper.move_of(plan, settings.commit, audit["klipper"]))
+        left_alone(stay)
+        return
+    if preparation_failures(boards):
+        apply_firmware(boards)  # fails the host, naming every board that cannot be prepared
+        return
+    klipper.fetch(name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
+                  network=audit["network"], source=settings.source, remote_url=settings.remote,
+                  bundle_cache=settings.bundle_cache)
+    # disrupt once: the printer agent flashes, moves Klipper and restarts it, or puts both back
+    apply_firmware(boards, move=klipper.move_of(plan, settings.commit, audit["klipper"]))
     _services(settings)
     if restoring:
         python.call(name="Configuration for the restored config", function=_converge_late, settings=settings)

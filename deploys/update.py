@@ -27,7 +27,7 @@ from pyinfra.api import deploy
 from pyinfra_ratos import gate, prefetch, results
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.connection import set_nodelay
-from pyinfra_ratos.deploys import executed_by_pyinfra
+from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures
 from pyinfra_ratos.deploys.provision import (
     ProvisionSettings,
@@ -83,8 +83,9 @@ def update_printer() -> None:
         skip(before, busy)
         return
     plan = klipper.plan_checkout(settings.commit, audit["klipper"], audit["network"], settings.remote)
-    if plan.action == "refuse":
-        firmware.refuse(name="Klipper at the fleet's commit", reason=f"{host.name}: {plan.reason}")
+    if plan.action == "refuse":  # a dirty, foreign or broken checkout: the fetch fails the host, saying why
+        klipper.fetch(name="Bring the fleet's Klipper commit", commit=settings.commit, klipper=audit["klipper"],
+                      network=audit["network"], remote_url=settings.remote)
         return
     # prepare: everything that can fail without touching the printer, for the commit it will run
     boards = plan_firmware(audit, commit=settings.commit)
@@ -119,7 +120,7 @@ def skip(before: str | None, reason: str) -> None:
     """Leave the printer exactly as it is, saying why (the report counts it as not done)."""
     results.note(host.name, skipped=reason, klipper={"before": before, "after": before, "action": "skipped",
                                                       "reason": reason})
-    host.noop(f"{reason}: not updating it now")
+    left_alone(reason)
 
 
 if executed_by_pyinfra(globals()):

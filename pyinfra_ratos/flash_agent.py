@@ -123,8 +123,9 @@ def judge_activity(raw: dict[str, Any]) -> tuple[bool, str]:
     service = raw.get("klipper_service") or ""
     if service in STOPPED_UNIT_STATES:
         return True, ""
-    answer = "Moonraker answered {}".format(query.get("status")) if query.get("status") else \
-        "Moonraker did not answer"
+    # the probe asks /printer/info first and queries only when klippy is connected
+    code = query.get("status") or (raw.get("info") if isinstance(raw.get("info"), dict) else {}).get("status")
+    answer = "Moonraker answered {}".format(code) if code else "Moonraker did not answer"
     return False, "printer state unknown ({} while klipper.service is {})".format(answer, service or "unknown")
 
 
