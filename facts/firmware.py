@@ -8,13 +8,11 @@ from typing import Any, TypedDict
 from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
-from pyinfra_ratos.catalog import Board
+from pyinfra_ratos.kconfig import application_address, parse_config
 
-from .boards import default_catalog
 from .probe import as_dict, as_int, as_str, json_document, probe_command
 
 DEFAULT_DIRECTORY = "~/printer_data/firmware"
-RAM = (0x20000000, 0x3FFFFFFF)  # Cortex-M: the initial stack pointer is an SRAM address
 
 
 class ArtifactFile(TypedDict):
@@ -29,41 +27,24 @@ class FirmwareArtifact(TypedDict):
     version: str | None
     build_versions: str | None
     mcu: str | None
-    app_address: int | None
+    app_address: int | None  # linked for, from the artifact's resolved config
 
 
-def app_address(image: Mapping[str, Any], known: list[int]) -> int | None:
-    """Where the image must be loaded, from its vector table.
+def linked_address(config_lines: Any) -> int | None:
+    """Where the artifact's image is linked, from the resolved config stored with it.
 
-    A ``.uf2``/``.elf`` says where it loads: the vector table's address (RP2040 images without a
-    bootloader start with the 256-byte boot2). A ``.bin`` does not: its reset handler lies inside
-    the image, so the load address is the highest of ``known`` (the catalog's application
-    addresses for its MCU) that puts the handler inside the loaded image.
+    The probe sends the config's lines that decide it (``CONFIG_FLASH_APPLICATION_ADDRESS``, the
+    ``STM32_FLASH_START_xxxx`` choice). A ``.bin`` does not say where it loads and its reset
+    handler lies ~30 KiB in, so its bytes cannot tell 0x08000000 from 0x08002000: without a
+    config the address is unknown (None), never guessed. None for a Linux MCU too.
     """
-    base, size = as_int(image.get("base")), as_int(image.get("size")) or 0
-    for vector in image.get("vectors") or []:
-        if not (isinstance(vector, list) and len(vector) == 3 and all(isinstance(v, int) for v in vector)):
-            continue
-        offset, stack, reset = vector
-        if not RAM[0] <= stack <= RAM[1]:
-            continue
-        handler = reset & ~1
-        if base is not None:
-            if base + offset <= handler < base + size:
-                return base + offset
-            continue
-        if offset:
-            continue  # a flat .bin has its vector table first
-        fits = [address for address in known if address <= handler < address + size]
-        return max(fits) if fits else None
-    return None
+    if not isinstance(config_lines, list):
+        return None
+    return application_address(parse_config("\n".join(line for line in config_lines if isinstance(line, str))))
 
 
-def parse_firmware_artifacts(
-    raw: Mapping[str, Any], catalog: Mapping[str, Board] | None = None
-) -> dict[str, FirmwareArtifact]:
+def parse_firmware_artifacts(raw: Mapping[str, Any]) -> dict[str, FirmwareArtifact]:
     """The probe's listing (``remote.probe_artifacts``) as one artifact per identity directory."""
-    catalog = default_catalog() if catalog is None else catalog
     artifacts: dict[str, FirmwareArtifact] = {}
     for identity, entry in sorted(raw.items()):
         entry = as_dict(entry)
@@ -71,8 +52,6 @@ def parse_firmware_artifacts(
             continue
         image = as_dict(entry.get("image"))
         dictionary = as_dict(image.get("dict"))
-        mcu = as_str(dictionary.get("mcu")) or None
-        known = sorted({b.app_address for b in catalog.values() if b.mcu == mcu and b.interface != "linux"})
         files = {
             name: {"sha256": as_str(f.get("sha256")), "size": as_int(f.get("size")) or 0}
             for name, f in sorted(as_dict(entry.get("files")).items()) if isinstance(f, dict)
@@ -83,8 +62,8 @@ def parse_firmware_artifacts(
             "image": as_str(image.get("file")) or None,
             "version": as_str(dictionary.get("version")) or None,
             "build_versions": as_str(dictionary.get("build_versions")) or None,
-            "mcu": mcu,
-            "app_address": app_address(image, known) if image else None,
+            "mcu": as_str(dictionary.get("mcu")) or None,
+            "app_address": linked_address(entry.get("config")),
         }
     return artifacts
 
@@ -94,7 +73,8 @@ class FirmwareArtifacts(FactBase[dict[str, FirmwareArtifact]]):
     Returns the firmware builds in ``directory`` (``~/printer_data/firmware/<identity>/``): every
     file's sha256 and size, and the version and MCU decoded from the data dictionary embedded in
     the image itself (``klipper.bin``, else ``.uf2``/``.elf``), never from a side file, and the
-    application address from the image's vector table (see :func:`app_address`).
+    application address the image is linked for, from the resolved ``config`` stored with it
+    (see :func:`linked_address`; None without one, and for a Linux MCU).
 
     .. code:: python
 

@@ -324,6 +324,8 @@ def probe_network(targets, names, timeout=3.0):
 # ------------------------------------------------------------------------------ firmware files
 
 IMAGE_FILES = ("klipper.bin", "klipper.uf2", "klipper.elf")
+# the resolved config's lines that say where an image is linked (kconfig.application_address)
+LINK_SYMBOLS = ("CONFIG_MCU=", "CONFIG_MACH_", "CONFIG_FLASH_APPLICATION_ADDRESS=", "CONFIG_STM32_FLASH_START_")
 
 
 def _uf2_image(data):
@@ -397,7 +399,7 @@ def probe_artifacts(directory):
         folder = os.path.join(directory, identity)
         if not os.path.isdir(folder):
             continue
-        files, images = {}, {}
+        files, images, linked = {}, {}, None
         for name in _listdir(folder):
             path = os.path.join(folder, name)
             try:
@@ -408,12 +410,15 @@ def probe_artifacts(directory):
             files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
             if name in IMAGE_FILES:
                 images[name] = data
+            elif name == "config":  # the resolved config: where the image is linked
+                linked = [line for line in data.decode("utf-8", "replace").splitlines()
+                          if line.startswith(LINK_SYMBOLS)]
         image = None
         for name in IMAGE_FILES:  # the file a board is flashed with first
             if name in images:
                 image = dict(_image_facts(name, images[name]), file=name)
                 break
-        result[identity] = {"path": folder, "files": files, "image": image}
+        result[identity] = {"path": folder, "files": files, "image": image, "config": linked}
     return result
 
 

@@ -10,6 +10,9 @@ Keys of a board file (all required unless marked optional):
 ``name``              string, human name ("BTT Octopus Pro H723 v1.1")
 ``mcu``               string, the MCU as Klipper reports it in ``config.MCU`` ("stm32h723xx",
                       "rp2040", "linux")
+``mcu_part``          string, optional: the exact STM32 part on the board ("STM32H723ZET6"); its
+                      flash size code (E = 512 KiB, G = 1 MiB...) decides the DFU flash map, which
+                      differs between parts of one family. Cite the source in a comment.
 ``kconfig``           string, the Kconfig fragment (``CONFIG_X=y`` lines) fed to
                       ``make olddefconfig``. STM32 fragments need ``CONFIG_LOW_LEVEL_OPTIONS=y``,
                       else kconfiglib drops the crystal choice and the firmware assumes 8 MHz.
@@ -53,6 +56,11 @@ FIRMWARE_FILES = ("klipper.bin", "klipper.uf2", "klipper.elf")
 USB_MODES = ("klipper", "dfu", "katapult", "rp2040_boot")
 
 _USB_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
+# STM32 <line, e.g. H723> <pin count> <flash size code> <package> <temperature range>
+_STM32_PART = re.compile(r"^STM32([A-Z][0-9][0-9A-Z]{2})([A-Z])([0-9A-Z])([A-Z])([0-9])$")
+# ST's flash size codes (the letter after the pin count in the part number), in KiB
+STM32_FLASH_KIB = {"4": 16, "6": 32, "8": 64, "B": 128, "Z": 192, "C": 256, "D": 384, "E": 512, "F": 768,
+                   "G": 1024, "H": 1536, "I": 2048}
 _STM32_OFFSET = re.compile(r"^CONFIG_STM32_FLASH_START_([0-9A-F]+)=y$", re.MULTILINE)
 _STM32_CRYSTAL = re.compile(r"^CONFIG_STM32_CLOCK_REF_(\d+)M=y$", re.MULTILINE)
 
@@ -61,6 +69,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool, str]] = {
     "id": ((str,), True, 'set id = "<file name without .toml>"'),
     "name": ((str,), True, 'set name = "Maker Board vX.Y"'),
     "mcu": ((str,), True, 'set mcu to Klipper\'s MCU string, e.g. "stm32h723xx"'),
+    "mcu_part": ((str,), False, 'set mcu_part to the part number printed on the chip, e.g. "STM32H723ZET6"'),
     "kconfig": ((str,), True, 'set kconfig = """CONFIG_...=y ...""" (a multi-line string)'),
     "app_address": ((int,), True, "set app_address = 0x08020000 (the bootloader offset)"),
     "crystal": ((int,), False, "set crystal = 25000000 (Hz) or remove the key"),
@@ -97,11 +106,20 @@ class Board:
     dfu_flash_map: str | None = None
     unattended_reason: str | None = None
     ram_top: int | None = None
+    mcu_part: str | None = None
     source: Path | None = field(default=None, compare=False)
 
     @property
     def is_stm32(self) -> bool:
         return self.mcu.startswith("stm32")
+
+
+def part_flash_size(part: str) -> int | None:
+    """Bytes of flash of an STM32 part from its number ("STM32G0B1CBT6" -> 128 KiB), or None."""
+    match = _STM32_PART.match(part)
+    if match is None or match.group(3) not in STM32_FLASH_KIB:
+        return None
+    return STM32_FLASH_KIB[match.group(3)] * 1024
 
 
 def _fail(path: Path, key: str, problem: str, fix: str) -> CatalogError:
@@ -140,6 +158,13 @@ def _check_values(path: Path, data: Mapping[str, Any]) -> None:
             raise _fail(path, f"usb.{mode}", "unknown USB mode", f"use one of {', '.join(USB_MODES)}")
         if not isinstance(usb_id, str) or not _USB_ID.match(usb_id):
             raise _fail(path, f"usb.{mode}", f"{usb_id!r} is not a lower-case vvvv:pppp id", 'write it as "1d50:614e"')
+    part = data.get("mcu_part")
+    if part is not None:
+        match = _STM32_PART.match(part)
+        if match is None or part_flash_size(part) is None:
+            raise _fail(path, "mcu_part", f"'{part}' is not an STM32 part number", _SCHEMA["mcu_part"][2])
+        if data["mcu"] != f"stm32{match.group(1).lower()}xx":
+            raise _fail(path, "mcu_part", f"'{part}' is not a part of {data['mcu']}", _SCHEMA["mcu_part"][2])
     if "dfu" in methods and not data.get("dfu_flash_map"):
         raise _fail(path, "dfu_flash_map", "missing for a board flashed by DFU", _SCHEMA["dfu_flash_map"][2])
     if "dfu" in methods and "dfu" not in data["usb"]:
@@ -197,6 +222,7 @@ def load_board(path: Path) -> Board:
         dfu_flash_map=data.get("dfu_flash_map"),
         unattended_reason=data.get("unattended_reason"),
         ram_top=data.get("ram_top"),
+        mcu_part=data.get("mcu_part"),
         source=path,
     )
 

@@ -204,6 +204,60 @@ def inspect_image(data: bytes, kind: str) -> ImageInfo:
     )
 
 
+# ---------------------------------------------------------------- the installed ELF
+
+_ELF_LAYOUT = {  # ELF class -> (e_phoff, e_shoff, e_phentsize, word format, p_offset, p_filesz, p_align)
+    1: (28, 32, 42, "I", 4, 16, 28),
+    2: (32, 40, 54, "Q", 8, 32, 48),
+}
+PT_NOTE, NT_GNU_BUILD_ID = 4, 3
+
+
+def strip_elf(data: bytes) -> bytes:
+    """The ELF as the loader sees it: headers and segments only.
+
+    Drops what lies past the last segment (debug info, symbol tables and the section table: the
+    debug info holds the build's absolute paths) and zeroes the GNU build id, which the linker
+    computes over the debug info too. So two builds of one tree and config in different
+    directories strip to the same bytes. A file that is not a little-endian ELF is returned as is.
+    """
+    if data[:4] != b"\x7fELF" or data[4] not in _ELF_LAYOUT or data[5] != 1:
+        return data
+    phoff_at, shoff_at, phentsize_at, word, offset_at, filesz_at, align_at = _ELF_LAYOUT[data[4]]
+    phoff = struct.unpack_from("<" + word, data, phoff_at)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, phentsize_at)
+    shoff = struct.unpack_from("<" + word, data, shoff_at)[0]
+    shentsize, shnum = struct.unpack_from("<HH", data, phentsize_at + 4)
+    end = phoff + phentsize * phnum
+    notes = []
+    for index in range(phnum):
+        at = phoff + phentsize * index
+        if at + phentsize > len(data):
+            return data  # truncated: leave it to inspect_image to report
+        p_type = struct.unpack_from("<I", data, at)[0]
+        p_offset, p_filesz, p_align = (struct.unpack_from("<" + word, data, at + off)[0]
+                                       for off in (offset_at, filesz_at, align_at))
+        end = max(end, p_offset + p_filesz)
+        if p_type == PT_NOTE:
+            notes.append((p_offset, p_filesz, 8 if p_align == 8 else 4))
+    stripped = bytearray(data[:end])
+    struct.pack_into("<" + word, stripped, shoff_at, 0)
+    struct.pack_into("<HHH", stripped, phentsize_at + 4, 0, 0, 0)  # e_shentsize, e_shnum, e_shstrndx
+    if 0 < shoff < end:  # a section table inside the kept bytes: its sizes differ too
+        table_end = min(end, shoff + shentsize * shnum)
+        stripped[shoff:table_end] = bytes(table_end - shoff)
+    for start, size, align in notes:
+        at = start
+        while at + 12 <= min(start + size, len(stripped)):
+            namesz, descsz, kind = struct.unpack_from("<III", stripped, at)
+            name_at = at + 12
+            desc_at = name_at + (-(-namesz // align) * align)
+            if kind == NT_GNU_BUILD_ID and bytes(stripped[name_at:name_at + namesz]) == b"GNU\0":
+                stripped[desc_at:desc_at + descsz] = bytes(descsz)
+            at = desc_at + (-(-descsz // align) * align)
+    return bytes(stripped)
+
+
 # ---------------------------------------------------------------- the check before flashing
 
 def _flash_end(board: Board) -> int | None:
@@ -223,13 +277,13 @@ def _flash_end(board: Board) -> int | None:
     return address
 
 
-def check_image_for_board(info: ImageInfo, board: Board) -> list[str]:
+def check_image_for_board(info: ImageInfo, board: Board, linked_at: int | None = None) -> list[str]:
     """Reasons this image must not be flashed to ``board``; empty = it fits (safety rule 3).
 
-    For a ``.bin`` the load address is not in the file: the reset handler must lie inside the
-    image at the board's address. That cannot tell apart offsets smaller than the handler's own
-    offset (0x08000000 vs 0x08002000 for a handler past 8 KiB), so the flash plan also checks
-    the artifact's board and resolved config.
+    ``linked_at``: the application address the image was linked for, from the resolved config
+    stored with it (:func:`pyinfra_ratos.kconfig.application_address`). A ``.bin`` does not say
+    where it loads, and real reset handlers sit ~30 KiB into the image, so the handler check alone
+    cannot tell 0x08000000 from 0x08002000: only the config can, and the flash plan always gives it.
     """
     where = f"board {board.id} ({board.name})"
     problems = [f"{where}: {defect}" for defect in info.defects]
@@ -243,8 +297,12 @@ def check_image_for_board(info: ImageInfo, board: Board) -> list[str]:
     if info.initial_sp is None or not RAM_REGION[0] <= info.initial_sp <= RAM_REGION[1]:
         sp = "none" if info.initial_sp is None else f"{info.initial_sp:#x}"
         problems.append(f"{where}: initial stack pointer {sp} is not a RAM address: not a bootable image")
-    if info.app_address is not None and info.app_address != board.app_address:
-        problems.append(f"{where}: the image loads at {info.app_address:#010x}, "
+    if linked_at is not None and info.app_address is not None and info.app_address != linked_at:
+        problems.append(f"{where}: the image loads at {info.app_address:#010x} but its config links it for "
+                        f"{linked_at:#010x}: the file and its config do not belong together")
+    address = linked_at if linked_at is not None else info.app_address
+    if address is not None and address != board.app_address:
+        problems.append(f"{where}: the image is linked for {address:#010x}, "
                         f"the board's application address is {board.app_address:#010x}")
     elif not info.vector_in_range(board.app_address):
         vector = "none" if info.reset_vector is None else f"{info.reset_vector:#010x}"

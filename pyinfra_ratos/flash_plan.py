@@ -23,7 +23,7 @@ from pyinfra_ratos.catalog import Board
 from pyinfra_ratos.dfu.memory import parse_memory_map
 from pyinfra_ratos.firmware_image import ImageInfo, check_image_for_board
 from pyinfra_ratos.identity import FirmwareIdentity, config_sha256
-from pyinfra_ratos.kconfig import derived_problems, parse_config
+from pyinfra_ratos.kconfig import application_address, derived_problems, parse_config
 
 BACKENDS = ("dfu-util", "pyusb")
 # the venv holding pyusb and pyinfra_ratos.dfu on the Pi, relative to the SSH user's home
@@ -137,16 +137,15 @@ Step = Union[EnsureIdle, StopKlipper, StartKlipper, RequestBootloader, WaitDfu, 
 
 @dataclass(frozen=True)
 class Artifact:
-    """A built firmware on the Pi: its identity, the decoded image, and the file's path.
-
-    ``resolved_config`` (the artifact's ``config`` file), when given, is checked too: it is the
-    only exact record of the application address for a ``.bin``.
+    """A built firmware on the Pi: its identity, the decoded image, the file's path, and the resolved
+    config stored with it (the artifact's ``config`` file): the only exact record of where a
+    ``.bin`` is linked, so it is always required.
     """
 
     identity: FirmwareIdentity
     image: ImageInfo
     path: str
-    resolved_config: str | None = None
+    resolved_config: str
 
 
 @dataclass(frozen=True)
@@ -233,19 +232,20 @@ def _runs_identity(mcu: Mapping[str, Any] | None, artifact: Artifact) -> bool:
 
 
 def _artifact_problems(board: Board, artifact: Artifact) -> list[str]:
-    problems = check_image_for_board(artifact.image, board)
+    resolved = parse_config(artifact.resolved_config)
+    # the application address comes from the config the image was built with, never from a guess
+    problems = check_image_for_board(artifact.image, board, application_address(resolved))
     if artifact.identity.board != board.id:
         problems.append(f"board {board.id}: artifact {artifact.identity.name} was built for board "
                         f"{artifact.identity.board}")
     if artifact.image.version is not None and artifact.image.version != artifact.identity.version:
         problems.append(f"board {board.id}: the image reports version {artifact.image.version} but its "
                         f"identity says {artifact.identity.version} (stale or swapped file)")
-    if artifact.resolved_config is not None:
-        if config_sha256(artifact.resolved_config) != artifact.identity.config_sha256:
-            problems.append(f"board {board.id}: the artifact's config does not hash to its identity "
-                            f"{artifact.identity.name} (a file was replaced)")
-        problems += [f"board {board.id}: artifact config: {problem}"
-                     for problem in derived_problems(board, parse_config(artifact.resolved_config))]
+    if config_sha256(artifact.resolved_config) != artifact.identity.config_sha256:
+        problems.append(f"board {board.id}: the artifact's config does not hash to its identity "
+                        f"{artifact.identity.name} (a file was replaced)")
+    problems += [f"board {board.id}: artifact config: {problem}" for problem in derived_problems(board, resolved)
+                 if problem.symbol != "FLASH_APPLICATION_ADDRESS"]  # said above, with the image
     if not board.firmware_file.endswith("." + artifact.image.kind):
         problems.append(f"board {board.id}: flashes {board.firmware_file}, the artifact is a .{artifact.image.kind}")
     return problems

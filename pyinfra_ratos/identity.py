@@ -81,8 +81,19 @@ def check_buildable_version(version: str, allow_unclean: bool = False) -> str:
     return version
 
 
+def identity_files(firmware_file: str) -> tuple[str, ...]:
+    """The files of an artifact its manifest hashes: what is flashed or installed, and the config.
+
+    Not ``klipper.elf`` next to a ``.bin``/``.uf2`` nor the full ELF of a Linux MCU (its debug
+    info holds the build's absolute paths), the dictionary (inside the image already) or the log:
+    they differ between two builds of one identity made in different directories.
+    """
+    return (firmware_file, "config")
+
+
 def artifact_manifest(identity: FirmwareIdentity, mcu: str, files: Mapping[str, str]) -> dict[str, object]:
-    """The ``identity.json`` of an artifact directory; ``files`` maps file name -> sha256 hex."""
+    """The ``identity.json`` of an artifact directory; ``files`` maps file name -> sha256 hex
+    (:func:`identity_files`), so two builds of one identity give byte-identical manifests."""
     return {
         "version": identity.version,
         "config_sha256": identity.config_sha256,

@@ -1,16 +1,20 @@
 """Kconfig fragments for a board, and the check that ``make olddefconfig`` kept what we asked for.
 
 kconfiglib silently drops a value whose prompt is invisible (the STM32 crystal without
-``CONFIG_LOW_LEVEL_OPTIONS=y``) and forgets unknown symbols (a typo), so a build can succeed
-with the wrong crystal or address. Rendering is deterministic (same board + overrides = same
-text) so that equal fragments mean equal builds. Pure Python, no pyinfra import.
+``CONFIG_LOW_LEVEL_OPTIONS=y``), writes no option at all of a choice whose prompt is hidden, leaves
+out a choice option the chip does not offer, and forgets unknown symbols (a typo), so a build can
+succeed with the wrong crystal or address. Given the checkout's Kconfig files
+(:func:`load_kconfig_symbols`) the check names which of these happened. Rendering is
+deterministic (same board + overrides = same text) so that equal fragments mean equal builds.
+Pure Python, no pyinfra import.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Union
 
 from pyinfra_ratos.catalog import Board
@@ -52,6 +56,9 @@ class KconfigProblem:
     requested: str | None
     resolved: str | None
     message: str
+    # "unknown", "hidden-choice", "not-offered", "dependency", "absent" (no Kconfig to tell),
+    # "forced", "changed", "derived"
+    cause: str = ""
 
     def __str__(self) -> str:
         return self.message
@@ -161,7 +168,136 @@ def _same(requested: str, resolved: str) -> bool:
     return requested == resolved
 
 
-def _dropped(requested: Mapping[str, str], resolved: Mapping[str, str]) -> list[KconfigProblem]:
+# ---------------------------------------------------------------- the checkout's Kconfig files
+
+@dataclass(frozen=True)
+class KconfigChoice:
+    prompt: str
+    condition: str | None            # the prompt's ``if`` / ``depends on``: hidden when false
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KconfigSymbols:
+    """What a Klipper checkout's Kconfig files define: enough to say why a symbol vanished."""
+
+    defined: frozenset[str]
+    choice_of: Mapping[str, KconfigChoice] = field(default_factory=dict)   # member -> its choice
+    conditions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # prompt ifs, depends on
+
+
+_KCONFIG_SYMBOL = re.compile(r"^(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
+_KCONFIG_PROMPT = re.compile(r'^(?:bool|tristate|int|hex|string|prompt)\s+"[^"]*"(?:\s+if\s+(.+))?$')
+_KCONFIG_CHOICE_PROMPT = re.compile(r'^prompt\s+"([^"]*)"(?:\s+if\s+(.+))?$')
+
+
+def scan_kconfig(texts: Iterable[str]) -> KconfigSymbols:
+    """Symbols, choices and prompt conditions of Kconfig files (Klipper's subset of the syntax)."""
+    defined: set[str] = set()
+    choice_of: dict[str, KconfigChoice] = {}
+    conditions: dict[str, list[str]] = {}
+    for text in texts:
+        choice: dict | None = None
+        current: str | None = None
+        help_indent: int | None = None
+        blocks: list[list[str]] = []  # enclosing menu / if blocks and their conditions
+        for raw in text.splitlines():
+            indent = len(raw) - len(raw.lstrip())
+            line = raw.strip()
+            if help_indent is not None:
+                if not line or indent > help_indent:
+                    continue
+                help_indent = None
+            if not line or line.startswith("#"):
+                continue
+            if line in ("help", "---help---"):
+                help_indent = indent
+            elif line == "choice":
+                choice, current = {"prompt": "", "condition": None, "members": []}, None
+            elif line == "endchoice" and choice is not None:
+                made = KconfigChoice(choice["prompt"], choice["condition"], tuple(choice["members"]))
+                choice_of.update({member: made for member in made.members})
+                choice, current = None, None
+            elif match := _KCONFIG_SYMBOL.match(line):
+                current = match.group(1)
+                defined.add(current)
+                conditions.setdefault(current, []).extend(c for block in blocks for c in block)
+                if choice is not None:
+                    choice["members"].append(current)
+            elif choice is not None and current is None and (match := _KCONFIG_CHOICE_PROMPT.match(line)):
+                choice["prompt"], choice["condition"] = match.group(1), match.group(2)
+            elif choice is not None and current is None and line.startswith("depends on "):
+                choice["condition"] = line[len("depends on "):]
+            elif current == "" and line.startswith("depends on ") and blocks:
+                blocks[-1].append(line[len("depends on "):].strip())
+            elif current and (match := _KCONFIG_PROMPT.match(line)) and match.group(1):
+                conditions[current].append(match.group(1).strip())
+            elif current and line.startswith("depends on "):
+                conditions[current].append(line[len("depends on "):].strip())
+            elif line.startswith(("menu ", "if ")):
+                blocks.append([line[3:].strip()] if line.startswith("if ") else [])
+                current = "" if line.startswith("menu ") else None  # a menu's own "depends on"
+            elif line in ("endmenu", "endif"):
+                blocks = blocks[:-1]
+                current = None
+            elif line.startswith(("source ", "mainmenu ", "comment ")):
+                current = None
+    return KconfigSymbols(frozenset(defined), choice_of,
+                          {name: tuple(dict.fromkeys(found)) for name, found in conditions.items()})
+
+
+def load_kconfig_symbols(tree: str | Path) -> KconfigSymbols:
+    """:func:`scan_kconfig` of every Kconfig file under a Klipper checkout's ``src/``."""
+    paths = sorted(Path(tree, "src").rglob("Kconfig"))
+    return scan_kconfig(path.read_text(encoding="utf-8", errors="replace") for path in paths)
+
+
+def _fix_for(condition: str | None) -> str:
+    # a plain symbol as the condition (LOW_LEVEL_OPTIONS) has a one-line fix
+    if condition and _NAME.match(condition.strip()):
+        return f" Fix: add CONFIG_{condition.strip()}=y to the fragment"
+    return ""
+
+
+def _all_of(conditions: Iterable[str]) -> str:
+    return " && ".join(c if _NAME.match(c) else f"({c})" for c in conditions)
+
+
+def _absent(name: str, wanted: str, resolved: Mapping[str, str], known: KconfigSymbols | None) -> KconfigProblem:
+    """Why a requested symbol is not in the resolved config at all, as precisely as known."""
+    head = f"CONFIG_{name}: requested '{wanted}' but"
+    if known is None:
+        return KconfigProblem(name, wanted, None, (
+            f"{head} it is absent from the resolved config: an option of a choice whose prompt is hidden "
+            "(kconfiglib writes none of its options, e.g. the crystal without CONFIG_LOW_LEVEL_OPTIONS=y), an "
+            "option this chip does not offer, or a symbol this Klipper does not define"), "absent")
+    if name not in known.defined:
+        return KconfigProblem(name, wanted, None, (
+            f"{head} no Kconfig file of this Klipper checkout defines it (misspelled, or from another "
+            "Klipper version)"), "unknown")
+    choice = known.choice_of.get(name)
+    if choice is not None:
+        chosen = sorted(member for member in choice.members if resolved.get(member) == "y")
+        offered = [member for member in choice.members if member in resolved]
+        if not offered:
+            why = f" (shown only if {choice.condition})" if choice.condition else ""
+            return KconfigProblem(name, wanted, None, (
+                f"{head} its choice \"{choice.prompt}\" is hidden{why}: kconfiglib leaves every option of a "
+                "hidden choice out of .config and the build takes the choice's default."
+                + _fix_for(choice.condition)), "hidden-choice")
+        needs = _all_of(known.conditions.get(name, ())) or "a condition that does not hold"
+        instead = f"; the choice resolved to CONFIG_{chosen[0]} instead" if chosen else ""
+        return KconfigProblem(name, wanted, None, (
+            f"{head} this chip does not offer it: its option in the choice \"{choice.prompt}\" needs "
+            f"{needs}{instead}"), "not-offered")
+    needs = _all_of(known.conditions.get(name, ())) or "unknown conditions"
+    return KconfigProblem(name, wanted, None, (
+        f"{head} kconfiglib left it out of the resolved config: its prompt or dependencies are not met "
+        f"({needs})" + _fix_for(needs)), "dependency")
+
+
+def _dropped(requested: Mapping[str, str], resolved: Mapping[str, str],
+             known: KconfigSymbols | None = None) -> list[KconfigProblem]:
     problems = []
     for name, wanted in requested.items():
         got = resolved.get(name)
@@ -170,17 +306,32 @@ def _dropped(requested: Mapping[str, str], resolved: Mapping[str, str]) -> list[
             if got not in (None, "n"):
                 problems.append(KconfigProblem(name, wanted, got, (
                     f"CONFIG_{name}: requested 'not set' but resolved to '{got}' "
-                    "(selected by another symbol or not user-settable here)")))
+                    "(selected by another symbol or not user-settable here)"), "forced"))
             continue
         if got is None:
-            problems.append(KconfigProblem(name, wanted, None, (
-                f"CONFIG_{name}: requested '{wanted}' but it is absent from the resolved config "
-                "(unknown symbol: misspelled, or not in this Klipper version / architecture)")))
+            problems.append(_absent(name, wanted, resolved, known))
         elif not _same(wanted, got):
             problems.append(KconfigProblem(name, wanted, got, (
                 f"CONFIG_{name}: requested '{wanted}' but resolved to '{got}' (its prompt is hidden: "
-                "a missing dependency such as CONFIG_LOW_LEVEL_OPTIONS=y, or a value out of range)")))
+                "a missing dependency such as CONFIG_LOW_LEVEL_OPTIONS=y, or a value out of range)"), "changed"))
     return problems
+
+
+def application_address(resolved: Mapping[str, str]) -> int | None:
+    """Where a build is linked, from its parsed resolved config; None for a Linux or AVR build.
+
+    ``CONFIG_FLASH_APPLICATION_ADDRESS`` as Kconfig wrote it, else derived as Klipper's
+    ``src/stm32/Kconfig`` does: flash base 0x08000000 plus the ``STM32_FLASH_START_xxxx`` offset.
+    """
+    address = resolved.get("FLASH_APPLICATION_ADDRESS")
+    if address is not None and _NUMBER.match(address):
+        return int(address, 0)
+    if resolved.get("MACH_STM32") == "y":
+        offsets = [name for name, value in resolved.items()
+                   if value == "y" and name.startswith("STM32_FLASH_START_")]
+        if len(offsets) == 1:
+            return 0x08000000 + int(offsets[0][len("STM32_FLASH_START_"):], 16)
+    return None
 
 
 def derived_problems(board: Board, resolved: Mapping[str, str]) -> list[KconfigProblem]:
@@ -189,16 +340,16 @@ def derived_problems(board: Board, resolved: Mapping[str, str]) -> list[KconfigP
 
     def differ(symbol: str, expected: str, got: str | None, why: str) -> None:
         problems.append(KconfigProblem(symbol, expected, got, (
-            f"CONFIG_{symbol} is {got!r} but board {board.id} needs {expected!r}: {why}")))
+            f"CONFIG_{symbol} is {got!r} but board {board.id} needs {expected!r}: {why}"), "derived"))
 
     # Like Klipper, the Linux process MCU has no CONFIG_MCU (its firmware reports "linux")
     if board.interface != "linux" and resolved.get("MCU") != board.mcu:
         differ("MCU", board.mcu, resolved.get("MCU"), "the firmware would be built for another chip")
-    address = resolved.get("FLASH_APPLICATION_ADDRESS")
-    if board.interface != "linux" and (address is None or not _NUMBER.match(address)
-                                       or int(address, 0) != board.app_address):
-        differ("FLASH_APPLICATION_ADDRESS", f"{board.app_address:#x}", address,
-               "the image would be linked for another bootloader offset (bricks the board)")
+    address = application_address(resolved)
+    if board.interface != "linux" and address != board.app_address:
+        differ("FLASH_APPLICATION_ADDRESS", f"{board.app_address:#x}", None if address is None else f"{address:#x}",
+               "the image is linked for another bootloader offset (flashed here it never starts, or "
+               "overwrites the bootloader)")
     crystal = resolved.get("CLOCK_REF_FREQ")
     # only architectures with a crystal choice have CLOCK_REF_FREQ (STM32); RP2040's is fixed
     if board.crystal is not None and crystal is not None and not _same(str(board.crystal), crystal):
@@ -213,11 +364,13 @@ def derived_problems(board: Board, resolved: Mapping[str, str]) -> list[KconfigP
     return problems
 
 
-def verify_resolved(board: Board, requested_fragment: str, resolved_text: str) -> list[KconfigProblem]:
+def verify_resolved(board: Board, requested_fragment: str, resolved_text: str,
+                    known: KconfigSymbols | None = None) -> list[KconfigProblem]:
     """Problems of a resolved ``.config`` against what was requested and what the catalog says.
 
-    Empty list = safe to build. Each problem names the symbol.
+    Empty list = safe to build. Each problem names the symbol; with ``known`` (the checkout's
+    :func:`load_kconfig_symbols`) a vanished symbol's problem names the real cause too.
     """
     requested = parse_config(requested_fragment)
     resolved = parse_config(resolved_text)
-    return _dropped(requested, resolved) + derived_problems(board, resolved)
+    return _dropped(requested, resolved, known) + derived_problems(board, resolved)

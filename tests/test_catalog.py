@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.catalog import BOARDS_DIR, CatalogError, get_board, load_catalog
+from pyinfra_ratos.catalog import BOARDS_DIR, CatalogError, get_board, load_catalog, part_flash_size
+from pyinfra_ratos.dfu.memory import parse_memory_map
 
 RATOS_IDS = [
     "btt-octopus-pro-h723", "btt-octopus-pro-h723-11", "btt-octopus-pro-446", "btt-octopus-11",
@@ -53,7 +54,8 @@ def test_stm32_usb_boards_keep_their_crystal_and_serial_in_the_fragment() -> Non
 def test_derived_facts_of_known_boards() -> None:
     h723 = get_board("btt-octopus-pro-h723-11")
     assert (h723.mcu, h723.app_address, h723.crystal) == ("stm32h723xx", 0x08020000, 25_000_000)
-    assert h723.dfu_flash_map == "@Internal Flash   /0x08000000/8*128Kg"
+    # the Octopus Pro H723 carries an STM32H723ZET6: 512 KiB, four 128 KiB sectors
+    assert (h723.mcu_part, h723.dfu_flash_map) == ("STM32H723ZET6", "@Internal Flash   /0x08000000/4*128Kg")
     assert get_board("btt-octopus-11").app_address == 0x08008000
     assert get_board("btt-manta-m8p-11").app_address == 0x08002000
     assert get_board("btt-ebb36-12").app_address == 0x08000000
@@ -111,3 +113,35 @@ def test_invalid_toml_is_reported_with_its_file(tmp_path: Path) -> None:
 def test_an_unknown_board_id_lists_the_known_ones() -> None:
     with pytest.raises(CatalogError, match="unknown board id 'btt-octopus-pro-h723-10'.*btt-octopus-pro-h723-11"):
         get_board("btt-octopus-pro-h723-10")
+
+
+STM32_BOARDS = [board for board in load_catalog().values() if board.is_stm32]
+
+
+@pytest.mark.parametrize("board", STM32_BOARDS, ids=[board.id for board in STM32_BOARDS])
+def test_each_boards_dfu_map_matches_its_parts_flash_size_and_application_address(board) -> None:
+    assert board.mcu_part, f"{board.id}: name the exact STM32 part (mcu_part) the DFU map follows"
+    assert board.mcu_part.lower().startswith(board.mcu[:-2])  # stm32h723 of stm32h723xx
+    memory = parse_memory_map(board.dfu_flash_map)
+    assert memory.start == 0x08000000
+    assert memory.end - memory.start == part_flash_size(board.mcu_part), (
+        f"{board.id}: the map describes {(memory.end - memory.start) // 1024} KiB, "
+        f"the {board.mcu_part} has {part_flash_size(board.mcu_part) // 1024} KiB")
+    # the application starts on a sector boundary inside the map (a bootloader keeps whole sectors)
+    sector = memory.sector_at(board.app_address)
+    assert sector is not None and sector.address == board.app_address
+    assert all(s.erasable and s.writeable for s in memory.sectors)
+
+
+def test_part_numbers_give_st_flash_sizes() -> None:
+    assert part_flash_size("STM32G0B1CBT6") == 128 * 1024
+    assert part_flash_size("STM32H723ZET6") == 512 * 1024
+    assert part_flash_size("STM32H723ZGT6") == 1024 * 1024
+    assert part_flash_size("STM32H743VIT6") == 2048 * 1024
+    assert part_flash_size("stm32h723") is None
+
+
+def test_a_part_of_another_mcu_is_refused(tmp_path: Path) -> None:
+    write_board(tmp_path, "my-h723", **{'mcu_part = "STM32H723ZET6"': 'mcu_part = "STM32G0B1CBT6"'})
+    with pytest.raises(CatalogError, match="mcu_part.*not a part of stm32h723xx"):
+        load_catalog([tmp_path])

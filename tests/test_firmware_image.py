@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def test_bin_reveals_version_mcu_and_the_exact_dictionary(builds) -> None:
     assert info.build_versions.startswith("gcc: ")
     assert info.config["CLOCK_REF_FREQ"] == 25_000_000
     assert info.sha256 == hashlib.sha256(data).hexdigest() and info.size == len(data)
-    assert info.app_address is None and info.reset_vector == H723.app_address + 0x101
+    # a .bin does not say where it loads; its reset handler lies ~30 KiB in, as in real images
+    assert info.app_address is None and 30 * 1024 <= info.reset_vector - H723.app_address < info.size
     assert info.vector_in_range(0x08020000) and not info.vector_in_range(0x08008000)
 
 
@@ -90,19 +92,60 @@ def test_image_for_another_mcu_is_refused(builds) -> None:
     assert "btt-skr-3" in found[0] and "stm32h723xx" in found[0] and "stm32h743xx" in found[0]
 
 
-def test_image_linked_for_another_bootloader_offset_is_refused(builds) -> None:
+def test_image_linked_for_another_bootloader_offset_is_refused_by_its_config(builds) -> None:
     ebb = CATALOG["btt-ebb36-12"]      # G0B1 without bootloader, 0x08000000
     manta = CATALOG["btt-manta-m8p-11"]  # G0B1 behind an 8 KiB bootloader, 0x08002000
-    found = problems(firmware(builds, ebb), "bin", manta)
-    assert len(found) == 1 and "btt-manta-m8p-11" in found[0] and "0x08002000" in found[0]
-    assert "reset vector 0x08000101" in found[0]
+    info = inspect_image(firmware(builds, ebb), "bin")
+    # the handler ~30 KiB in lies inside the image at either address: the bytes cannot tell
+    assert check_image_for_board(info, manta) == []
+    found = check_image_for_board(info, manta, linked_at=0x08000000)
+    assert len(found) == 1 and "btt-manta-m8p-11" in found[0]
+    assert "linked for 0x08000000" in found[0] and "0x08002000" in found[0]
+    assert check_image_for_board(info, ebb, linked_at=0x08000000) == []
 
 
 def test_uf2_loading_at_another_address_is_refused(builds) -> None:
     pico = CATALOG["rpi-pico"]
     with_bootloader = dataclasses.replace(pico, app_address=0x10004000)
     found = problems(firmware(builds, pico), "uf2", with_bootloader)
-    assert any("loads at 0x10000100" in problem and "0x10004000" in problem for problem in found)
+    assert any("linked for 0x10000100" in problem and "0x10004000" in problem for problem in found)
+
+
+def test_a_uf2_whose_config_names_another_address_does_not_belong_to_it(builds) -> None:
+    pico = CATALOG["rpi-pico"]
+    found = check_image_for_board(inspect_image(firmware(builds, pico), "uf2"), pico, linked_at=0x10004000)
+    assert any("loads at 0x10000100 but its config links it for 0x10004000" in problem for problem in found)
+
+
+# ---------------------------------------------------------------- a real-layout image
+
+def real_layout_g0b1_bin(linked_at: int, version: str = "v0.13.0-730-g84104bbbd") -> bytes:
+    """A .bin laid out as Klipper's STM32 images are (made here, no Klipper code): the Cortex-M
+    vector table (stack top, reset and 46 more vectors pointing at a default handler), .text with
+    the reset handler ~30 KiB in, then .rodata holding the zlib-compressed data dictionary."""
+    dictionary = json.dumps({"app": "Klipper", "version": version, "build_versions": "gcc: 13.2.1",
+                             "config": {"MCU": "stm32g0b1xx", "CLOCK_FREQ": 64000000}}).encode()
+    reset_handler = linked_at + 0x7804  # ~30 KiB into the image, as measured on real builds
+    default_handler = linked_at + 0x7880
+    vectors = struct.pack("<II", 0x20024000, reset_handler | 1) + struct.pack("<I", default_handler | 1) * 46
+    text = bytearray(vectors.ljust(0x9C00, b"\x00"))  # ~39 KiB of code: the handler is not near its end
+    text[0x7804:0x7808] = b"\x72\xb6\x00\xbf"  # cpsid i; nop: thumb code, not a marker of ours
+    image = bytes(text) + b"\x00" * 64 + zlib.compress(dictionary, 9)
+    return image + b"\xff" * (-len(image) % 8)
+
+
+def test_a_real_layout_bin_gives_its_dictionary_but_not_its_address() -> None:
+    ebb, manta = CATALOG["btt-ebb36-12"], CATALOG["btt-manta-m8p-11"]
+    for linked_at, board, other in ((0x08000000, ebb, manta), (0x08002000, manta, ebb)):
+        info = inspect_image(real_layout_g0b1_bin(linked_at), "bin")
+        assert (info.mcu, info.version, info.app_address) == ("stm32g0b1xx", "v0.13.0-730-g84104bbbd", None)
+        # 0 and 8 KiB both put the handler inside the image: the vector check alone passes both
+        assert info.vector_in_range(0x08000000) and info.vector_in_range(0x08002000)
+        assert check_image_for_board(info, other) == []
+        # the resolved config stored with the artifact settles it
+        assert check_image_for_board(info, board, linked_at=linked_at) == []
+        assert any(f"linked for {linked_at:#010x}" in problem
+                   for problem in check_image_for_board(info, other, linked_at=linked_at))
 
 
 def test_reset_vector_patched_elsewhere_is_refused(builds) -> None:

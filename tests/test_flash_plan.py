@@ -104,9 +104,10 @@ def test_klipper_mode_board_is_flashed_through_its_bootloader_request(artifact) 
     assert result.action == "flash" and result.method == "dfu-util" and result.port == "1-1.3"
     assert result.steps == (
         EnsureIdle(), StopKlipper(), RequestBootloader("/dev/ttyACM0", "1-1.3"), WaitDfu("1-1.3", 10.0),
-        # the 896 KiB from the app address to the end of the 1 MiB flash are kept before writing
+        # the 384 KiB from the app address to the end of the 512 KiB flash (an STM32H723ZET6) are
+        # kept before writing
         DfuDownload(port="1-1.3", address=0x08020000, image=art.path, alt=0, leave=True,
-                    capture_length=0x100000 - 0x20000),
+                    capture_length=0x80000 - 0x20000),
         WaitKlipper("1-1.3", 30.0),
     )
     assert result.finally_steps == (StartKlipper(),)
@@ -163,7 +164,7 @@ def test_pyusb_backend_writes_with_the_client_and_never_erases_below_the_app(art
     result = plan(H723, art, backend="pyusb")
     downloads = [step for step in result.steps if isinstance(step, (DfuDownload, PyusbDownload))]
     assert downloads == [PyusbDownload(port="1-1.3", address=0x08020000, image=art.path, protect_below=0x08020000,
-                                       capture_length=0x100000 - 0x20000)]
+                                       capture_length=0x80000 - 0x20000)]
     assert isinstance(result.steps[-1], WaitKlipper)
 
 
@@ -229,14 +230,23 @@ def test_rule3_image_for_another_application_address_is_refused(artifact) -> Non
     assert result.refused and "0x08002000" in result.reason
 
 
-def test_rule3_offset_too_small_for_the_vector_check_is_caught_by_the_artifact_config(artifact) -> None:
-    # a 0x08002000 image on a 0x08000000 board: its reset handler still lies inside the image
+def test_rule3_g0b1_image_for_0x08002000_is_refused_for_an_ebb_usb_board_by_its_config(artifact) -> None:
+    # a 0x08002000 image on a 0x08000000 board: its reset handler (~30 KiB in) still lies inside
+    # the image, so only the resolved config stored with the artifact tells
     art = artifact(MANTA)
-    assert art.image.vector_in_range(EBB.app_address)
+    assert art.image.vector_in_range(EBB.app_address) and art.image.vector_in_range(MANTA.app_address)
     relabelled = Artifact(FirmwareIdentity(art.identity.version, art.identity.config_sha256, EBB.id),
                           art.image, art.path, art.resolved_config)
     result = plan(EBB, relabelled, attached={"1-1.3": klipper_usb(EBB)})
-    assert result.refused and "FLASH_APPLICATION_ADDRESS" in result.reason
+    assert EBB.interface == "usb" and EBB.mcu == MANTA.mcu
+    assert result.refused and "linked for 0x08002000" in result.reason and "0x08000000" in result.reason
+
+
+def test_rule3_the_resolved_config_is_a_required_part_of_an_artifact(artifact) -> None:
+    art = artifact(EBB)
+    with pytest.raises(TypeError):
+        Artifact(art.identity, art.image, art.path)  # type: ignore[call-arg]
+    assert plan(EBB, art, attached={"1-1.3": klipper_usb(EBB)}).action == "flash"
 
 
 def test_rule3_artifact_built_for_another_board_is_refused(artifact) -> None:
@@ -254,7 +264,7 @@ def test_rule3_config_that_does_not_hash_to_the_identity_is_refused(artifact) ->
 def test_rule3_image_whose_version_differs_from_its_identity_is_refused(artifact) -> None:
     art = artifact(H723)
     stale = Artifact(FirmwareIdentity("v0.14.0-0-gdeadbee", art.identity.config_sha256, H723.id),
-                     art.image, art.path)
+                     art.image, art.path, art.resolved_config)
     assert "stale or swapped" in plan(H723, stale).reason
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from pyinfra_ratos.catalog import Board, load_catalog
-from pyinfra_ratos.kconfig import Hex, KconfigError, parse_config, render_fragment, verify_resolved
+from pyinfra_ratos.kconfig import (Hex, KconfigError, application_address, load_kconfig_symbols, parse_config,
+                                   render_fragment, scan_kconfig, verify_resolved)
 from pyinfra_ratos.sim.klipper_repo import create_template_repo
 
 CATALOG = load_catalog()
 H723 = CATALOG["btt-octopus-pro-h723-11"]
+EBB = CATALOG["btt-ebb36-12"]
 GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 
 
@@ -130,12 +132,71 @@ def test_low_level_options_off_drops_the_25m_crystal(resolve) -> None:
     assert "USB_SERIAL_NUMBER" in symbols(problems)
 
 
-def test_misspelled_symbol_vanishes_and_is_named(resolve) -> None:
+def test_misspelled_symbol_vanishes_and_is_named(resolve, klipper: Path) -> None:
     # H7's first visible offset is 0x20000, so the address survives: only the typo tells
     fragment = render_fragment(H723).replace("STM32_FLASH_START_20000", "STM32_FLASH_STRAT_20000")
-    problems = verify_resolved(H723, fragment, resolve(fragment))
+    problems = verify_resolved(H723, fragment, resolve(fragment), load_kconfig_symbols(klipper))
     assert symbols(problems) == {"STM32_FLASH_STRAT_20000"}
-    assert "absent" in problems[0].message and "misspelled" in problems[0].message
+    assert problems[0].cause == "unknown" and "misspelled" in problems[0].message
+
+
+def test_a_hidden_crystal_choice_is_named_with_its_fix_not_called_a_typo(resolve, klipper: Path) -> None:
+    # kconfiglib writes no option at all of a choice whose prompt is hidden
+    fragment = render_fragment(H723).replace("CONFIG_LOW_LEVEL_OPTIONS=y\n", "")
+    resolved = resolve(fragment)
+    assert "STM32_CLOCK_REF" not in resolved
+    crystal = next(p for p in verify_resolved(H723, fragment, resolved, load_kconfig_symbols(klipper))
+                   if p.symbol == "STM32_CLOCK_REF_25M")
+    assert crystal.cause == "hidden-choice"
+    assert '"Clock Reference" is hidden' in crystal.message and "CONFIG_LOW_LEVEL_OPTIONS=y" in crystal.message
+    assert "misspelled" not in crystal.message
+
+
+def test_an_offset_the_chip_does_not_offer_is_named_with_the_choice_it_took(resolve, klipper: Path) -> None:
+    fragment = render_fragment(EBB).replace("STM32_FLASH_START_0000", "STM32_FLASH_START_20000")
+    problems = verify_resolved(EBB, fragment, resolve(fragment), load_kconfig_symbols(klipper))
+    offset = next(p for p in problems if p.symbol == "STM32_FLASH_START_20000")
+    assert offset.cause == "not-offered"
+    assert "does not offer" in offset.message and "MACH_STM32H7" in offset.message
+    assert "resolved to CONFIG_STM32_FLASH_START_2000" in offset.message  # G0's first visible option
+    assert "FLASH_APPLICATION_ADDRESS" in symbols(problems)
+
+
+def test_without_the_kconfig_files_a_vanished_symbol_lists_the_possible_causes() -> None:
+    problems = verify_resolved(H723, "CONFIG_STM32_CLOCK_REF_25M=y\n", "CONFIG_MCU=\"stm32h723xx\"\n")
+    crystal = next(p for p in problems if p.symbol == "STM32_CLOCK_REF_25M")
+    assert crystal.cause == "absent" and "hidden" in crystal.message and "does not offer" in crystal.message
+
+
+def test_kconfig_scan_keeps_choices_prompt_conditions_and_menu_dependencies() -> None:
+    known = scan_kconfig(["""
+menu "USB ids"
+    depends on USB && LOW_LEVEL_OPTIONS
+config USB_SERIAL_NUMBER
+    string "USB serial number" if !USB_SERIAL_NUMBER_CHIPID
+    help
+      config NOT_A_SYMBOL inside help text
+endmenu
+choice
+    prompt "Clock Reference" if LOW_LEVEL_OPTIONS
+    config CLOCK_8M
+        bool "8 MHz crystal"
+    config CLOCK_25M
+        bool "25 MHz crystal" if MACH_H7
+endchoice
+"""])
+    assert known.defined == {"USB_SERIAL_NUMBER", "CLOCK_8M", "CLOCK_25M"}
+    assert known.conditions["USB_SERIAL_NUMBER"] == ("USB && LOW_LEVEL_OPTIONS", "!USB_SERIAL_NUMBER_CHIPID")
+    assert known.choice_of["CLOCK_25M"].members == ("CLOCK_8M", "CLOCK_25M")
+    assert known.choice_of["CLOCK_25M"].condition == "LOW_LEVEL_OPTIONS"
+    assert known.conditions["CLOCK_25M"] == ("MACH_H7",)
+
+
+def test_application_address_is_kconfigs_or_derived_from_the_stm32_offset() -> None:
+    assert application_address({"FLASH_APPLICATION_ADDRESS": "0x8002000"}) == 0x08002000
+    assert application_address({"MACH_STM32": "y", "STM32_FLASH_START_20000": "y"}) == 0x08020000
+    assert application_address({"MACH_STM32": "y", "STM32_FLASH_START_0000": "y"}) == 0x08000000
+    assert application_address({"MACH_LINUX": "y"}) is None
 
 
 def test_can_speed_override_on_a_usb_board_is_reported_as_dropped(resolve) -> None:

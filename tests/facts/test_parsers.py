@@ -7,7 +7,7 @@ import shlex
 import subprocess
 
 from pyinfra_ratos.facts.boards import parse_attached_boards, parse_dfu_flash_map
-from pyinfra_ratos.facts.firmware import app_address
+from pyinfra_ratos.facts.firmware import linked_address, parse_firmware_artifacts
 from pyinfra_ratos.facts.klipper import parse_klipper_host, parse_klippy_log, parse_mcu_firmware
 from pyinfra_ratos.facts.network import parse_network_reachability
 from pyinfra_ratos.facts.printer import parse_printer_activity
@@ -139,16 +139,26 @@ def test_network_separates_moonraker_from_the_hosts_checked() -> None:
                        "reachable": {"github.com:443": False}, "remote": "github.com:443", "moonraker": True}
 
 
-def test_a_bin_loads_at_the_catalog_address_that_holds_its_reset_handler() -> None:
-    image = {"base": None, "size": 30000, "vectors": [[0, 0x20020000, 0x08002101]]}
-    assert app_address(image, [0x08000000, 0x08002000]) == 0x08002000
-    assert app_address({**image, "vectors": [[0, 0x20020000, 0x08000101]]}, [0x08000000, 0x08002000]) == 0x08000000
-    assert app_address({**image, "vectors": [[0, 0x08000000, 0x08002101]]}, [0x08002000]) is None  # SP not in RAM
+def test_an_artifacts_address_is_read_from_its_resolved_config_never_guessed_from_its_bytes() -> None:
+    # an EBB USB image is linked at 0x08000000; its reset handler ~30 KiB in would also fit 0x08002000
+    image = {"base": None, "size": 40960, "vectors": [[0, 0x20024000, 0x08007805]], "file": "klipper.bin",
+             "dict": {"mcu": "stm32g0b1xx", "version": "v0.13.0-730-g84104bbbd"}}
+    ebb = ['CONFIG_MACH_STM32=y', 'CONFIG_MCU="stm32g0b1xx"', "CONFIG_STM32_FLASH_START_0000=y",
+           "CONFIG_FLASH_APPLICATION_ADDRESS=0x8000000"]
+    found = parse_firmware_artifacts({
+        "ebb": {"path": "/p/ebb", "files": {}, "image": image, "config": ebb},
+        "no-config": {"path": "/p/x", "files": {}, "image": image, "config": None},
+    })
+    assert found["ebb"]["app_address"] == 0x08000000
+    assert found["no-config"]["app_address"] is None
 
 
-def test_a_uf2_says_where_it_loads_and_skips_boot2() -> None:
-    image = {"base": 0x10000000, "size": 36096, "vectors": [[0, 0xD29D8A5A, 0x6E0E1FE9], [0x100, 0x20042000, 0x10000201]]}
-    assert app_address(image, []) == 0x10000100
+def test_linked_address_follows_kconfig_or_the_stm32_offset_choice() -> None:
+    assert linked_address(["CONFIG_FLASH_APPLICATION_ADDRESS=0x8002000"]) == 0x08002000
+    assert linked_address(["CONFIG_MACH_STM32=y", "CONFIG_STM32_FLASH_START_20000=y"]) == 0x08020000
+    assert linked_address(['CONFIG_MCU="rp2040"', "CONFIG_FLASH_APPLICATION_ADDRESS=0x10000100"]) == 0x10000100
+    assert linked_address(["CONFIG_MACH_LINUX=y"]) is None
+    assert linked_address("garbage") is None and linked_address(None) is None
 
 
 def test_the_last_json_line_wins_and_garbage_is_empty() -> None:

@@ -84,6 +84,9 @@ def test_artifacts_probe_hashes_files_and_reads_the_dictionary_inside_the_bin(tm
     image = _fake_bin(0x08020000, "v0.13.0-3-gb846a96", "stm32h723xx")
     (build / "klipper.bin").write_bytes(image)
     (build / "klipper.dict").write_text('{"version": "a side file that lies"}')
+    (build / "config").write_text('CONFIG_LOW_LEVEL_OPTIONS=y\nCONFIG_MACH_STM32=y\nCONFIG_MACH_STM32H723=y\n'
+                                  'CONFIG_MCU="stm32h723xx"\nCONFIG_STM32_FLASH_START_20000=y\n'
+                                  'CONFIG_FLASH_APPLICATION_ADDRESS=0x8020000\nCONFIG_CLOCK_FREQ=400000000\n')
     (tmp_path / "stray-file").write_text("not a build")
     found = remote.probe_artifacts(str(tmp_path))
     assert list(found) == [build.name]
@@ -91,6 +94,9 @@ def test_artifacts_probe_hashes_files_and_reads_the_dictionary_inside_the_bin(tm
     assert entry["files"]["klipper.bin"]["size"] == len(image)
     assert entry["image"]["dict"] == {"version": "v0.13.0-3-gb846a96", "mcu": "stm32h723xx", "build_versions": "gcc"}
     assert entry["image"]["vectors"][0] == [0, 0x20020000, 0x08020101]
+    # of the resolved config, the lines that say where the image is linked
+    assert entry["config"] == ["CONFIG_MACH_STM32=y", "CONFIG_MACH_STM32H723=y", 'CONFIG_MCU="stm32h723xx"',
+                               "CONFIG_STM32_FLASH_START_20000=y", "CONFIG_FLASH_APPLICATION_ADDRESS=0x8020000"]
 
 
 def test_the_shipped_script_prints_one_json_line_and_exits_0_on_a_bad_probe() -> None:

@@ -133,10 +133,10 @@ def test_list_run_by_root_on_the_pi_shows_every_board_in_dfu(lab: RunningFarm) -
     status, listing, _ = run_client(lab, "list", "--json")
     assert status == 0
     maps = {d["port"]: d["alts"][0]["name"] for d in listing["devices"]}
-    assert maps == {"1-1.1": "@Internal Flash   /0x08000000/8*128Kg",
+    assert maps == {"1-1.1": "@Internal Flash   /0x08000000/4*128Kg",
                     "1-1.2": "@Internal Flash  /0x08000000/04*016Kg,01*064Kg,03*128Kg",
                     "1-1.3": "@Internal Flash  /0x08000000/256*02Kg",
-                    "1-1.4": "@Internal Flash   /0x08000000/8*128Kg"}
+                    "1-1.4": "@Internal Flash   /0x08000000/4*128Kg"}
 
 
 @pytest.mark.parametrize("port", sorted(PROFILES))

@@ -108,7 +108,7 @@ def test_lsusb_verbose_decodes_the_dfu_functional_descriptor(lab: RunningFarm) -
     assert "Device Firmware Upgrade Interface Descriptor" in out
     assert re.search(r"bcdDFUVersion\s+1\.1a", out)
     assert re.search(r"wTransferSize\s+1024 bytes", out)
-    assert "@Internal Flash   /0x08000000/8*128Kg" in out
+    assert "@Internal Flash   /0x08000000/4*128Kg" in out  # the H723ZET6 of the Octopus Pro: 512 KiB
 
 
 def test_pyusb_in_a_venv_on_the_pi_enumerates_the_same_devices(lab: RunningFarm) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pyinfra_ratos.catalog import Board, load_catalog
+from pyinfra_ratos.firmware_image import strip_elf
 from pyinfra_ratos.sim.klipper_repo import build_firmware, create_template_repo
 
 CATALOG = load_catalog()
@@ -136,8 +137,13 @@ def test_stm32_build_embeds_klipper_dict_in_a_bootable_bin(checkout: Path, tmp_p
     image, raw_dict = (out / "klipper.bin").read_bytes(), (out / "klipper.dict").read_bytes()
     stack, reset = struct.unpack_from("<II", image)
     assert 0x20000000 <= stack <= 0x3FFFFFFF
-    assert reset - 0x101 == H723.app_address
-    assert len(image) % 8 == 0 and 16 * 1024 <= len(image) <= 48 * 1024
+    # as in real Klipper images, the reset handler lies ~30 KiB into the image, marked there with
+    # its own linked address (what the emulator checks)
+    handler = (reset & ~1) - H723.app_address
+    assert reset & 1 and 30 * 1024 <= handler <= 32 * 1024
+    assert image[handler:handler + 8] == b"KRST" + struct.pack("<I", reset & ~1)
+    assert image.count(b"KRST") == 1
+    assert len(image) % 8 == 0 and 40 * 1024 <= len(image) <= 56 * 1024
     start = image.index(b"\x78\xda")
     assert zlib.decompressobj().decompress(image[start:]) == raw_dict
     info = json.loads(raw_dict)
@@ -167,7 +173,9 @@ def test_rp2040_without_bootloader_gives_uf2_blocks(checkout: Path, tmp_path: Pa
         assert (address, number, total) == (0x10000000 + 256 * number, offset // 512, len(uf2) // 512)
         flash += uf2[offset + 32:offset + 32 + 256]
     stack, reset = struct.unpack_from("<II", flash, pico.app_address - 0x10000000)
-    assert reset - 0x101 == pico.app_address and 0x20000000 <= stack <= 0x3FFFFFFF
+    handler = (reset & ~1) - 0x10000000
+    assert flash[handler:handler + 8] == b"KRST" + struct.pack("<I", reset & ~1)
+    assert 30 * 1024 <= (reset & ~1) - pico.app_address and 0x20000000 <= stack <= 0x3FFFFFFF
     assert image_dict(bytes(flash))["config"]["MCU"] == "rp2040"
 
 
@@ -177,11 +185,27 @@ def test_linux_mcu_is_an_elf_carrying_its_dict(template: tuple[Path, dict], tmp_
     assert image_dict((out / "klipper.elf").read_bytes())["config"]["MCU"] == "linux"
 
 
+def test_linux_elf_build_id_covers_the_debug_info_and_stripping_clears_it(template: tuple[Path, dict],
+                                                                         tmp_path: Path) -> None:
+    # Debian's ld hashes the whole output into the GNU build id: two build directories, two ids
+    elves = [(build_firmware(template[0], "HEAD", CATALOG["rpi"].kconfig, tmp_path / name) / "klipper.elf")
+             .read_bytes() for name in ("a", "b")]
+    notes = [elf[elf.index(b"GNU\0") + 4:elf.index(b"GNU\0") + 24] for elf in elves]
+    assert notes[0] != notes[1] and notes[0] != bytes(20)
+    stripped = [strip_elf(elf) for elf in elves]
+    assert stripped[0] == stripped[1] and len(stripped[0]) < len(elves[0])
+    assert image_dict(stripped[0])["config"]["MCU"] == "linux"
+
+
 def test_same_commit_and_config_give_identical_bytes(template: tuple[Path, dict], tmp_path: Path) -> None:
     first = build_firmware(template[0], "HEAD", H723.kconfig, tmp_path / "a")
     second = build_firmware(template[0], "HEAD", H723.kconfig, tmp_path / "b")
-    for name in ("klipper.bin", "klipper.elf", "klipper.dict"):
+    for name in ("klipper.bin", "klipper.dict"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
+    # like -ggdb3, the ELF's debug strings name the build directory: equal once stripped
+    elves = [(out / "klipper.elf").read_bytes() for out in (first, second)]
+    assert elves[0] != elves[1] and str(first).encode() in elves[0]
+    assert strip_elf(elves[0]) == strip_elf(elves[1])
     other = build_firmware(template[0], "HEAD", CATALOG["btt-kraken"].kconfig, tmp_path / "a")
     assert (other / "klipper.bin").read_bytes() != (first / "klipper.bin").read_bytes()
 
@@ -246,3 +270,13 @@ def test_builds_leave_the_checkout_clean(checkout: Path, tmp_path: Path) -> None
     status = subprocess.run(["git", "status", "--porcelain"], cwd=checkout, env=GIT_ENV,
                             stdout=subprocess.PIPE, text=True, check=True).stdout
     assert status == ""
+
+
+def test_the_emulator_starts_an_image_only_where_it_was_linked(template: tuple[Path, dict], tmp_path: Path) -> None:
+    from pyinfra_ratos.sim.usb.firmware import boots
+    ebb, manta = CATALOG["btt-ebb36-12"], CATALOG["btt-manta-m8p-11"]
+    for board, other in ((ebb, manta), (manta, ebb)):
+        image = (build_firmware(template[0], "HEAD", board.kconfig, tmp_path / board.id) / "klipper.bin").read_bytes()
+        assert boots(image, board.app_address, board.mcu)["config"]["MCU"] == board.mcu
+        # the reset handler lies inside the image at both addresses, but holds other code there
+        assert boots(image, other.app_address, board.mcu) is None

@@ -131,13 +131,27 @@ def find_dictionary(image: bytes) -> dict[str, Any] | None:
     return None
 
 
+RESET_MARK = b"KRST"  # the stand-in build's reset handler: the mark, then its own linked address
+
+
 def boots(flash_at_app: bytes, app_address: int, mcu: str) -> dict[str, Any] | None:
-    """The dictionary of the firmware that boots from these bytes (read at the app address), or None."""
+    """The dictionary of the firmware that boots from these bytes (read at the app address), or None.
+
+    The CPU jumps to the reset vector: the image starts only if the code there was linked for that
+    address. Stand-in builds mark their handler (deep in the image, as in real Klipper); an image
+    without the mark must have its handler at the app address + 0x101.
+    """
     if len(flash_at_app) < 8:
         return None
     stack = int.from_bytes(flash_at_app[0:4], "little")
-    reset = int.from_bytes(flash_at_app[4:8], "little")
-    if not 0x20000000 <= stack <= 0x3FFFFFFF or reset - 0x101 != app_address:
+    handler = int.from_bytes(flash_at_app[4:8], "little") & ~1
+    if not 0x20000000 <= stack <= 0x3FFFFFFF or not app_address <= handler < app_address + len(flash_at_app):
+        return None
+    if RESET_MARK in flash_at_app:
+        at = handler - app_address
+        if flash_at_app[at:at + 8] != RESET_MARK + handler.to_bytes(4, "little"):
+            return None
+    elif handler != app_address + 0x100:
         return None
     dictionary = find_dictionary(flash_at_app)
     if dictionary is None or dictionary.get("config", {}).get("MCU") != mcu:

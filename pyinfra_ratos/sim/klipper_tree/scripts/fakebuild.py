@@ -9,9 +9,16 @@ Subcommands (called by the Makefile, from the top of the checkout):
   hex  klipper.elf klipper.elf.hex        Intel HEX (AVR)
 
 Image layout (at the application address APP), shared with the USB board emulator:
-  u32 initial stack pointer (top of RAM), u32 reset vector APP + 0x101, deterministic filler
-  seeded by (version, resolved config text), zlib.compress(klipper.dict, 9), zero padding to 8.
-  The filler never contains the bytes 78 DA, so the first zlib header in a file is the dict's.
+  u32 initial stack pointer (top of RAM), u32 reset vector, deterministic "code" filler seeded
+  by (version, resolved config text), zlib.compress(klipper.dict, 9), zero padding to 8.
+  As in real Klipper images, the reset handler lies deep in the code, 30-32 KiB into the image
+  (stable per MCU): at it the 8 bytes "KRST" + u32 its own linked address (thumb bit clear), which
+  the emulator checks to tell whether an image starts where it was flashed.
+  The filler never contains the bytes 78 DA nor "KRST", so the first zlib header in a file is the
+  dict's and the only handler mark is the real one.
+klipper.elf carries debug strings naming the build directories (as -ggdb3 does) after its
+segments, and a Linux build a GNU build id computed over the whole file (as Debian's ld does):
+two builds of one tree and config in different directories differ there and only there.
 The version follows Klipper's rules: `git describe --always --tags --long --dirty`, and any
 unclean build ("dirty", no git, git refusing to run) gets "-YYYYMMDD_HHMMSS-<hostname>".
 """
@@ -180,40 +187,67 @@ def cmd_dict(config_path, dict_path, *sources):
 
 # ---------------------------------------------------------------- image and ELF
 
+RESET_MARK = b"KRST"
+
+
 def filler(seed, length):
-    """sha256-chain bytes; never containing 78 DA, so the first zlib header is the dict's."""
+    """sha256-chain bytes; never containing 78 DA nor the reset handler's mark."""
     blocks, block = [], hashlib.sha256(seed).digest()
     while len(blocks) * 32 < length:
         blocks.append(block)
         block = hashlib.sha256(block + seed).digest()
-    return b"".join(blocks)[:length].replace(b"\x78\xda", b"\x78\xdb")
+    return b"".join(blocks)[:length].replace(b"\x78\xda", b"\x78\xdb").replace(RESET_MARK, b"KRSU")
 
 
 def build_image(config, config_text, dict_bytes, app):
+    """(image, reset handler address with the thumb bit)."""
     info = json.loads(dict_bytes)
     mcu = str(info["config"].get("MCU", "?"))
     ram_top = config.get("RAM_START", 0x20000000) + config.get("RAM_SIZE", 0)
-    # 16..40 KiB of "code", stable per MCU, so that images have realistic and distinct sizes
-    code_size = 16 * 1024 + (hashlib.sha256(mcu.encode()).digest()[0] % 25) * 1024
+    # 40..48 KiB of "code", stable per MCU, so that images have realistic and distinct sizes, and
+    # the reset handler 30-32 KiB in, as in real images (so 0 and 8 KiB offsets both put it inside)
+    salt = hashlib.sha256(mcu.encode()).digest()
+    code_size = 40 * 1024 + (salt[0] % 9) * 1024
+    handler = 30 * 1024 + (salt[1] % 8) * 256
     seed = b"klipper-stand-in\0" + info["version"].encode() + b"\0" + config_text.encode()
-    image = struct.pack("<II", ram_top, app + 0x101) + filler(seed, code_size - 8)
-    image += zlib.compress(dict_bytes, 9)
-    return image + b"\0" * (-len(image) % 8)
+    code = bytearray(struct.pack("<II", ram_top, app + handler + 1) + filler(seed, code_size - 8))
+    code[handler:handler + 8] = RESET_MARK + struct.pack("<I", app + handler)
+    image = bytes(code) + zlib.compress(dict_bytes, 9)
+    return image + b"\0" * (-len(image) % 8), app + handler + 1
 
 
-def write_elf(path, machine, flags, entry, segments):
-    header_size, phdr_size = 52, 32
-    offset = header_size + phdr_size * len(segments)
+def write_elf(path, machine, flags, entry, segments, debug=b"", build_id=False):
+    """ELF32: the segments, then a GNU build-id note (if asked) and the debug strings, with a
+    section table naming .debug_str as a linker writes it."""
+    header_size, phdr_size, shdr_size = 52, 32, 40
+    phnum = len(segments) + (1 if build_id else 0)
+    offset = header_size + phdr_size * phnum
     phdrs, payload = b"", b""
     for address, data in segments:
         phdrs += struct.pack("<IIIIIIII", 1, offset + len(payload), address, address,
                              len(data), len(data), 5, 4)
         payload += data + b"\0" * (-len(data) % 4)
+    note_at = offset + len(payload)
+    note = struct.pack("<III", 4, 20, 3) + b"GNU\0" + b"\0" * 20 if build_id else b""
+    if build_id:
+        phdrs += struct.pack("<IIIIIIII", 4, note_at, 0, 0, len(note), len(note), 4, 4)
+    debug += b"\0" * (-len(debug) % 4)
+    names = b"\0.debug_str\0.shstrtab\0"
+    names += b"\0" * (-len(names) % 4)
+    debug_at = note_at + len(note)
+    names_at = debug_at + len(debug)
+    shoff = names_at + len(names)
+    sections = b"\0" * shdr_size
+    sections += struct.pack("<IIIIIIIIII", 1, 1, 0x30, 0, debug_at, len(debug), 0, 0, 1, 1)
+    sections += struct.pack("<IIIIIIIIII", 12, 3, 0, 0, names_at, len(names), 0, 0, 1, 0)
     ident = b"\x7fELF" + bytes([1, 1, 1, 0]) + b"\0" * 8
-    header = struct.pack("<16sHHIIIIIHHHHHH", ident, 2, machine, 1, entry, header_size, 0, flags,
-                         header_size, phdr_size, len(segments), 40, 0, 0)
+    header = struct.pack("<16sHHIIIIIHHHHHH", ident, 2, machine, 1, entry, header_size, shoff, flags,
+                         header_size, phdr_size, phnum, shdr_size, 3, 2)
+    data = bytearray(header + phdrs + payload + note + debug + names + sections)
+    if build_id:
+        data[note_at + 16:note_at + 36] = hashlib.sha1(bytes(data)).digest()
     with open(path, "wb") as handle:
-        handle.write(header + phdrs + payload)
+        handle.write(bytes(data))
 
 
 def read_elf_segments(path):
@@ -258,12 +292,15 @@ def cmd_link(config_path, dict_path, elf_path):
         app, machine, flags = 0, 83, 0
     else:
         app, machine, flags = config["FLASH_APPLICATION_ADDRESS"], 40, 0x05000200
-    image = build_image(config, config_text, dict_bytes, app)
+    image, reset = build_image(config, config_text, dict_bytes, app)
     segment = (app, image)
     if config.get("RP2040_HAVE_STAGE2") == "y":
         # no bootloader: the flash starts with boot stage 2, the application follows it
         segment = (RP2040_FLASH_BASE, stage2() + b"\0" * (app - RP2040_FLASH_BASE - 256) + image)
-    write_elf(elf_path, machine, flags, app + (0x101 if machine == 40 else 0), [segment])
+    # what -ggdb3 leaves in the ELF: the compilation directory and the output directory
+    debug = ("DW_AT_comp_dir=%s\0DW_AT_name=%s\0" % (os.getcwd(), os.path.abspath(elf_path))).encode()
+    write_elf(elf_path, machine, flags, reset if machine == 40 else 0, [segment], debug,
+              build_id=arch == "linux")
 
 
 def cmd_bin(elf_path, bin_path):
