@@ -225,7 +225,7 @@ def run_fleet(
                 entry = printer_entry(state, name, execute)
                 reports.add_printer(report, name, entry["status"], groups=groups, batch=index,
                                     reason=entry["reason"], duration_s=seconds, klipper=entry["klipper"],
-                                    config=entry["config"], boards=entry["boards"])
+                                    config=results.with_backup_notes(name, entry["config"]), boards=entry["boards"])
         if out is not None:
             kind = "canary" if index == 0 and canary else f"batch {index + 1}/{len(batches)}"
             counts = reports.summarise(p for p in report["printers"] if p["batch"] == index)
