@@ -407,8 +407,9 @@ def store_version(incoming: str, folder: str, keep: int, source: Mapping[str, An
                 sums[name], size = copied
                 total += size
         for name in [n for n in sums if any(parent in links for parent in _parents(n))]:
-            (partial / "files" / name).unlink()  # its link came after it in the tar
-            del sums[name]
+            del sums[name]  # its link came after it in the tar
+        for name in links:
+            shutil.rmtree(partial / "files" / name, ignore_errors=True)
         digest = backup_digest(sums, links)
         existing = versions(folder_path)
         if existing and version_digest(existing[-1]) == digest and \
