@@ -119,3 +119,36 @@ def test_the_restore_tar_is_written_a_file_at_a_time_with_its_links(tmp_path: Pa
         members = {m.name: m for m in tar.getmembers()}
     assert members["printers/mine.cfg"].isfile() and members["printer.cfg"].issym()
     assert members["printer.cfg"].linkname == "printers/mine.cfg"
+
+
+def test_a_large_file_is_stored_and_restored_as_a_stream_never_whole_in_memory(tmp_path: Path) -> None:
+    """300 MiB through store_version and restore_tar in a child process: its peak RSS stays far
+    below the file's size (a copy in memory would be 300 MiB more)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import io, os, resource, tarfile
+from pathlib import Path
+from pyinfra_ratos.operations import backup
+
+class Zeros(io.RawIOBase):
+    def __init__(self, size): self.left = size
+    def readable(self): return True
+    def readinto(self, buffer):
+        n = min(len(buffer), self.left); buffer[:n] = bytes(n); self.left -= n; return n
+
+size = 300 * 1024 * 1024
+tmp = Path({str(tmp_path)!r})
+with tarfile.open(tmp / "in.tar", "w") as tar:
+    info = tarfile.TarInfo("./big.bin"); info.size = size
+    tar.addfile(info, io.BufferedReader(Zeros(size), 1 << 20))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+name, skipped = backup.store_version(str(tmp / "in.tar"), str(tmp / "pi"), 5, max_file=size, max_total=size)
+assert not skipped and (tmp / "pi" / name / "files/big.bin").stat().st_size == size
+with open(tmp / "restore.tar", "wb") as out:
+    backup.restore_tar(tmp / "pi" / name, out)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(done.stdout.strip()) < 64, done.stdout  # MiB of peak RSS added while storing 300 MiB
