@@ -68,7 +68,8 @@ def verified(current: Mapping[str, Any] | None = None, dest_root: str | None = N
     returns False: the deploy then adds nothing more.
 
     + current: the host's ``ConfigBackupState`` when the caller read it (its ``machine_id``: no
-      command); else the machine-id is read (:class:`MachineId`, one command)
+      command); else the machine-id is read (:class:`MachineId`, one command) when the store
+      holds a record this Pi could match (its name's, or one with this connection's host key)
     + dest_root: the backup folder holding the store (default: host data ``config_backups``)
 
     Records nothing: the config backup records a name's first identity (``backup.config_dir``).
@@ -77,14 +78,30 @@ def verified(current: Mapping[str, Any] | None = None, dest_root: str | None = N
     done = _VERDICTS.setdefault(run_state, {})
     if host.name in done:
         return done[host.name]
+    root = store_root(dest_root)
     machine = (current or {}).get("machine_id")
-    seen = seen_identity(machine if machine is not None else host.get_fact(MachineId))
-    verdict = judge(host.name, seen, store_root(dest_root), run_state)
+    if machine is None:
+        machine = host.get_fact(MachineId) if _needs_machine_id(host.name, root) else ""
+    seen = seen_identity(machine)
+    verdict = judge(host.name, seen, root, run_state)
     _SEEN.setdefault(run_state, {})[host.name] = seen
     done[host.name] = verdict.action != "stop"
     if verdict.action == "stop":
         stop(name="Printer identity", message=verdict.message)
     return done[host.name]
+
+
+def _needs_machine_id(name: str, root: str) -> bool:
+    """Whether the check must read the machine-id: the name has a record, or another record has
+    this connection's host key. Otherwise nothing recorded can be this Pi (no command spent)."""
+    key = connection_host_key(host)
+    try:
+        records = IdentityStore(root).records()
+    except IdentityStoreError:
+        return False  # the check stops the host with the store's error anyway
+    fingerprint = key.partition(" ")[2]
+    return not key or name in records or any(
+        fingerprint in (record.get("host_keys") or {}).values() for record in records.values())
 
 
 @operation(is_idempotent=False)

@@ -152,3 +152,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert int(done.stdout.strip()) < 64, done.stdout  # MiB of peak RSS added while storing 300 MiB
+
+
+def test_names_from_a_pi_reach_the_terminal_without_control_characters() -> None:
+    assert backup.printable("evil\x1b]2;pwned\x07.cfg") == "evil\\x1b]2;pwned\\x07.cfg"
