@@ -189,3 +189,19 @@ def test_a_replaced_card_is_stopped_until_accepted_then_gets_its_calibration_bac
     assert record["machine_id"] == new_id and record["previous"][0]["machine_id"] == MACHINE_IDS[pi]
     rerun = ratos_fleet(farm, farm.inventory, tmp_path / "r")
     assert report_of(tmp_path / "r")[pi]["status"] == "converged", rerun.stdout
+
+
+def test_two_new_names_reaching_one_machine_in_one_run_are_both_stopped(farm: RunningFarm, tmp_path: Path) -> None:
+    fresh_store = tmp_path / "backups"  # nothing recorded yet: trust on first use cannot pick one
+    twins = tmp_path / "twins.py"
+    twins.write_text(f"exec(open({str(farm.inventory)!r}).read())\n"
+                     f"_d = {{**dict(pis)['id-b'], 'config_backups': {str(fresh_store)!r}}}\n"
+                     "pis = [('twin-1', _d), ('twin-2', _d)]\n")
+    result = ratos_fleet(farm, twins, tmp_path / "report")
+    status = report_of(tmp_path / "report")
+    assert result.returncode == 1
+    assert status["twin-1"]["status"] == "failed" and status["twin-2"]["status"] == "failed", result.stdout
+    assert "reaches the same machine as twin-1 in this run" in status["twin-2"]["reason"]
+    assert "reaches the same machine as twin-2 in this run" in result.stdout + result.stderr
+    assert not (fresh_store / "identities.json").exists()
+    assert not any((fresh_store / name).exists() and backup.versions(fresh_store / name) for name in ("twin-1", "twin-2"))
