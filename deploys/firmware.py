@@ -44,7 +44,7 @@ from pyinfra_ratos.identity import BuildVersionError, identity_of
 from pyinfra_ratos.kconfig import verify_resolved
 from pyinfra_ratos.planned import add_if_needed, added_while_executing
 from pyinfra_ratos.versions import mcu_matches_host
-from pyinfra_ratos.operations import firmware
+from pyinfra_ratos.operations import firmware, identity
 
 @dataclass(frozen=True)
 class BoardStep:
@@ -261,6 +261,7 @@ def _plan_pi_built(build_meta: Any, target: FirmwareTarget, audit: Mapping[str, 
 def converge_firmware(audit: FleetAuditDict | None = None, commit: str | None = None) -> None:
     """Converge every board of the host (``audit``: its FleetAudit when the caller read it)."""
     set_nodelay(host)
+    if not identity.verified(): return  # noqa: E701 - not the printer recorded
     audit = audit if audit is not None else host.get_fact(FleetAudit)
     busy = gate.disruption_refused(audit["activity"])
     if busy:

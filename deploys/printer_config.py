@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from pyinfra_ratos.operations import moonraker, printer
+from pyinfra_ratos.operations import identity, moonraker, printer
 
+identity.verified()  # not the printer recorded for this name: a failing operation first, nothing else runs
 config_dir = host.data.get("printer_config_dir", "~/printer_data/config")
 when_busy = host.data.get("printer_when_busy", "write")
 backups = host.data.get("printer_backups", 5)

@@ -208,6 +208,7 @@ def provision() -> None:
     endpoint = remote_endpoint(settings.remote)
     audit = host.get_fact(FleetAudit, hosts=[f"{endpoint[0]}:{endpoint[1]}"] if endpoint else [])
     config = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
+    if not backup.identity.verified(config, settings.backups): return  # noqa: E701 - not the printer recorded
 
     # the calibration is safe on the controller before anything on the Pi changes
     restoring = backup.restore_due(config) and backup.newest_calibrated(

@@ -70,6 +70,7 @@ def update_printer() -> None:
         return
     [(fact, kwargs)] = update_reads(settings)
     read = prefetch.get_fact(host, fact, **kwargs)
+    if not backup.identity.verified(read["config"]["backup"], settings.backups): return  # noqa: E701 - not the printer recorded
     audit, state = read["audit"], read["config"]
     config = state["backup"]
     before = audit["klipper"].get("version") or None

@@ -423,8 +423,9 @@ def probe_artifacts(directory):
 
 
 # ------------------------------------------------------------------------------ config folder
-# The lines ConfigBackupState and PrinterFiles parse (operations/backup.py, facts/printer_files.py),
-# as the shell tools would print them: find's listing, sha256sum, GNU stat, df -Pk, base64.
+# The lines ConfigBackupState and PrinterFiles parse (operations/backup.py, facts/printer_files.py):
+# PrinterFiles' as GNU stat, sha256sum, df -Pk and base64 print them; the backup's its own (sizes,
+# symlinks, the machine-id).
 
 
 def _config_dir(path):
@@ -451,8 +452,10 @@ def _lines(path):
         return []
 
 
-def _backup_files(root, exclude_dirs, exclude_names):
-    """``find . ( -path ./D -o -name N ) -prune -o -type f -print0 | LC_ALL=C sort -z``."""
+def _backup_entries(root, exclude_dirs, exclude_names):
+    """``find . ( -path ./D -o -name N ) -prune -o ( -type f -o -type l ) -print0 | LC_ALL=C sort -z``
+    as (rel, lstat result): regular files and symlinks, never following a link (a linked folder is
+    one entry, not descended into)."""
     import fnmatch
     import stat
 
@@ -470,21 +473,29 @@ def _backup_files(root, exclude_dirs, exclude_names):
                     or any(fnmatch.fnmatchcase(name, n) for n in exclude_names):
                 continue
             try:
-                mode = os.lstat(os.path.join(root, child)).st_mode
+                meta = os.lstat(os.path.join(root, child))
             except OSError:
                 continue
-            if stat.S_ISDIR(mode):
+            if stat.S_ISDIR(meta.st_mode):
                 pending.append(child)
-            elif stat.S_ISREG(mode):
-                found.append(child)
-    return sorted(found, key=os.fsencode)
+            elif stat.S_ISREG(meta.st_mode) or stat.S_ISLNK(meta.st_mode):
+                found.append((child, meta))
+    return sorted(found, key=lambda entry: os.fsencode(entry[0]))
 
 
-def probe_backup_state(config_dir, exclude_dirs, exclude_names, save_marker, initial_include):
+def probe_backup_state(config_dir, exclude_dirs, exclude_names, save_marker, initial_include, hash_limit=None):
+    """The folder as a backup sees it: ``file<TAB>sha256<TAB>size<TAB>./rel`` for a regular file,
+    ``big<TAB>size<TAB>./rel`` for one over ``hash_limit`` bytes (never read: no backup takes it),
+    ``link<TAB>["./rel", "target"]`` for a symlink (its target as text, never followed); and the
+    Pi's machine-id, even without the folder (the printer's identity)."""
+    import stat
+
+    machine_id = _read("/etc/machine-id", 64)
+    out = ["machine_id\t" + (machine_id or "").strip()]
     root = _config_dir(config_dir)
     if root is None:
-        return ["nodir"]
-    out = ["dir\t" + root]
+        return out + ["nodir"]
+    out.append("dir\t" + root)
     printer_cfg = os.path.join(root, "printer.cfg")
     if os.path.isfile(printer_cfg):
         out.append("printer_cfg")
@@ -493,11 +504,21 @@ def probe_backup_state(config_dir, exclude_dirs, exclude_names, save_marker, ini
             out.append("save_config")
         if any(line.startswith(("[include %s]" % initial_include).encode()) for line in lines):
             out.append("initial")
-    for rel in _backup_files(root, exclude_dirs, exclude_names):
+    for rel, meta in _backup_entries(root, exclude_dirs, exclude_names):
+        path = os.path.join(root, rel)
+        if stat.S_ISLNK(meta.st_mode):
+            try:
+                out.append("link\t" + json.dumps([rel, os.readlink(path)]))
+            except OSError:
+                pass
+            continue
         if "\n" in rel or "\\" in rel:
-            continue  # sha256sum escapes such names ("\" lines), which the parser skips
+            continue  # sha256sum escapes such names ("\" lines): never backed up
+        if hash_limit is not None and meta.st_size > hash_limit:
+            out.append("big\t%d\t%s" % (meta.st_size, rel))
+            continue
         try:
-            out.append("file\t%s  %s" % (_sha256_file(os.path.join(root, rel)), rel))
+            out.append("file\t%s\t%d\t%s" % (_sha256_file(path), meta.st_size, rel))
         except OSError:
             continue  # unreadable: sha256sum says so on stderr and prints no line
     return out
@@ -567,7 +588,8 @@ def probe_config_state(args):
     if "backup" in args:
         backup = args["backup"]
         result["backup"] = _guarded(probe_backup_state, args["config_dir"], backup["exclude_dirs"],
-                                    backup["exclude_names"], backup["save_marker"], backup["initial_include"])
+                                    backup["exclude_names"], backup["save_marker"], backup["initial_include"],
+                                    backup.get("hash_limit"))
     if "files" in args:
         files = args["files"]
         result["files"] = _guarded(probe_printer_files, args["config_dir"], files["files"], files["read"],

@@ -191,13 +191,24 @@ def run_fleet(
                                      parallel=parallel)
         # each Pi's facts are read as soon as it is connected, while the others still connect
         unreachable = fleet_api.connect(state, then=_prefetcher(state))
+        not_run: dict[str, str] = {}
         try:
-            if len(unreachable) < len(batch):
-                add_deploy(state, _update_deploy())
-                if execute:
-                    run_ops(state)
-        except PyinfraError:
-            pass  # "No hosts remaining!" once every host failed: each host's operations say why
+            # host by host: one host pyinfra cannot plan (e.g. `_sudo: True` in its data) fails
+            # alone, with pyinfra's message, and the others still run
+            for host in state.inventory.get_active_hosts():
+                try:
+                    add_deploy(state, _update_deploy(), host=host)
+                except Exception as error:  # noqa: BLE001 - any error planning one host is that host's
+                    not_run[host.name] = _planning_error(error)
+                    state.active_hosts.discard(host)
+                    state.failed_hosts.add(host)
+            if execute and state.active_hosts:
+                run_ops(state)
+        except PyinfraError as error:
+            # "No hosts remaining!" once every host failed: each host's operations say why; any
+            # other stop leaves the hosts still active without a verdict: they failed with it
+            if str(error) != "No hosts remaining!":
+                not_run.update({host.name: f"pyinfra stopped the run: {error}" for host in state.active_hosts})
         finally:
             prefetch.clear()
             fleet_api.disconnect(state)
@@ -207,11 +218,14 @@ def run_fleet(
             if name in unreachable:
                 reports.add_printer(report, name, "unreachable", groups=groups, batch=index,
                                     reason=f"cannot connect: {unreachable[name]}", duration_s=seconds)
+            elif name in not_run:
+                reports.add_printer(report, name, "failed", groups=groups, batch=index, reason=not_run[name],
+                                    duration_s=seconds)
             else:
                 entry = printer_entry(state, name, execute)
                 reports.add_printer(report, name, entry["status"], groups=groups, batch=index,
                                     reason=entry["reason"], duration_s=seconds, klipper=entry["klipper"],
-                                    config=entry["config"], boards=entry["boards"])
+                                    config=results.with_backup_notes(name, entry["config"]), boards=entry["boards"])
         if out is not None:
             kind = "canary" if index == 0 and canary else f"batch {index + 1}/{len(batches)}"
             counts = reports.summarise(p for p in report["printers"] if p["batch"] == index)
@@ -233,6 +247,12 @@ def run_fleet(
     if report_dir is not None:
         reports.write_report(report, report_dir)
     return report["exit_code"], report
+
+
+def _planning_error(error: BaseException) -> str:
+    """pyinfra's own message for an error it raised, the type as well for any other."""
+    text = str(error) if isinstance(error, PyinfraError) else f"{type(error).__name__}: {error}"
+    return f"pyinfra could not plan this host: {text}"
 
 
 def _prefetcher(state: State) -> Callable[[Any], None]:

@@ -91,3 +91,18 @@ def note_op(host: str, role: str, meta: Any) -> None:
 
 def clear_run() -> None:
     RUN.clear()
+
+
+def note_backup_skipped(host: str, skipped: dict[str, str]) -> None:
+    """The files the config backup left out (over its size limits), {path: why}."""
+    RUN.setdefault(host, {"boards": {}, "ops": {}})["backup_skipped"] = dict(skipped)
+
+
+def with_backup_notes(host: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A report's ``config`` entry with the files the backup left out named (``backup_skipped``,
+    and in its reason when it has none)."""
+    skipped = RUN.get(host, {}).get("backup_skipped") or {}
+    if not skipped:
+        return config
+    text = "config backup left out " + "; ".join(f"{name} ({why})" for name, why in sorted(skipped.items()))
+    return {**config, "backup_skipped": dict(skipped), "reason": config.get("reason") or text}

@@ -25,9 +25,10 @@ from pyinfra_ratos.klipper_config import SAVE_CONFIG_MARKER
 from pyinfra_ratos.operations.backup import (
     EXCLUDED_DIRS,
     EXCLUDED_NAMES,
+    MAX_FILE_CEILING_MB,
+    MIB,
     RATOS_INITIAL_INCLUDE,
     ConfigBackupState,
-    _find_files,
 )
 
 FILES = ["printer.cfg", "RatOS.cfg", "moonraker.conf", ".pyinfra-ratos-restart-klipper", "link.cfg", "sub",
@@ -37,20 +38,32 @@ INCLUDES = ["RatOS/printers/v-core-3/v-core-3.cfg", "macros/x.cfg", "missing.cfg
 
 
 def _reference_backup(config_dir: str) -> list[str]:
+    """What GNU find, sha256sum, stat and readlink print for the folder, as the probe's lines."""
     import re
 
     include = re.escape(f"[include {RATOS_INITIAL_INCLUDE}]")
+    tests = " -o ".join([f"-path {shlex.quote('./' + d)}" for d in EXCLUDED_DIRS]
+                        + [f"-name {shlex.quote(n)}" for n in EXCLUDED_NAMES])
     script = "\n".join([
+        "printf 'machine_id\\t%s\\n' \"$(cat /etc/machine-id 2>/dev/null)\"",
         f"cd {shlex.quote(config_dir)} 2>/dev/null || {{ echo nodir; exit 0; }}",
         "printf 'dir\\t%s\\n' \"$(pwd)\"",
         "if [ -f printer.cfg ]; then echo printer_cfg",
         f"  grep -qxF -- {shlex.quote(SAVE_CONFIG_MARKER)} printer.cfg && echo save_config",
         f"  grep -Eq {shlex.quote('^' + include)} printer.cfg && echo initial",
         "fi",
-        f"{_find_files(EXCLUDED_DIRS, EXCLUDED_NAMES)} | xargs -0r sha256sum -- 2>/dev/null | sed 's/^/file\\t/'",
+        f"find . \\( {tests} \\) -prune -o \\( -type f -o -type l \\) -print0 | LC_ALL=C sort -z |",
+        "while IFS= read -r -d '' f; do",
+        "  if [ -L \"$f\" ]; then",
+        "    printf 'link\\t[%s, %s]\\n' \"$(jq -Rn --arg v \"$f\" '$v')\" \"$(jq -Rn --arg v \"$(readlink -- \"$f\")\" '$v')\"",
+        "  else",
+        "    sha=$(sha256sum < \"$f\" 2>/dev/null | cut -c1-64) && [ -n \"$sha\" ] &&"
+        " printf 'file\\t%s\\t%s\\t%s\\n' \"$sha\" \"$(stat -c %s -- \"$f\")\" \"$f\"",
+        "  fi",
+        "done",
         "exit 0",
     ])
-    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, errors="surrogateescape",
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, errors="surrogateescape",
                           check=True).stdout.splitlines()
 
 
@@ -82,7 +95,7 @@ def _reference_files(config_dir: str) -> list[str]:
 
 def _probe(config_dir: str) -> tuple[list[str], list[str]]:
     backup = remote.probe_backup_state(config_dir, list(EXCLUDED_DIRS), list(EXCLUDED_NAMES), SAVE_CONFIG_MARKER,
-                                       RATOS_INITIAL_INCLUDE)
+                                       RATOS_INITIAL_INCLUDE, MAX_FILE_CEILING_MB * MIB)
     files = remote.probe_printer_files(config_dir, FILES, READ, INCLUDES, MAX_TEXT_BYTES)
     return backup, files
 
@@ -134,7 +147,8 @@ def test_the_probe_prints_what_find_sha256sum_stat_and_base64_print(folder: Path
     reference_free, reference_lines = _free_space_apart(_reference_files(str(folder)))
     assert lines == reference_lines
     assert abs(free - reference_free) < 64 * 1024  # KiB, as df -Pk
-    assert any(line.endswith("  ./sub/RatOS/kept.cfg") for line in backup)
+    assert any(line.endswith("\t./sub/RatOS/kept.cfg") for line in backup)
+    assert 'link\t["./link.cfg", "macros/x.cfg"]' in backup and 'link\t["./linked-dir", "macros"]' in backup
     assert not any("RatOS/printers" in line or ".bak" in line for line in backup)
 
 
@@ -143,8 +157,9 @@ def test_the_initial_ratos_printer_cfg_and_a_missing_folder(folder: Path, tmp_pa
     backup, _ = _probe(str(folder))
     assert backup == _reference_backup(str(folder))
     assert "initial" in backup and "save_config" not in backup
-    assert _probe(str(tmp_path / "absent")) == (["nodir"], ["nodir"])
-    assert _reference_backup(str(tmp_path / "absent")) == ["nodir"]
+    backup, files = _probe(str(tmp_path / "absent"))
+    assert backup[1:] == ["nodir"] and files == ["nodir"]
+    assert _reference_backup(str(tmp_path / "absent")) == backup
 
 
 def test_the_facts_run_the_shipped_probe_from_home(folder: Path, tmp_path: Path) -> None:
@@ -166,7 +181,10 @@ def test_the_facts_run_the_shipped_probe_from_home(folder: Path, tmp_path: Path)
     assert state["backup"]["dir"] == str(folder) and state["backup"]["save_config"] is True
     assert state["files"]["files"]["printer.cfg"]["text"] == (folder / "printer.cfg").read_text()
     assert state["files"]["includes"] == {"macros/x.cfg": True}
-    assert run(ConfigState(), config_dir="~/elsewhere", **query) == {"backup": {}, "files": {}}
+    machine_id = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
+    assert state["backup"]["machine_id"] == machine_id
+    # no folder: the machine-id alone (the printer's identity is checked all the same)
+    assert run(ConfigState(), config_dir="~/elsewhere", **query) == {"backup": {"machine_id": machine_id}, "files": {}}
 
 
 def test_a_probe_that_cannot_run_reads_as_no_folder() -> None:

@@ -99,16 +99,16 @@ def _tar(tmp_path: Path, files: dict[str, bytes]) -> str:
 def test_a_backup_version_is_made_only_when_the_content_changed_and_old_ones_are_pruned(tmp_path: Path) -> None:
     folder = tmp_path / "backups" / "pi1"
     folder.mkdir(parents=True)
-    first = backup.store_version(_tar(tmp_path, {"printer.cfg": b"a"}), str(folder), keep=2)
-    assert first and backup.store_version(_tar(tmp_path, {"printer.cfg": b"a"}), str(folder), keep=2) is None
+    first, _ = backup.store_version(_tar(tmp_path, {"printer.cfg": b"a"}), str(folder), keep=2)
+    assert first and backup.store_version(_tar(tmp_path, {"printer.cfg": b"a"}), str(folder), keep=2)[0] is None
     backup.store_version(_tar(tmp_path, {"printer.cfg": b"b"}), str(folder), keep=2)
-    newest = backup.store_version(_tar(tmp_path, {"printer.cfg": b"c", "sub/x.cfg": b"x"}), str(folder), keep=2)
+    newest, _ = backup.store_version(_tar(tmp_path, {"printer.cfg": b"c", "sub/x.cfg": b"x"}), str(folder), keep=2)
     kept = backup.versions(folder)
     assert len(kept) == 2 and kept[-1].name == newest and (kept[-1] / "files/sub/x.cfg").read_bytes() == b"x"
-    # the controller's digest is the one the Pi computes from sha256sum lines
-    assert backup.version_digest(kept[-1]) == backup.manifest_digest(
-        backup.parse_backup_state([f"file\t{line.split()[0]}  ./{line.split()[1]}"
-                                   for line in (kept[-1] / backup.MANIFEST).read_text().splitlines()])["files"])
+    # the controller's digest is the one the Pi computes from its listing
+    lines = (kept[-1] / backup.MANIFEST).read_text().splitlines()
+    assert backup.version_digest(kept[-1]) == backup.parse_backup_state(
+        [f"file\t{line.split()[0]}\t1\t./{line.split()[1]}" for line in lines])["digest"]
 
 
 def test_only_a_missing_or_ratos_initial_printer_cfg_is_restored_never_a_calibrated_one() -> None:
