@@ -80,7 +80,8 @@ FIRMWARE_KEYS = ("klipper_source", "firmware_cache", "flash_backend", "allow_unc
 SHARED_KEYS = ("boards", "klipper_commit", "custom_data_keys")
 # deploys/provision.py and deploys/update.py (checked by pyinfra_ratos.provision_settings)
 PROVISION_KEYS = ("klipper_remote", "klipper_bundle_cache", "hostname", "timezone", "build_on_pi",
-                  "provision_services", "config_backups", "config_backup_keep")
+                  "provision_services", "config_backups", "config_backup_keep", "config_backup_max_file_mb",
+                  "config_backup_max_total_mb", "printer_identity_accept")
 SECTIONS = ("printer", "firmware", "provision")
 
 

@@ -15,6 +15,10 @@ Keys (defaults in brackets; the printer's and the firmware's keys: ``printer_mod
     config_backups       the controller's backup folder [~/.local/share/pyinfra-ratos/config-backups];
                          each host's versions go to <config_backups>/<inventory name>/
     config_backup_keep   versions kept per host, 1 to 1000 [20]
+    config_backup_max_file_mb    a larger file is left out of a backup, and named [16, at most 64]
+    config_backup_max_total_mb   what one backup version holds at most, in MiB [64]
+    printer_identity_accept      after a deliberate SD-card swap: the new card's machine-id, which
+                                 the identity stop names (pyinfra_ratos/printer_identity.py)
     printer_config_dir, printer_user_config, printer_when_busy, printer_backups: as deploys/printer_config.py
 
 Controller paths (``klipper_source``, ``klipper_bundle_cache``, ``config_backups``) come out with
@@ -69,6 +73,12 @@ PROVISION_RULES: dict[str, Rule] = {
     "config_backups": Rule(path, "write a folder on this controller, "
                                  "e.g. \"~/.local/share/pyinfra-ratos/config-backups\"", optional=True),
     "config_backup_keep": Rule(count(1, 1000), "write how many versions to keep per host, e.g. 20"),
+    # operations/backup.py and pyinfra_ratos/printer_identity.py
+    "config_backup_max_file_mb": Rule(count(1, 64), "write the largest file kept in a backup, in MiB, e.g. 16"),
+    "config_backup_max_total_mb": Rule(count(1, 100000), "write the most a backup version holds, in MiB, e.g. 64"),
+    "printer_identity_accept": Rule(text(r"[0-9a-f]{32}|SHA256:[A-Za-z0-9+/]{43}", "a machine-id"),
+                                    "write the replaced card's /etc/machine-id (32 hex digits), as the "
+                                    "identity stop names it", optional=True),
 }
 
 
