@@ -21,7 +21,10 @@ setup(
         "pyinfra_ratos",
         "pyinfra_ratos.sim",
         "pyinfra_ratos.sim.usb",
-        "pyinfra_ratos.dfu",
+        "pyinfra_ratos.data",
+        "pyinfra_ratos.firmware",
+        "pyinfra_ratos.firmware.dfu",
+        "pyinfra_ratos.printer",
         *(f"pyinfra_ratos.{name}" for name in SUBPACKAGES),
     ],
     package_dir={
@@ -30,7 +33,7 @@ setup(
     },
     include_package_data=True,
     package_data={
-        "pyinfra_ratos": ["boards/*.toml"],
+        "pyinfra_ratos.firmware": ["boards/*.toml"],
         "pyinfra_ratos.sim": ["klipper_tree/**/*", "klipper_tree/*", "scenarios/*.toml"],
         "pyinfra_ratos.templates": ["**/*.j2", "*.j2"],
         "pyinfra_ratos.inventory": ["*.py", "group_data/*.py", "known_hosts"],

@@ -35,7 +35,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from pyinfra_ratos.builder import builds_made
+from pyinfra_ratos.firmware.builder import builds_made
 from pyinfra_ratos.sim import farm
 
 BIN = Path(sys.executable).parent

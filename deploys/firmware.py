@@ -12,7 +12,7 @@ from ``klipper_source`` at the commit the Pi runs), ships an artifact only to a 
 and flashes each board whose MCU does not run its identity yet, unless the printer is busy or the
 board must never be flashed unattended. With ``flash_backend = "pyusb"`` the pyusb DFU client is installed on a Pi before its
 first flash (one more SSH command to check it, on a Pi with something to flash). Inventory keys:
-see :mod:`pyinfra_ratos.firmware_settings`. A converged host yields no command (a
+see :mod:`pyinfra_ratos.firmware.settings`. A converged host yields no command (a
 board already on its identity adds no flash operation).
 """
 
@@ -30,20 +30,21 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import python
 
-from pyinfra_ratos import gate, results
-from pyinfra_ratos.builder import BuildError, BuiltArtifact, shared_builder
-from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos import results
+from pyinfra_ratos.printer import gate
+from pyinfra_ratos.firmware.builder import BuildError, BuiltArtifact, shared_builder
+from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.firmware import FirmwareArtifacts
-from pyinfra_ratos.firmware_image import inspect_image
-from pyinfra_ratos.firmware_settings import FirmwareTarget, firmware_settings
-from pyinfra_ratos.flash_plan import Artifact, FlashPlan, plan_flash
-from pyinfra_ratos.identity import BuildVersionError, identity_of
-from pyinfra_ratos.kconfig import verify_resolved
+from pyinfra_ratos.firmware.image import inspect_image
+from pyinfra_ratos.firmware.settings import FirmwareTarget, firmware_settings
+from pyinfra_ratos.firmware.plan import Artifact, FlashPlan, plan_flash
+from pyinfra_ratos.firmware.identity import BuildVersionError, identity_of
+from pyinfra_ratos.firmware.kconfig import verify_resolved
 from pyinfra_ratos.planned import add_if_needed, added_while_executing
-from pyinfra_ratos.versions import mcu_matches_host
+from pyinfra_ratos.firmware.versions import mcu_matches_host
 from pyinfra_ratos.operations import firmware, identity
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
-from pyinfra_ratos import gate, prefetch, results
-from pyinfra_ratos.bundle import describe
+from pyinfra_ratos import prefetch, results
+from pyinfra_ratos.printer import gate
+from pyinfra_ratos.firmware.bundle import describe
 from pyinfra_ratos.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.deploys.provision import (

@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
-from pyinfra_ratos.catalog import Board, load_catalog
+from pyinfra_ratos.firmware.catalog import Board, load_catalog
 
 from .probe import as_dict, as_int, as_str, json_document, probe_command
 

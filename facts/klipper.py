@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
-from pyinfra_ratos.versions import mcu_matches_host
+from pyinfra_ratos.firmware.versions import mcu_matches_host
 
 from .probe import as_dict, as_str, json_document, probe_command
 
@@ -223,7 +223,7 @@ class McuFirmware(FactBase[McuFirmwareDict]):
     Without Moonraker or klippy, falls back to the last klippy session in ``klippy.log`` that
     loaded MCUs (``source: "klippy.log"``, ``connected: False``).
 
-    ``matches_host`` is :func:`pyinfra_ratos.versions.mcu_matches_host`: the exact same version
+    ``matches_host`` is :func:`pyinfra_ratos.firmware.versions.mcu_matches_host`: the exact same version
     string as the host, both clean; a dirty, ``?`` or timestamp-suffixed version never matches
     ("rebuild"). ``None`` when the MCU is not connected (no version to compare).
 

@@ -246,7 +246,7 @@ LOCK_DIR = "/run/pyinfra-ratos"
 
 
 def held_locks(lock_dir=LOCK_DIR):
-    """The printer agent's locks another process holds (pyinfra_ratos.flash_agent.held_locks):
+    """The printer agent's locks another process holds (pyinfra_ratos.firmware.agent.held_locks):
     a run is updating this printer, so the printer is not idle for anyone else."""
     import fcntl
 

@@ -11,7 +11,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import OperationValueError, operation
 
-from pyinfra_ratos import klipper_config as kc
+from pyinfra_ratos.printer import klipper_config as kc
 from pyinfra_ratos.facts.printer_files import PrinterFiles
 
 from .printer import (MOONRAKER_URL, apply_writes, check_common, covers, fail_command, file_write, printer_busy,

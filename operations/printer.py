@@ -26,18 +26,17 @@ from pyinfra import host, logger, state
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 from pyinfra.api.command import FileUploadCommand
 
-from pyinfra_ratos import gate
-from pyinfra_ratos import klipper_config as kc
-from pyinfra_ratos import printer_model as pm
-from pyinfra_ratos.catalog import Board, load_catalog
+from pyinfra_ratos.printer import gate
+from pyinfra_ratos.printer import klipper_config as kc
+from pyinfra_ratos.printer import model as pm
+from pyinfra_ratos.firmware.catalog import Board, load_catalog
 from pyinfra_ratos.facts.boards import AttachedBoards
 from pyinfra_ratos.facts.printer import PrinterActivity
 from pyinfra_ratos.facts.printer_files import MAX_TEXT_BYTES, PrinterFiles, encode_text, sha256_text, shell_path
 from pyinfra_ratos.templates import TemplateRenderError, render
 
 MOONRAKER_URL = "http://127.0.0.1:7125"
-USER_CONFIG_MODES = ("keep", "adopt", "regenerate")
-WHEN_BUSY = ("write", "defer")
+USER_CONFIG_MODES, WHEN_BUSY = pm.USER_CONFIG_MODES, pm.WHEN_BUSY
 MARGIN_BYTES = 16 * 1024  # never fill a file system to the last block
 
 
@@ -155,7 +154,7 @@ def restart_command(directory: str, service: str, url: str) -> StringCommand:
     """Restart a service through the printer agent, unless the printer is not positively idle on
     the Pi right then (the plan read it idle, but on a big farm minutes pass before this runs):
     then the restart is left pending (marked in ``directory``) and the host fails with exit 75.
-    Done means a new main PID or start time (:mod:`pyinfra_ratos.flash_agent`)."""
+    Done means a new main PID or start time (:mod:`pyinfra_ratos.firmware.agent`)."""
     from pyinfra_ratos.operations.firmware import agent_command  # firmware imports this module
 
     marker = f"{directory.rstrip('/')}/{restart_marker(service)}"
@@ -287,7 +286,7 @@ def config(
     """
     Render a RatOS printer's configuration and converge the Pi's files to it.
 
-    + printer: the printer's inventory data (keys: see ``pyinfra_ratos.printer_model``); default:
+    + printer: the printer's inventory data (keys: see ``pyinfra_ratos.printer.model``); default:
       the host's data (``printer_model``, ``printer_size``, ``boards``, ``hotend``, ...)
     + config_dir: Klipper's config folder on the Pi
     + generated_file: the file the tool owns (``RatOS.cfg``), rendered from ``RatOS.cfg.j2``

@@ -20,7 +20,7 @@ def _error(exc: Exception, code: int = EXIT_BAD_INPUT) -> int:
     """Print an error for the operator and return its exit code. The text may quote inventory
     values or a Pi's output: control characters are stripped before they reach the terminal (the
     validators never quote a secret field's value)."""
-    from pyinfra_ratos.hygiene import sanitise_text
+    from pyinfra_ratos.data.hygiene import sanitise_text
 
     print(f"ratos-fleet: {sanitise_text(str(exc), keep_newlines=True)}", file=sys.stderr)
     return code
@@ -75,7 +75,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     """Validate the inventory (no SSH on bad input), then one FleetAudit command per Pi."""
     from pyinfra_ratos import fleet_api  # first: pyinfra_cli patches the stdlib for gevent on import
-    from pyinfra_ratos.catalog import load_catalog
+    from pyinfra_ratos.firmware.catalog import load_catalog
     from pyinfra_ratos.facts.audit import FleetAudit
     from pyinfra_ratos.hostdata import InventoryError, validate_inventory
     from pyinfra_ratos.report import render_status, status_rows
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pyinfra_ratos.catalog import CatalogError
+    from pyinfra_ratos.firmware.catalog import CatalogError
 
     args = build_parser().parse_args(argv)
     try:

@@ -26,9 +26,9 @@ from pyinfra.api.state import State
 
 from pyinfra_ratos import report as reports
 from pyinfra_ratos import prefetch, results
-from pyinfra_ratos.bundle import describe
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.flash_agent import RESULT_PREFIX, SUMMARY_PREFIX
+from pyinfra_ratos.firmware.bundle import describe
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.firmware.agent import RESULT_PREFIX, SUMMARY_PREFIX
 from pyinfra_ratos.hostdata import InventoryError, validate_inventory
 
 CANARY = "canary"

@@ -1,16 +1,16 @@
 """The whole inventory's host data, validated before any SSH command: every problem of every host at once.
 
 Pure Python (no connection, no pyinfra state). :func:`validate_inventory` runs each deploy's own
-validator (:func:`pyinfra_ratos.printer_model.parse_printer_data`,
-:func:`pyinfra_ratos.firmware_settings.firmware_settings`,
-:func:`pyinfra_ratos.provision_settings.provision_problems`) on every host, adds what no single
+validator (:func:`pyinfra_ratos.printer.model.parse_printer_data`,
+:func:`pyinfra_ratos.firmware.settings.firmware_settings`,
+:func:`pyinfra_ratos.printer.provision_settings.provision_problems`) on every host, adds what no single
 deploy checks (unknown keys with a "did you mean", types of pyinfra's keys, host names), and
 raises ONE :class:`InventoryError` with one line per problem::
 
     host vcore-01: field 'printer_modle': unknown data key. Fix: did you mean 'printer_model'? ...
     host vcore-02: field 'boards[0].port': 'usb3' is not a USB port path. Fix: write it like "1-1.3" ...
 
-``boards`` is parsed once, by :func:`pyinfra_ratos.board_entries.parse_boards`, for every deploy.
+``boards`` is parsed once, by :func:`pyinfra_ratos.data.board_entries.parse_boards`, for every deploy.
 No line shows the value of a key that may hold a secret (``ssh_password``...), nor more than 60
 characters of any value.
 
@@ -35,9 +35,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
-from pyinfra_ratos.board_entries import BoardSpec, parse_boards  # noqa: F401 - re-exported (tests, report)
-from pyinfra_ratos.catalog import Board
-from pyinfra_ratos.datarules import (
+from pyinfra_ratos.data.board_entries import BoardSpec, parse_boards  # noqa: F401 - re-exported (tests, report)
+from pyinfra_ratos.firmware.catalog import Board
+from pyinfra_ratos.data.rules import (
     COMMIT,
     HOST_NAME_FIX,
     a_type,
@@ -52,11 +52,11 @@ from pyinfra_ratos.datarules import (
     shown,
     text,
 )
-from pyinfra_ratos.datarules import problems as value_problems
+from pyinfra_ratos.data.rules import problems as value_problems
 
 if TYPE_CHECKING:
-    from pyinfra_ratos.firmware_settings import FirmwareSettings
-    from pyinfra_ratos.printer_model import PrinterSpec
+    from pyinfra_ratos.firmware.settings import FirmwareSettings
+    from pyinfra_ratos.printer.model import PrinterSpec
 
 SSH_RULES: dict[str, Rule] = {
     "ssh_hostname": Rule(text(r"[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]{0,252}", "a host name or address"),
@@ -78,7 +78,7 @@ PRINTER_DEPLOY_KEYS = ("printer_user_config", "printer_when_busy", "printer_back
 FIRMWARE_KEYS = ("klipper_source", "firmware_cache", "flash_backend", "allow_unclean_build", "attended_flash",
                  "firmware_build")
 SHARED_KEYS = ("boards", "klipper_commit", "custom_data_keys")
-# deploys/provision.py and deploys/update.py (checked by pyinfra_ratos.provision_settings)
+# deploys/provision.py and deploys/update.py (checked by pyinfra_ratos.printer.provision_settings)
 PROVISION_KEYS = ("klipper_remote", "klipper_bundle_cache", "hostname", "timezone", "build_on_pi",
                   "provision_services", "config_backups", "config_backup_keep", "config_backup_max_file_mb",
                   "config_backup_max_total_mb", "printer_identity_accept")
@@ -130,9 +130,9 @@ def pyinfra_keys() -> Mapping[str, Any]:
 @functools.lru_cache(maxsize=None)
 def value_rules() -> Mapping[str, Rule]:
     """Every deploy's rule for each of its keys (modules imported late: they import this one)."""
-    from pyinfra_ratos.firmware_settings import FIRMWARE_RULES
-    from pyinfra_ratos.printer_model import PRINTER_DEPLOY_RULES, PRINTER_RULES
-    from pyinfra_ratos.provision_settings import PROVISION_RULES
+    from pyinfra_ratos.firmware.settings import FIRMWARE_RULES
+    from pyinfra_ratos.printer.model import PRINTER_DEPLOY_RULES, PRINTER_RULES
+    from pyinfra_ratos.printer.provision_settings import PROVISION_RULES
 
     return types.MappingProxyType({"klipper_commit": COMMIT, **PRINTER_RULES, **PRINTER_DEPLOY_RULES,
                                    **FIRMWARE_RULES, **PROVISION_RULES})
@@ -219,9 +219,9 @@ def validate_host(
     require: Collection[str] = (),
 ) -> tuple[HostSettings | None, list[str]]:
     """One host: its settings (None when it has problems) and its problem lines."""
-    from pyinfra_ratos.firmware_settings import HostDataError, firmware_settings
-    from pyinfra_ratos.printer_model import PrinterDataError, parse_printer_data
-    from pyinfra_ratos.provision_settings import provision_problems
+    from pyinfra_ratos.firmware.settings import HostDataError, firmware_settings
+    from pyinfra_ratos.printer.model import PrinterDataError, parse_printer_data
+    from pyinfra_ratos.printer.provision_settings import provision_problems
 
     if not isinstance(data, Mapping):
         return None, [_line(host, f"data: {shown(data)} is not a table of data keys. Fix: give the host a dict")]
@@ -284,7 +284,7 @@ def validate_inventory(
 
     + hosts: ``{host name: its data}``, override data included (pyinfra's ``host.data.dict()``)
     + override: the run's ``--data`` values (``attended_flash`` is only accepted from there)
-    + catalog: the board catalog (:func:`pyinfra_ratos.catalog.load_catalog`)
+    + catalog: the board catalog (:func:`pyinfra_ratos.firmware.catalog.load_catalog`)
     + require: deploys whose required keys every host must have: ``printer``, ``firmware``,
       ``provision`` (the provision and update deploys)
     """

@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pyinfra_ratos.hygiene import sanitise_text
+from pyinfra_ratos.data.hygiene import sanitise_text
 from pyinfra_ratos.results import FlashRecord
 
 PRINTER_STATUSES = ("changed", "converged", "skipped", "failed", "unreachable", "not-run")

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pyinfra_ratos.flash_plan import FlashPlan
+from pyinfra_ratos.firmware.plan import FlashPlan
 
 ACTIONS = ("flashed", "skipped", "failed", "refused", "planned")
 METHODS = ("dfu-util", "pyusb", "linux")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.builder import DEBUG_ELF, Builder, BuildError, builds_made
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.firmware_image import inspect_image
-from pyinfra_ratos.kconfig import render_fragment
+from pyinfra_ratos.firmware.builder import DEBUG_ELF, Builder, BuildError, builds_made
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.firmware.image import inspect_image
+from pyinfra_ratos.firmware.kconfig import render_fragment
 from pyinfra_ratos.sim.klipper_repo import create_template_repo
 
 CATALOG = load_catalog()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.catalog import Board, load_catalog
-from pyinfra_ratos.firmware_image import check_image_for_board, find_dictionary, inspect_image
+from pyinfra_ratos.firmware.catalog import Board, load_catalog
+from pyinfra_ratos.firmware.image import check_image_for_board, find_dictionary, inspect_image
 from pyinfra_ratos.sim.klipper_repo import build_firmware, create_template_repo
 
 CATALOG = load_catalog()

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.catalog import Board, load_catalog
-from pyinfra_ratos.firmware_image import inspect_image
-from pyinfra_ratos.flash_plan import (
+from pyinfra_ratos.firmware.catalog import Board, load_catalog
+from pyinfra_ratos.firmware.image import inspect_image
+from pyinfra_ratos.firmware.plan import (
     Artifact,
     DfuDownload,
     EnsureIdle,
@@ -31,7 +31,7 @@ from pyinfra_ratos.flash_plan import (
     plan_flash,
     with_backend,
 )
-from pyinfra_ratos.identity import FirmwareIdentity, identity_of
+from pyinfra_ratos.firmware.identity import FirmwareIdentity, identity_of
 from pyinfra_ratos.sim.klipper_repo import create_template_repo
 
 CATALOG = load_catalog()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.hostdata import parse_boards
 from pyinfra_ratos.report import (
     add_printer, finish, new_report, render_html, render_status, render_table, set_printer, status_rows,

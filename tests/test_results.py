@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pyinfra_ratos.flash_plan import FlashPlan
+from pyinfra_ratos.firmware.plan import FlashPlan
 from pyinfra_ratos.results import FlashRecord, record_for_plan, summarise
 
 

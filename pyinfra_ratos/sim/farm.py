@@ -361,7 +361,7 @@ def up(scenario_path: str | Path, state_dir: str | Path, ssh_port: int = 22, tim
     """Start the farm of a scenario; returns the farm description (also in farm.json)."""
     if os.geteuid() != 0:
         raise FarmError("the virtual farm needs root (namespaces, mounts, sshd); run it with sudo")
-    from pyinfra_ratos.catalog import load_catalog
+    from pyinfra_ratos.firmware.catalog import load_catalog
 
     catalog = load_catalog()
     scenario: Scenario = load_scenario(scenario_path, board_known=catalog.__contains__)

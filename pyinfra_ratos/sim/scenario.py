@@ -140,7 +140,7 @@ def _board(
     if board_known is not None and not board_known(board):
         raise ScenarioError(
             f"{where}: key 'board' is {board!r}, which is not in the board catalog; "
-            "use a catalog id (see pyinfra_ratos/boards/) or add a board file"
+            "use a catalog id (see pyinfra_ratos/firmware/boards/) or add a board file"
         )
     faults = raw.get("faults", [])
     if not isinstance(faults, list):

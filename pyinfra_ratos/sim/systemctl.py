@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from pyinfra_ratos.sim import pistate, procs, units
+from pyinfra_ratos.sim.klippy import derive_klippy, mcu_connects
 
 UNITS = {
     "klipper": "Klipper 3D Printer Firmware SV1",
@@ -191,8 +192,6 @@ def message_count(firmware: dict[str, Any]) -> int:
 
 def klippy_connect_lines(state: dict[str, Any]) -> list[str]:
     """The lines klippy logs per MCU it identifies (klippy/mcu.py ``log_info``), in order."""
-    from pyinfra_ratos.sim.moonraker import mcu_connects  # moonraker imports this module
-
     lines = []
     for mcu in state.get("mcus", []):
         if not mcu_connects(mcu, state.get("services", {})):
@@ -207,8 +206,6 @@ def klippy_connect_lines(state: dict[str, Any]) -> list[str]:
 
 
 def klippy_start_lines(state: dict[str, Any]) -> list[str]:
-    from pyinfra_ratos.sim.moonraker import derive_klippy
-
     home = home_of(state)
     klipper_path = state.get("klipper_path", f"{home}/klipper")
     now = time.time()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import pyinfra_ratos
-from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.sim import farm as sim_farm
 
 from .conftest import RunningFarm, start_farm
@@ -102,7 +102,7 @@ def builds(lab: RunningFarm) -> dict[str, tuple[str, bytes, str]]:
 
 
 def run_client(lab: RunningFarm, *argv: str) -> tuple[int, dict[str, Any], str]:
-    done = lab.ssh(PI, "sudo ~/venv/bin/python -m pyinfra_ratos.dfu " + " ".join(argv) + " 2>/tmp/dfu.err",
+    done = lab.ssh(PI, "sudo ~/venv/bin/python -m pyinfra_ratos.firmware.dfu " + " ".join(argv) + " 2>/tmp/dfu.err",
                    check=False)
     lines = done.stdout.strip().splitlines()
     return done.returncode, json.loads(lines[-1]) if lines else {}, lab.ssh(PI, "cat /tmp/dfu.err").stdout

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim.scenario import load_scenario
 
