@@ -24,7 +24,9 @@ setup(
         "pyinfra_ratos.data",
         "pyinfra_ratos.firmware",
         "pyinfra_ratos.firmware.dfu",
+        "pyinfra_ratos.fleet",
         "pyinfra_ratos.printer",
+        "pyinfra_ratos.run",
         *(f"pyinfra_ratos.{name}" for name in SUBPACKAGES),
     ],
     package_dir={
@@ -52,5 +54,5 @@ setup(
         # hypothesis drives the inventory validation with generated hostile values
         "test": ["kconfiglib>=14.1", "pytest>=7", "hypothesis>=6"],
     },
-    entry_points={"console_scripts": ["ratos-fleet=pyinfra_ratos.cli:main"]},
+    entry_points={"console_scripts": ["ratos-fleet=pyinfra_ratos.fleet.cli:main"]},
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
-from pyinfra_ratos.connection import set_nodelay
+from pyinfra_ratos.run.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra
 from pyinfra_ratos.facts.audit import FleetAudit
 

@@ -30,11 +30,11 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import python
 
-from pyinfra_ratos import results
+from pyinfra_ratos.run import results
 from pyinfra_ratos.printer import gate
 from pyinfra_ratos.firmware.builder import BuildError, BuiltArtifact, shared_builder
 from pyinfra_ratos.firmware.catalog import load_catalog
-from pyinfra_ratos.connection import set_nodelay
+from pyinfra_ratos.run.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.firmware import FirmwareArtifacts
@@ -43,7 +43,7 @@ from pyinfra_ratos.firmware.settings import FirmwareTarget, firmware_settings
 from pyinfra_ratos.firmware.plan import Artifact, FlashPlan, plan_flash
 from pyinfra_ratos.firmware.identity import BuildVersionError, identity_of
 from pyinfra_ratos.firmware.kconfig import verify_resolved
-from pyinfra_ratos.planned import add_if_needed, added_while_executing
+from pyinfra_ratos.run.planned import add_if_needed, added_while_executing
 from pyinfra_ratos.firmware.versions import mcu_matches_host
 from pyinfra_ratos.operations import firmware, identity
 

@@ -48,12 +48,12 @@ from pyinfra.operations import apt, files, python, server, systemd
 
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures
-from pyinfra_ratos import results
+from pyinfra_ratos.run import results
 from pyinfra_ratos.printer import gate
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
-from pyinfra_ratos.planned import add_if_needed, added_while_executing
+from pyinfra_ratos.run.planned import add_if_needed, added_while_executing
 from pyinfra_ratos.printer.provision_settings import ProvisionSettings, provision_settings
 
 BASE_PACKAGES = ("dfu-util", "python3-venv", "git")

@@ -64,7 +64,7 @@ from pyinfra_ratos.facts.probe import json_document, probe_command
 from pyinfra_ratos.operations import identity
 from typing_extensions import override
 
-from pyinfra_ratos import results
+from pyinfra_ratos.run import results
 from pyinfra_ratos.printer import provision_settings
 from pyinfra_ratos.printer.backups import (  # noqa: F401 - the controller's side, used through this module too
     DEFAULT_MAX_FILE_MB,

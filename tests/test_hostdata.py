@@ -14,7 +14,7 @@ import pytest
 from pyinfra_ratos.firmware import settings as fs
 from pyinfra_ratos.printer import model as pm
 from pyinfra_ratos.firmware.catalog import load_catalog
-from pyinfra_ratos.hostdata import InventoryError, parse_boards, validate_inventory
+from pyinfra_ratos.fleet.hostdata import InventoryError, parse_boards, validate_inventory
 
 CATALOG = load_catalog()
 OCTOPUS = "btt-octopus-pro-h723-11"
@@ -190,9 +190,9 @@ def test_the_example_inventories_are_valid(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
     script = (
         "import json, sys\n"
-        "from pyinfra_ratos import fleet_api\n"
+        "from pyinfra_ratos.fleet import api as fleet_api\n"
         "from pyinfra_ratos.firmware.catalog import load_catalog\n"
-        "from pyinfra_ratos.hostdata import validate_inventory\n"
+        "from pyinfra_ratos.fleet.hostdata import validate_inventory\n"
         "out = {}\n"
         "for path in sys.argv[2:]:\n"
         "    inventory = fleet_api.load_inventory(path, override_data={'klipper_source': sys.argv[1]})\n"

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from pyinfra_ratos.firmware.catalog import load_catalog
-from pyinfra_ratos.hostdata import parse_boards
-from pyinfra_ratos.report import (
+from pyinfra_ratos.fleet.hostdata import parse_boards
+from pyinfra_ratos.fleet.report import (
     add_printer, finish, new_report, render_html, render_status, render_table, set_printer, status_rows,
     write_report,
 )
-from pyinfra_ratos.results import FlashRecord
+from pyinfra_ratos.run.results import FlashRecord
 
 OLD, NEW = "v0.12.0-0-g097b935", "v0.13.0-3-gb846a96"
 COMMIT = "b846a96b558d6af7d6635658cfd38aadb2c88f31"

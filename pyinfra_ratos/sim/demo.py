@@ -10,6 +10,7 @@ the report (terminal table, report.json, report.html) and tears the farm down.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pyinfra_ratos.sim import farm
@@ -17,8 +18,9 @@ from pyinfra_ratos.sim import farm
 SCENARIO = Path(__file__).parent / "scenarios" / "demo.toml"
 
 
-def run_demo(keep: bool = False) -> int:
-    from pyinfra_ratos.cli import main  # the very commands an operator types
+def run_demo(main: Callable[[list[str]], int], keep: bool = False) -> int:
+    """The demo story; ``main``: the CLI's own entry point, so the farm runs the very commands an
+    operator types (passed in: the farm never imports the CLI, which loads the farm)."""
 
     state = Path(tempfile.mkdtemp(prefix="ratos-demo-"))
     inventory = str(state / "inventory.py")

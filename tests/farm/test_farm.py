@@ -215,7 +215,7 @@ def test_bad_scenario_is_refused_before_anything_starts(tmp_path: Path) -> None:
     scenario = tmp_path / "bad.toml"
     scenario.write_text('[[pi]]\nname = "vcore-01"\nstate = "printin"\n')
     result = subprocess.run(
-        [sys.executable, "-m", "pyinfra_ratos.cli", "sim", "up", str(scenario), "--state", str(tmp_path / "s")],
+        [sys.executable, "-m", "pyinfra_ratos.fleet.cli", "sim", "up", str(scenario), "--state", str(tmp_path / "s")],
         capture_output=True, text=True,
     )
     assert result.returncode == 2

@@ -1,6 +1,6 @@
 """A small layer over pyinfra's API: load an inventory as the CLI does, connect, read one fact per host.
 
-    from pyinfra_ratos import fleet_api
+    from pyinfra_ratos.fleet import api as fleet_api
     from pyinfra_ratos.facts.audit import FleetAudit
 
     inventory = fleet_api.load_inventory("inventory/farm.py", limit=["canary"])
@@ -17,7 +17,7 @@ for a delayed ACK (~40 ms on Linux) between the small packets of one request. :c
 a state callback that :func:`make_state` installs, turns it off on the transport's socket as soon
 as a host is connected (``host_connect``). Inside a deploy run by the ``pyinfra`` CLI, whose
 connections are made before any deploy code runs, :func:`set_tcp_nodelay` on each host does the same
-(it is :func:`pyinfra_ratos.connection.set_nodelay`, which this package's deploys call). Measured on
+(it is :func:`pyinfra_ratos.run.connection.set_nodelay`, which this package's deploys call). Measured on
 the virtual farm: 48.7 ms per SSH command without, 5.9 ms with (sshd session setup included).
 """
 
@@ -44,7 +44,7 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_cli.inventory import make_inventory
 
-from pyinfra_ratos.connection import set_nodelay
+from pyinfra_ratos.run.connection import set_nodelay
 
 T = TypeVar("T")
 

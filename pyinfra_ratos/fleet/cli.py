@@ -69,16 +69,16 @@ def _sim_down(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pyinfra_ratos.sim.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(main, keep=args.keep)
 
 
 def _status(args: argparse.Namespace) -> int:
     """Validate the inventory (no SSH on bad input), then one FleetAudit command per Pi."""
-    from pyinfra_ratos import fleet_api  # first: pyinfra_cli patches the stdlib for gevent on import
+    from pyinfra_ratos.fleet import api as fleet_api
     from pyinfra_ratos.firmware.catalog import load_catalog
     from pyinfra_ratos.facts.audit import FleetAudit
-    from pyinfra_ratos.hostdata import InventoryError, validate_inventory
-    from pyinfra_ratos.report import render_status, status_rows
+    from pyinfra_ratos.fleet.hostdata import InventoryError, validate_inventory
+    from pyinfra_ratos.fleet.report import render_status, status_rows
 
     try:
         inventory = fleet_api.load_inventory(args.inventory, limit=args.limit)
@@ -102,8 +102,9 @@ def _status(args: argparse.Namespace) -> int:
 
 def _fleet(args: argparse.Namespace, execute: bool) -> int:
     """``update`` (execute) or ``plan``: the update deploy over the fleet, then the report."""
-    from pyinfra_ratos import fleet_api, fleet_update  # fleet_api first: gevent's patching
-    from pyinfra_ratos.report import render_table
+    from pyinfra_ratos.fleet import api as fleet_api
+    from pyinfra_ratos.fleet import update as fleet_update
+    from pyinfra_ratos.fleet.report import render_table
 
     report_dir = args.report if execute else None
     if execute and report_dir is None:

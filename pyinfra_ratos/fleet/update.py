@@ -11,7 +11,7 @@ touched is reported ``not-run``. ``plan`` makes the same decisions and runs noth
 from __future__ import annotations
 
 # first: pyinfra's CLI package patches the standard library for gevent (see fleet_api)
-from pyinfra_ratos import fleet_api  # isort: skip
+from pyinfra_ratos.fleet import api as fleet_api
 
 import json
 import time
@@ -24,12 +24,13 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import State
 
-from pyinfra_ratos import report as reports
-from pyinfra_ratos import prefetch, results
+from pyinfra_ratos.fleet import report as reports
+from pyinfra_ratos.run import results
+from pyinfra_ratos.run import prefetch
 from pyinfra_ratos.firmware.bundle import describe
 from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.firmware.agent import RESULT_PREFIX, SUMMARY_PREFIX
-from pyinfra_ratos.hostdata import InventoryError, validate_inventory
+from pyinfra_ratos.fleet.hostdata import InventoryError, validate_inventory
 
 CANARY = "canary"
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra_ratos.data.hygiene import sanitise_text
-from pyinfra_ratos.results import FlashRecord
+from pyinfra_ratos.run.results import FlashRecord
 
 PRINTER_STATUSES = ("changed", "converged", "skipped", "failed", "unreachable", "not-run")
 KLIPPER_ACTIONS = ("updated", "unchanged", "skipped", "failed")
@@ -358,8 +358,8 @@ def _firmware_word(mcu: Mapping[str, Any] | None) -> str:
 
 
 def status_rows(boards: Sequence[Any], fact: Any) -> dict[str, Any]:
-    """One Pi's status from its inventory boards (:class:`pyinfra_ratos.hostdata.BoardSpec`) and its
-    gathered FleetAudit (:class:`pyinfra_ratos.fleet_api.HostFact`)::
+    """One Pi's status from its inventory boards (:class:`pyinfra_ratos.fleet.hostdata.BoardSpec`) and its
+    gathered FleetAudit (:class:`pyinfra_ratos.fleet.api.HostFact`)::
 
         {"reachable": bool, "error": str, "busy": bool | None, "klippy_state": str,
          "network": "online" | "offline" | "unknown", "host_version": str, "converged": bool,
