@@ -28,12 +28,25 @@ from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCo
 
 from pyinfra_ratos.firmware import dfu
 from pyinfra_ratos.firmware import agent as flash_agent
+from pyinfra_ratos.firmware import methods
 from pyinfra_ratos.firmware.builder import DEFAULT_CACHE, BuiltArtifact
 from pyinfra_ratos.firmware.plan import DFU_CLIENT_VENV, FlashPlan, with_backend
 
 # relative to the SSH user's home: sftp paths and the agent's image paths resolve against it
 ARTIFACTS_DIR = "printer_data/firmware"
-_AGENT_SOURCE = Path(flash_agent.__file__).read_text(encoding="utf-8")
+_MAIN_GUARD = 'if __name__ == "__main__":'
+
+
+def agent_source() -> str:
+    """The printer agent as shipped: ``firmware/agent.py`` with the Pi side (``pi_source``) of every
+    registered flash method that brings its own runner, inserted before the agent's entry point."""
+    text = Path(flash_agent.__file__).read_text(encoding="utf-8")
+    extra = [Path(method.pi_source).read_text(encoding="utf-8")
+             for method in methods.METHODS.values() if method.pi_source]
+    if not extra:
+        return text
+    head, guard, tail = text.rpartition(_MAIN_GUARD)
+    return head + "\n\n".join(extra) + "\n\n" + guard + tail
 # the sha256 of the installed client bundle, written last: no stamp, no (complete) client
 DFU_CLIENT_STAMP = f"{DFU_CLIENT_VENV}/pyinfra-ratos-dfu.sha256"
 _CLIENT_INIT = b'"""pyinfra-ratos on a Pi: only the pyusb DFU client (pyinfra_ratos.firmware.dfu) is installed here."""\n'
@@ -320,7 +333,7 @@ def agent_command(payload: Mapping[str, Any]) -> StringCommand:
     """Run the printer agent on the Pi as root with ``payload`` as its plan: the one place where
     Klipper is stopped, restarted or moved and boards are flashed (it re-checks the printer first)."""
     # "$HOME" is the SSH user's (expanded before sudo): the agent finds the artifacts under it
-    return StringCommand("sudo", "-n", "python3", "-c", QuoteString(_AGENT_SOURCE),
+    return StringCommand("sudo", "-n", "python3", "-c", QuoteString(agent_source()),
                          QuoteString(json.dumps({"lock_wait_s": 5, **payload}, sort_keys=True)), '"$HOME"')
 
 

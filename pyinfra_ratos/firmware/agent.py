@@ -376,6 +376,104 @@ class Pyusb(DfuBackend):
 BACKENDS = {"DfuDownload": DfuUtil, "PyusbDownload": Pyusb}
 
 
+# ------------------------------------------------------------------------------ method runners
+
+class Runner:
+    """The Pi side of a flash method (``pyinfra_ratos.firmware.methods``): how the agent writes one
+    board from its plan's steps, and how it puts back what the board ran. Keyed in :data:`RUNNERS`
+    by the plan's ``method``; a method whose runner is not built in ships it in its ``pi_source``,
+    appended to this file, which registers it there."""
+
+    def flash(self, agent: Agent, board: dict[str, Any], record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def restore(self, agent: Agent, board: dict[str, Any], record: dict[str, Any]) -> str | None:
+        raise NotImplementedError
+
+
+class DfuRunner(Runner):
+    """DfuSe (dfu-util or the pyusb client): request the bootloader, keep a read of the old
+    firmware, write with read-back (one retry), leave, wait for Klipper on the same port."""
+
+    def flash(self, agent: Agent, board: dict[str, Any], record: dict[str, Any]) -> None:
+        steps = {step["step"]: step for step in board["steps"]}
+        port = board.get("port")
+        write = next(steps[k] for k in BACKENDS if k in steps)
+        agent.enter_dfu(port, float(steps.get("WaitDfu", {"timeout": 10})["timeout"]),
+                        (steps.get("RequestBootloader") or {}).get("tty"))
+        backend = BACKENDS[write["step"]](agent, write)
+        record["backend"] = backend.name
+        length = int(write.get("capture_length") or 0)
+        if length:
+            dest = agent.scratch(f"{port}.bin")
+            backend.read(length, dest)
+            with open(dest, "rb") as handle:
+                kept = trimmed(handle.read())
+            if kept:
+                with open(dest, "wb") as handle:
+                    handle.write(kept)
+                record["capture"] = dest
+            else:
+                os.unlink(dest)  # a blank board: nothing worth restoring
+        record["written"] = True
+        agent.write_with_retry(backend, agent.path(write["image"]), record)
+        agent.wait_klipper(port, float(steps.get("WaitKlipper", {"timeout": 30})["timeout"]))
+
+    def restore(self, agent: Agent, board: dict[str, Any], record: dict[str, Any]) -> str | None:
+        port = board.get("port")
+        if not record.get("capture"):
+            return (f"no copy of the firmware {board['board']} ran could be read: flash it by hand on USB port "
+                    f"{port}, or fix the fault and rerun")
+        write = next(step for step in board["steps"] if step["step"] in BACKENDS)
+        try:
+            agent.enter_dfu(port, 10.0)
+            agent.write_with_retry(BACKENDS[write["step"]](agent, write), record["capture"], {"notes": []})
+            agent.wait_klipper(port, 30.0)
+        except (StepFailed, Interrupted) as failed:
+            state = usb_id(port)
+            where = ("in DFU" if state == DFU_ID else "running Klipper" if state == KLIPPER_ID
+                     else "not on USB")
+            return (f"{board['board']} on USB port {port} is {where} and could not be given back its old firmware "
+                    f"({failed}): power-cycle the printer's board, then rerun the update")
+        return None
+
+
+class LinuxRunner(Runner):
+    """The Linux host MCU: keep the installed binary, install the new one, restart its unit."""
+
+    def flash(self, agent: Agent, board: dict[str, Any], record: dict[str, Any]) -> None:
+        steps = {step["step"]: step for step in board["steps"]}
+        install = steps["InstallBinary"]
+        record["backend"] = "linux"
+        if os.path.exists(install["dest"]):
+            keep = agent.scratch("klipper_mcu")
+            shutil.copy2(install["dest"], keep)
+            record["capture"] = keep
+        record["written"] = True
+        agent.run(["install", "-m", "0755", agent.path(install["source"]), install["dest"]])
+        if "RestartService" in steps:
+            agent.run(["systemctl", "restart", steps["RestartService"]["name"]])
+
+    def restore(self, agent: Agent, board: dict[str, Any], record: dict[str, Any]) -> str | None:
+        steps = {step["step"]: step for step in board["steps"]}
+        if not record.get("capture"):
+            return "reinstall the previous klipper_mcu by hand"
+        agent.run(["install", "-m", "0755", record["capture"], steps["InstallBinary"]["dest"]])
+        if "RestartService" in steps:
+            agent.run(["systemctl", "restart", steps["RestartService"]["name"]])
+        return None
+
+
+RUNNERS: dict[str, Runner] = {"dfu-util": DfuRunner(), "pyusb": DfuRunner(), "linux": LinuxRunner()}
+
+
+def runner(board: dict[str, Any]) -> Runner:
+    found = RUNNERS.get(board.get("method") or "")
+    if found is None:
+        raise StepFailed(f"{board['board']}: this agent has no runner for flash method {board.get('method')!r}")
+    return found
+
+
 # ------------------------------------------------------------------------------ the agent
 
 class Agent:
@@ -510,42 +608,9 @@ class Agent:
                              f"{timeout:g} s ({now})")
 
     def flash_board(self, board: dict[str, Any], record: dict[str, Any]) -> None:
-        """One board's plan steps; keeps what it ran (``record["capture"]``) before writing over it."""
+        """One board, by the runner of its plan's method; keeps what it ran (``record["capture"]``)."""
         self.board_label = board["board"]
-        steps = {step["step"]: step for step in board["steps"]}
-        port = board.get("port")
-        write = next((steps[k] for k in BACKENDS if k in steps), None)
-        if write is not None:
-            wait_dfu = steps.get("WaitDfu", {"timeout": 10})
-            self.enter_dfu(port, float(wait_dfu["timeout"]), (steps.get("RequestBootloader") or {}).get("tty"))
-            backend = BACKENDS[write["step"]](self, write)
-            record["backend"] = backend.name
-            length = int(write.get("capture_length") or 0)
-            if length:
-                dest = self.scratch(f"{port}.bin")
-                backend.read(length, dest)
-                with open(dest, "rb") as handle:
-                    kept = trimmed(handle.read())
-                if kept:
-                    with open(dest, "wb") as handle:
-                        handle.write(kept)
-                    record["capture"] = dest
-                else:
-                    os.unlink(dest)  # a blank board: nothing worth restoring
-            record["written"] = True
-            self.write_with_retry(backend, self.path(write["image"]), record)
-            self.wait_klipper(port, float(steps.get("WaitKlipper", {"timeout": 30})["timeout"]))
-        if "InstallBinary" in steps:
-            install = steps["InstallBinary"]
-            record["backend"] = "linux"
-            if os.path.exists(install["dest"]):
-                keep = self.scratch("klipper_mcu")
-                shutil.copy2(install["dest"], keep)
-                record["capture"] = keep
-            record["written"] = True
-            self.run(["install", "-m", "0755", self.path(install["source"]), install["dest"]])
-        if "RestartService" in steps:
-            self.run(["systemctl", "restart", steps["RestartService"]["name"]])
+        runner(board).flash(self, board, record)
 
     def write_with_retry(self, backend: DfuBackend, image: str, record: dict[str, Any]) -> None:
         for attempt in range(1, WRITE_ATTEMPTS + 1):
@@ -560,27 +625,7 @@ class Agent:
 
     def restore_board(self, board: dict[str, Any], record: dict[str, Any]) -> str | None:
         """Put back what the board ran; None when done, else what the operator must do."""
-        port = board.get("port")
-        if record.get("backend") == "linux":
-            if record.get("capture"):
-                self.run(["install", "-m", "0755", record["capture"], board["steps_by"]["InstallBinary"]["dest"]])
-                return None
-            return "reinstall the previous klipper_mcu by hand"
-        if not record.get("capture"):
-            return (f"no copy of the firmware {board['board']} ran could be read: flash it by hand on USB port "
-                    f"{port}, or fix the fault and rerun")
-        write = next(step for step in board["steps"] if step["step"] in BACKENDS)
-        try:
-            self.enter_dfu(port, 10.0)
-            self.write_with_retry(BACKENDS[write["step"]](self, write), record["capture"], {"notes": []})
-            self.wait_klipper(port, 30.0)
-        except (StepFailed, Interrupted) as failed:
-            state = usb_id(port)
-            where = ("in DFU" if state == DFU_ID else "running Klipper" if state == KLIPPER_ID
-                     else "not on USB")
-            return (f"{board['board']} on USB port {port} is {where} and could not be given back its old firmware "
-                    f"({failed}): power-cycle the printer's board, then rerun the update")
-        return None
+        return runner(board).restore(self, board, record)
 
     # --- the transaction ---------------------------------------------------------------------
 
@@ -746,7 +791,6 @@ class Agent:
             todo.append(f"stop Klipper: {failed}")
         for board, record in reversed(list(zip(self.boards, records))):
             if record["written"]:
-                board["steps_by"] = {step["step"]: step for step in board["steps"]}
                 left = self.restore_board(board, record)
                 if left:
                     todo.append(left)

@@ -51,7 +51,10 @@ else:  # pragma: no cover - exercised on 3.9/3.10 only
 BOARDS_DIR = Path(__file__).resolve().parent / "boards"
 
 INTERFACES = ("usb", "can", "usbcan", "linux")
+# the methods of pyinfra_ratos.firmware.methods (a name only here: a new method is a new module
+# there and a value in a board file, never an edit of this list); the plan refuses unknown ones
 FLASH_METHODS = ("dfu", "katapult", "rp2040", "linux")
+_METHOD_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 FIRMWARE_FILES = ("klipper.bin", "klipper.uf2", "klipper.elf")
 USB_MODES = ("klipper", "dfu", "katapult", "rp2040_boot")
 
@@ -77,7 +80,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool, str]] = {
     "toolboard": ((bool,), True, "set toolboard = true or false"),
     "usb": ((dict,), True, 'add a [usb] table, e.g. klipper = "1d50:614e"'),
     "dfu_flash_map": ((str,), False, 'set dfu_flash_map = "@Internal Flash  /0x08000000/..."'),
-    "flash_methods": ((list,), True, f"set flash_methods to a list of {', '.join(FLASH_METHODS)}"),
+    "flash_methods": ((list,), True, f"set flash_methods to a list of methods, e.g. {', '.join(FLASH_METHODS)}"),
     "firmware_file": ((str,), True, f"set firmware_file to one of {', '.join(FIRMWARE_FILES)}"),
     "unattended_flash": ((bool,), True, "set unattended_flash = true or false"),
     "unattended_reason": ((str,), False, 'set unattended_reason = "why it is unsafe"'),
@@ -151,7 +154,7 @@ def _check_values(path: Path, data: Mapping[str, Any]) -> None:
     if data["firmware_file"] not in FIRMWARE_FILES:
         raise _fail(path, "firmware_file", f"'{data['firmware_file']}' is not known", _SCHEMA["firmware_file"][2])
     methods = data["flash_methods"]
-    if not methods or any(method not in FLASH_METHODS for method in methods):
+    if not methods or any(not isinstance(method, str) or not _METHOD_NAME.fullmatch(method) for method in methods):
         raise _fail(path, "flash_methods", f"{methods!r} is empty or has an unknown method", _SCHEMA["flash_methods"][2])
     for mode, usb_id in data["usb"].items():
         if mode not in USB_MODES:
