@@ -98,11 +98,7 @@ def judge_activity(raw: dict[str, Any]) -> tuple[bool, str]:
         return False, ("another pyinfra-ratos run is working on this printer ({}, pid {})"
                        .format(lock.get("what") or "flashing", lock.get("pid") or "?"))
     query = raw.get("query") if isinstance(raw.get("query"), dict) else {}
-    status = None
-    if query.get("status") == 200:
-        body = query.get("body") if isinstance(query.get("body"), dict) else {}
-        result = body.get("result") if isinstance(body.get("result"), dict) else {}
-        status = result.get("status") if isinstance(result.get("status"), dict) else None
+    status = job_status(raw)
     if status is not None:
         def field(obj: str, key: str) -> str:
             value = status.get(obj) if isinstance(status.get(obj), dict) else {}
@@ -127,6 +123,16 @@ def judge_activity(raw: dict[str, Any]) -> tuple[bool, str]:
     code = query.get("status") or (raw.get("info") if isinstance(raw.get("info"), dict) else {}).get("status")
     answer = "Moonraker answered {}".format(code) if code else "Moonraker did not answer"
     return False, "printer state unknown ({} while klipper.service is {})".format(answer, service or "unknown")
+
+
+def job_status(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """Moonraker's ``result.status`` of the activity query, None unless a well-formed 200."""
+    query = raw.get("query") if isinstance(raw.get("query"), dict) else {}
+    if query.get("status") != 200:
+        return None
+    body = query.get("body") if isinstance(query.get("body"), dict) else {}
+    result = body.get("result") if isinstance(body.get("result"), dict) else {}
+    return result.get("status") if isinstance(result.get("status"), dict) else None
 
 
 def http_json(url: str, method: str = "GET", timeout: float = 3.0) -> dict[str, Any]:
@@ -728,9 +734,8 @@ class Agent:
             summary.update(outcome="pending", reason=f"{why}: nothing was touched")
             self.mark_pending(True)
             return summary
-        status = ((raw.get("query") or {}).get("body") or {}).get("result", {}).get("status", {}) \
-            if (raw.get("query") or {}).get("status") == 200 else {}
-        klippy_before = (status.get("webhooks") or {}).get("state") or ""
+        webhooks = (job_status(raw) or {}).get("webhooks")
+        klippy_before = (webhooks.get("state") if isinstance(webhooks, dict) else "") or ""
         try:
             self.prepared()
         except StepFailed as failed:
@@ -818,7 +823,7 @@ class Agent:
             return {**result, "outcome": "attention", "reason": failure, "todo": "; ".join(todo)}
         touched = any(r["written"] for r in records) or self.moved
         return {**result, "outcome": "rolled-back" if touched else "failed", "reason": failure,
-                "todo": "" if touched else "nothing was changed on the printer"}
+                "todo": "" if touched else "nothing was flashed or moved"}
 
     def execute(self) -> tuple[dict[str, Any], int]:
         started = time.monotonic()
