@@ -238,7 +238,7 @@ def dfu_client_bundle() -> tuple[bytes, str]:
 
     members: list[tuple[str, bytes]] = [("pyinfra_ratos/__init__.py", _CLIENT_INIT),
                                         ("pyinfra_ratos/firmware/__init__.py", _CLIENT_INIT)]
-    for package, prefix in ((Path(usb.__file__).parent, "usb"), (Path(dfu.__file__).parent, "pyinfra_ratos/dfu")):
+    for package, prefix in ((Path(usb.__file__).parent, "usb"), (Path(dfu.__file__).parent, "pyinfra_ratos/firmware/dfu")):
         members += [(f"{prefix}/{path.relative_to(package).as_posix()}", path.read_bytes())
                     for path in _python_files(package)]
     buffer = io.BytesIO()

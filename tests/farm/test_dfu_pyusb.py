@@ -79,7 +79,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
         running.ssh(PI, "python3 -m venv --without-pip ~/venv")
         site = running.ssh(PI, "ls -d ~/venv/lib/python3*/site-packages").stdout.strip()
         _scp_tar(running, Path(usb.__file__).parent.parent, "usb", site)
-        _scp_tar(running, Path(pyinfra_ratos.__file__).parent.parent, "pyinfra_ratos/dfu", site)
+        _scp_tar(running, Path(pyinfra_ratos.__file__).parent.parent, "pyinfra_ratos/firmware/dfu", site)
         yield running
     finally:
         sim_farm.down(state)
