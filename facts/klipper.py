@@ -17,10 +17,10 @@ from .probe import as_dict, as_str, json_document, probe_command
 DEFAULT_URL = "http://127.0.0.1:7125"
 DEFAULT_LOG = "~/printer_data/logs/klippy.log"
 
-_SHA = re.compile(r"^[0-9a-f]{40,64}$")
-_LOADED = re.compile(r"^Loaded MCU '(?P<name>[^']+)' \d+ commands \((?P<version>.*?) / (?P<build>.*)\)$")
-_CONFIG = re.compile(r"^MCU '(?P<name>[^']+)' config: (?P<constants>.*)$")
-_GIT = re.compile(r"^Git version: (?P<repr>.*)$")
+_SHA = re.compile(r"^[0-9a-f]{40,64}\Z")
+_LOADED = re.compile(r"^Loaded MCU '(?P<name>[^']+)' \d+ commands \((?P<version>.*?) / (?P<build>.*)\)\Z")
+_CONFIG = re.compile(r"^MCU '(?P<name>[^']+)' config: (?P<constants>.*)\Z")
+_GIT = re.compile(r"^Git version: (?P<repr>.*)\Z")
 
 
 class KlipperHostDict(TypedDict, total=False):

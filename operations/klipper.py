@@ -33,7 +33,7 @@ DEFAULT_REMOTE = provision_settings.DEFAULT_REMOTE
 REMOTE_BUNDLE_DIR = ".cache/pyinfra-ratos"
 # why the last fetch from origin failed, for the bundle step to report
 ORIGIN_LOG = f"{REMOTE_BUNDLE_DIR}/klipper-origin-fetch.log"
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
 
 
 # --- pure decision ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from pyinfra_ratos.facts.printer_files import PrinterFiles
 from .printer import (MOONRAKER_URL, apply_writes, check_common, covers, fail_command, file_write, printer_busy,
                       restart_marker)
 
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 
 def files_query(conf_file: str = "moonraker.conf") -> dict[str, tuple[str, ...]]:

@@ -44,7 +44,7 @@ OUTPUTS = ("klipper.bin", "klipper.uf2", "klipper.elf", "klipper.dict")
 # the ELF with its debug info, kept beside the stripped klipper.elf a Linux MCU installs
 DEBUG_ELF = "klipper.elf.debug"
 # what `git describe --long` prints when a tag is reachable: <tag>-<count>-g<abbreviated sha>
-_DESCRIBED_FROM_TAG = re.compile(r"^.+-\d+-g[0-9a-f]+$")
+_DESCRIBED_FROM_TAG = re.compile(r"^.+-\d+-g[0-9a-f]+\Z")
 
 
 class BuildError(RuntimeError):

@@ -26,7 +26,7 @@ from pathlib import Path
 DEFAULT_CACHE = Path("~/.cache/pyinfra-ratos/bundles")
 # The ref the pinned commit travels under; the Pi fetches it to the same name.
 BUNDLE_REF = "refs/pyinfra-ratos/pinned"
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
 # pyinfra serves hosts from greenlets of one process: the first to need a commit's bundle makes
 # it, the others wait for it (threading's lock is gevent's once pyinfra has patched the stdlib)
 _LOCKS: dict[str, threading.Lock] = {}

@@ -58,9 +58,9 @@ _METHOD_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 FIRMWARE_FILES = ("klipper.bin", "klipper.uf2", "klipper.elf")
 USB_MODES = ("klipper", "dfu", "katapult", "rp2040_boot")
 
-_USB_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
+_USB_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}\Z")
 # STM32 <line, e.g. H723> <pin count> <flash size code> <package> <temperature range>
-_STM32_PART = re.compile(r"^STM32([A-Z][0-9][0-9A-Z]{2})([A-Z])([0-9A-Z])([A-Z])([0-9])$")
+_STM32_PART = re.compile(r"^STM32([A-Z][0-9][0-9A-Z]{2})([A-Z])([0-9A-Z])([A-Z])([0-9])\Z")
 # ST's flash size codes (the letter after the pin count in the part number), in KiB
 STM32_FLASH_KIB = {"4": 16, "6": 32, "8": 64, "B": 128, "Z": 192, "C": 256, "D": 384, "E": 512, "F": 768,
                    "G": 1024, "H": 1536, "I": 2048}

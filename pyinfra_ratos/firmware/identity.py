@@ -20,7 +20,7 @@ HASH_CHARS = 12
 # Klipper appends "-YYYYMMDD_HHMMSS-<hostname>" to any build that is not clean
 _TIMESTAMP_SUFFIX = re.compile(r"-\d{8}_\d{6}-[A-Za-z0-9.-]+$")  # hostnames may hold "-"
 # what an identity name may contain, so it is safe as a directory name and in a shell word
-_SAFE_VERSION = re.compile(r"^[A-Za-z0-9._+-]+$")
+_SAFE_VERSION = re.compile(r"^[A-Za-z0-9._+-]+\Z")
 
 
 class BuildVersionError(ValueError):

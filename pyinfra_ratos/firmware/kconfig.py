@@ -34,10 +34,10 @@ INTERFACE_SYMBOLS: Mapping[str, frozenset[str]] = {
 }
 _INTERFACE_ALL = frozenset({"USBSERIAL", "CANBUS", "USBCANBUS"})
 
-_NAME = re.compile(r"^[A-Z0-9_]+$")
-_ASSIGN = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
-_NOT_SET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set$")
-_NUMBER = re.compile(r"^-?(0x[0-9a-fA-F]+|\d+)$")
+_NAME = re.compile(r"^[A-Z0-9_]+\Z")
+_ASSIGN = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)\Z")
+_NOT_SET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set\Z")
+_NUMBER = re.compile(r"^-?(0x[0-9a-fA-F]+|\d+)\Z")
 
 OverrideValue = Union[str, int, bool]
 
@@ -186,7 +186,7 @@ class KconfigSymbols:
     conditions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # prompt ifs, depends on
 
 
-_KCONFIG_SYMBOL = re.compile(r"^(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
+_KCONFIG_SYMBOL = re.compile(r"^(?:menu)?config\s+([A-Za-z0-9_]+)\s*\Z")
 _KCONFIG_PROMPT = re.compile(r'^(?:bool|tristate|int|hex|string|prompt)\s+"[^"]*"(?:\s+if\s+(.+))?$')
 _KCONFIG_CHOICE_PROMPT = re.compile(r'^prompt\s+"([^"]*)"(?:\s+if\s+(.+))?$')
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_STAMP = re.compile(r"^(?P<base>.*?)-(?P<stamp>\d{8}_\d{6})-(?P<host>[^\s]+)$")
-_DESCRIBE = re.compile(r"^(?P<tag>.+)-(?P<commits>\d+)-g(?P<sha>[0-9a-f]{4,40})(?P<dirty>-dirty)?$")
-_BARE_SHA = re.compile(r"^(?P<sha>[0-9a-f]{4,40})(?P<dirty>-dirty)?$")
+_STAMP = re.compile(r"^(?P<base>.*?)-(?P<stamp>\d{8}_\d{6})-(?P<host>[^\s]+)\Z")
+_DESCRIBE = re.compile(r"^(?P<tag>.+)-(?P<commits>\d+)-g(?P<sha>[0-9a-f]{4,40})(?P<dirty>-dirty)?\Z")
+_BARE_SHA = re.compile(r"^(?P<sha>[0-9a-f]{4,40})(?P<dirty>-dirty)?\Z")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ AUTOSAVE_PREFIX = "#*#"
 
 # klippy drops everything after '#' before it looks for a header, and configparser wants the
 # whole remaining line to be "[...]"; we are stricter: no brackets inside, no padding.
-_HEADER = re.compile(r"^\[(?P<name>[^\[\]#;]*)\]\s*(?:[#;].*)?$")
+_HEADER = re.compile(r"^\[(?P<name>[^\[\]#;]*)\]\s*(?:[#;].*)?\Z")
 _OPTION = re.compile(r"^(?P<key>[A-Za-z0-9_.\-]+)\s*[:=]")
 _GLOB = re.compile(r"[*?\[]")
 
