@@ -339,7 +339,7 @@ def _mkdir(path: str) -> None:
 def restore_script(config_dir: str, remote_tar: str, sums: Mapping[str, str], version: str) -> StringCommand:
     check = " ".join(shlex.quote(f"{sha}  {name}") for name, sha in sorted(sums.items()))
     return StringCommand("sh", "-c", QuoteString("\n".join([
-        f"d={shell_path(config_dir)}; t=\"$HOME\"/{remote_tar}; s=\"$d/.pyinfra-ratos-restore\"",
+        f"d={shell_path(config_dir)}; t={shell_path('~/' + remote_tar)}; s=\"$d/.pyinfra-ratos-restore\"",
         'fail() { rm -rf -- "$s" "$t"; echo "pyinfra-ratos: restore: $1; printer.cfg left unchanged" >&2; exit 1; }',
         # a folder on the Pi that is a link out of the config folder is never written through
         'inside() { case "$(realpath -m -- "$(dirname -- "$d/$1")")/" in "$(realpath -m -- "$d")"/*) return 0;; esac; '
@@ -370,7 +370,7 @@ def restore_script(config_dir: str, remote_tar: str, sums: Mapping[str, str], ve
         '  mv -fT -- "$s/printer.cfg" "$d/printer.cfg" || fail "rename failed"',
         "fi",
         'rm -rf -- "$s" "$t"',
-        f'echo "pyinfra-ratos: restored {len(sums)} files of backup {version}"',
+        f"printf 'pyinfra-ratos: restored %s files of backup %s\\n' {len(sums)} {shlex.quote(version)}",
     ])))
 
 

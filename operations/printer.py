@@ -126,7 +126,7 @@ def install_command(directory: str, write: FileWrite, temp_name: str, backups: i
     new_sha = sha256_text(write.text)
     old_check = (
         f'[ -e "$f" ] || fail "it disappeared on the Pi since it was read; rerun"\n'
-        f'[ "$(sha256sum < "$f" | cut -c1-64)" = {write.old_sha256} ] || '
+        f'[ "$(sha256sum < "$f" | cut -c1-64)" = {shlex.quote(write.old_sha256 or "")} ] || '
         'fail "it changed on the Pi since it was read (a SAVE_CONFIG?); rerun"\n'
         'b="$f.$(date +%Y%m%d-%H%M%S-%N).bak"\n'
         'cp -p -- "$f" "$b" || { rm -f -- "$b"; fail "no room for the backup $b (disk full?)"; }\n'
@@ -140,7 +140,10 @@ def install_command(directory: str, write: FileWrite, temp_name: str, backups: i
         f"cd {shell_path(directory)} || exit 1",
         f"f={shlex.quote(write.name)}; t={shlex.quote(temp_name)}",
         'fail() { rm -f -- "$t"; echo "pyinfra-ratos: $f: $1; $f left unchanged" >&2; exit 1; }',
-        f'[ "$(sha256sum < "$t" | cut -c1-64)" = {new_sha} ] || fail "the uploaded copy is incomplete (disk full?)"',
+        f'[ "$(sha256sum < "$t" | cut -c1-64)" = {shlex.quote(new_sha)} ] || fail "the uploaded copy is incomplete (disk full?)"',
+        # a link (a printer.cfg kept in git elsewhere, say) is the user's: never replaced by a file
+        '[ -L "$f" ] && fail "it is a symbolic link to $(readlink -- "$f"): not replacing the link with a file;'
+        ' update the file it points to yourself, or replace the link by that file, then rerun"',
         old_check,
         'sync -- "$t" 2>/dev/null',
         'mv -f -- "$t" "$f" || fail "rename failed"',
