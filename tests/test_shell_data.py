@@ -127,3 +127,21 @@ def test_the_agent_gets_its_plan_as_one_intact_argument(sandbox: dict[str, str])
     run(firmware.agent_command({"moonraker": value}), sandbox)
     ran = Path(sandbox["HOME"], "ran").read_text()
     assert json.dumps(value)[1:-1] in ran and not os.path.exists(sandbox["PWN"])  # as JSON, byte for byte
+
+
+def test_a_symlinked_printer_cfg_is_refused_never_replaced_by_a_file(sandbox: dict[str, str], tmp_path: Path) -> None:
+    import hashlib
+
+    config = Path(sandbox["HOME"]) / "printer_data/config"
+    real = tmp_path / "git-managed-printer.cfg"
+    real.write_text("[include RatOS.cfg]\n# mine\n")
+    (config / "printer.cfg").symlink_to(real)
+    new_text = "[include RatOS.cfg]\n# theirs\n"
+    (config / ".printer.cfg.tmp").write_text(new_text)
+    write = FileWrite(name="printer.cfg", text=new_text, old_text=real.read_text(),
+                      old_sha256=hashlib.sha256(real.read_bytes()).hexdigest(), old_size=real.stat().st_size,
+                      reason="adopted")
+    done = run(printer.install_command("~/printer_data/config", write, ".printer.cfg.tmp", 5), sandbox)
+    assert done.returncode == 1 and "is a symbolic link to" in done.stderr
+    assert (config / "printer.cfg").is_symlink() and real.read_text() == "[include RatOS.cfg]\n# mine\n"
+    assert not (config / ".printer.cfg.tmp").exists()  # the upload is cleaned away
