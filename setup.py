@@ -30,7 +30,7 @@ setup(
     },
     include_package_data=True,
     package_data={
-        "pyinfra_ratos": ["boards/*.toml"],
+        "pyinfra_ratos": ["boards/*.toml", "report_templates/*.j2"],
         "pyinfra_ratos.sim": ["klipper_tree/**/*", "klipper_tree/*", "scenarios/*.toml"],
         "pyinfra_ratos.templates": ["**/*.j2", "*.j2"],
         "pyinfra_ratos.inventory": ["*.py", "group_data/*.py", "known_hosts"],
