@@ -4,8 +4,10 @@ The inventory is validated first (bad input: exit 2, no SSH command). Then the h
 ``canary`` group (when there is one) form the first batch and the others follow in batches of
 ``batch_size``; each batch is one pyinfra run of :func:`pyinfra_ratos.deploys.update.update_printer`
 through pyinfra's own API (connect, add_deploy, run_ops). After each batch the share of failed
-printers so far is compared with ``max_failed``: above it, the run stops and every printer not yet
-touched is reported ``not-run``. ``plan`` makes the same decisions and runs nothing.
+printers so far is compared with ``max_failed`` (a share; the CLI takes a percentage): above it, the
+run stops and every printer not yet touched is reported ``not-run``. Before each batch the run asks
+:func:`pyinfra_ratos.interrupts.stop_requested` (Ctrl-C, SIGTERM): then it starts no new printer,
+reports the rest ``not-run`` and exits 130. ``plan`` makes the same decisions and runs nothing.
 """
 
 from __future__ import annotations
@@ -206,6 +208,8 @@ def run_fleet(
     names = [host.name for host in inventory]
     canary = [host.name for host in inventory.groups.get(CANARY, [])]
     batches = make_batches(names, canary, batch_size)
+    if progress is not None:
+        progress.total = len(names)
     stopped = interrupted = None
     done = failed = 0
     for index, batch in enumerate(batches):

@@ -5,7 +5,8 @@ each host; each becomes one plain line (``[vcore-01] start  Klipper at the fleet
 fit for a log file or CI. On a terminal a one-line bar (printers finished / printers) is redrawn
 on stderr under them: a dozen lines of our own rather than a new dependency (rich, tqdm) for one
 line. pyinfra's own warnings (a printer left as it is and why, at default verbosity) are printed
-through :func:`log_handler`, wrapped to the same width.
+through :func:`log_handler`, wrapped to the same width. Imported after ``fleet_api`` (it imports
+pyinfra, whose CLI package patches the standard library for gevent).
 """
 
 from __future__ import annotations

@@ -50,8 +50,15 @@ checkout = "old"
 [[pi.boards]]
 board = "btt-octopus-pro-446"
 firmware = "old"
+
+[[pi]]
+name = "op-05"                 # Octopus Pro H723 v1.0: flashed only with --attended-flash
+checkout = "old"
+[[pi.boards]]
+board = "btt-octopus-pro-h723"
+firmware = "old"
 """
-PIS = ("op-01", "op-02", "op-03", "op-04")
+PIS = ("op-01", "op-02", "op-03", "op-04", "op-05")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +103,7 @@ def statuses(report: dict) -> dict[str, str]:
 def test_status_before_the_update_names_who_is_behind_the_pin(farm: RunningFarm) -> None:
     done = ratos_fleet("status", str(farm.inventory))
     assert done.returncode == 3, done.stdout + done.stderr
-    assert "behind the pin: op-01, op-02, op-03, op-04" in done.stdout
+    assert "behind the pin: op-01, op-02, op-03, op-04, op-05" in done.stdout
 
 
 def test_plan_exits_3_and_speaks_of_what_it_will_do(farm: RunningFarm) -> None:
@@ -104,12 +111,17 @@ def test_plan_exits_3_and_speaks_of_what_it_will_do(farm: RunningFarm) -> None:
     assert done.returncode == 3, done.stderr
     plan = json.loads(done.stdout)
     assert plan["command"] == "plan" and plan["exit_code"] == 3
-    assert statuses(plan) == {"op-01": "changed", "op-02": "changed", "op-03": "changed", "op-04": "busy"}
+    assert statuses(plan) == {"op-01": "changed", "op-02": "changed", "op-03": "changed", "op-04": "busy",
+                              "op-05": "held"}
     target = farm.info["versions"]["current"]["version"]
     assert all(b["after_version"] == target for p in plan["printers"][:3] for b in p["boards"])
     table = ratos_fleet("plan", str(farm.inventory))
     assert "will update" in table.stdout and "will flash" in table.stdout and " updated " not in table.stdout
     assert max(len(line) for line in table.stdout.splitlines()) <= 120
+    attended = json.loads(ratos_fleet("plan", str(farm.inventory), "--json", "--attended-flash",
+                                      "--limit", "op-05").stdout)
+    assert statuses(attended) == {"op-05": "changed"}  # the preview of an attended run
+    assert [b["action"] for b in attended["printers"][0]["boards"]] == ["planned"]
 
 
 def test_plan_diff_shows_the_config_files_it_would_write(farm: RunningFarm) -> None:
@@ -122,9 +134,10 @@ def test_plan_diff_shows_the_config_files_it_would_write(farm: RunningFarm) -> N
 def test_sigint_while_a_printer_prepares_finishes_it_and_starts_no_other(farm: RunningFarm, tmp_path: Path) -> None:
     code, output, report = interrupted_update(farm, tmp_path, "[op-01] Bring the fleet's Klipper commit: started")
     assert code == 130, output
-    assert statuses(report) == {"op-01": "changed", "op-02": "not-run", "op-03": "not-run", "op-04": "not-run"}
+    assert statuses(report) == {"op-01": "changed", "op-02": "not-run", "op-03": "not-run", "op-04": "not-run",
+                                "op-05": "not-run"}
     assert report["interrupted"]["signal"] == "SIGINT" and report["exit_code"] == 130
-    assert {a["host"] for a in report["attention"]} == {"op-02", "op-03", "op-04"}
+    assert {a["host"] for a in report["attention"]} == {"op-02", "op-03", "op-04", "op-05"}
     assert f"ratos-fleet update {farm.inventory} --limit op-02" in output
 
 
@@ -141,15 +154,15 @@ def test_sigterm_during_the_flash_lets_the_transaction_finish_every_board(farm: 
 
 
 def test_sigint_between_batches_then_a_rerun_converges(farm: RunningFarm, tmp_path: Path) -> None:
-    code, output, report = interrupted_update(farm, tmp_path / "r1", "-- batch 1/4")
+    code, output, report = interrupted_update(farm, tmp_path / "r1", "-- batch 1/5")
     assert code == 130, output
-    assert len(report["printers"]) == 4 and report["printers"][-1]["status"] == "not-run"
+    assert len(report["printers"]) == 5 and report["printers"][-1]["status"] == "not-run"
     assert all(p["status"] in ("converged", "changed", "not-run") for p in report["printers"])
     again = ratos_fleet("update", str(farm.inventory), "--batch-size", "1", "--report", str(tmp_path / "r2"))
-    assert again.returncode == 3, again.stdout + again.stderr  # op-04 prints: pending, not failed
+    assert again.returncode == 3, again.stdout + again.stderr  # op-04 prints, op-05 held: pending, not failed
     final = json.loads((tmp_path / "r2/report.json").read_text())
-    assert statuses(final)["op-04"] == "busy"
-    assert all(s in ("converged", "changed") for h, s in statuses(final).items() if h != "op-04")
+    assert (statuses(final)["op-04"], statuses(final)["op-05"]) == ("busy", "held")
+    assert all(s in ("converged", "changed") for h, s in statuses(final).items() if h not in ("op-04", "op-05"))
     status = ratos_fleet("status", str(farm.inventory), "--limit", "op-0[123]")
     assert status.returncode == 0, status.stdout + status.stderr
 
@@ -167,6 +180,17 @@ def test_an_exit_code_per_outcome(farm: RunningFarm, tmp_path: Path) -> None:
     assert bad.returncode == 2
     plan = ratos_fleet("plan", str(farm.inventory), "--limit", "op-0[123]")
     assert plan.returncode == 0, plan.stdout + plan.stderr
+
+
+def test_an_attended_flash_names_the_board_before_dfu_and_then_converges(farm: RunningFarm, tmp_path: Path) -> None:
+    done = ratos_fleet("update", str(farm.inventory), "--limit", "op-05", "--attended-flash", "--yes",
+                       "--report", str(tmp_path))
+    assert done.returncode == 3, done.stdout + done.stderr  # changes made
+    assert "op-05: mcu (btt-octopus-pro-h723, port 1-1.1)" in done.stderr  # named before the batch runs
+    announced = done.stdout.index("[op-05] ENTERING DFU NOW (attended flash): mcu (btt-octopus-pro-h723")
+    assert announced < done.stdout.index("[op-05] Update Klipper and flash the boards: done")
+    status = ratos_fleet("status", str(farm.inventory), "--limit", "op-05")
+    assert status.returncode == 0, status.stdout
 
 
 def test_the_demo_fits_120_columns(tmp_path: Path) -> None:
