@@ -104,6 +104,16 @@ def _held(reason: str, boards: dict[str, Any]) -> bool:
     return reason.startswith("not updating Klipper") or any(b.get("action") == "refused" for b in boards.values())
 
 
+def _port_of(board_id: Any, attached: dict[str, Any]) -> str | None:
+    """The USB port of the one attached device that is this board (by id, else the only candidate)."""
+    exact = [port for port, info in attached.items() if isinstance(info, dict) and info.get("board_id") == board_id]
+    if len(exact) == 1:
+        return str(exact[0])
+    maybe = [port for port, info in attached.items()
+             if isinstance(info, dict) and board_id in (info.get("board_candidates") or [])]
+    return str(maybe[0]) if len(maybe) == 1 else None
+
+
 def printer_entry(state: State | None, host_name: str, executed: bool) -> dict[str, Any]:
     """The report fields of one host from what its deploy noted and what its operations did.
 
@@ -137,6 +147,8 @@ def printer_entry(state: State | None, host_name: str, executed: bool) -> dict[s
     for name, board in boards.items():  # plan: a board to flash names its target, not "-"
         if board.get("action") == "planned" and not board.get("after_version") and target:
             boards[name] = {**board, "after_version": target}
+        if not boards[name].get("port"):  # a board left alone still has a USB port the audit saw
+            boards[name] = {**boards[name], "port": _port_of(boards[name].get("board"), noted.get("attached") or {})}
     config = {"action": _op_action(noted.get("ops", {}).get("config"), "written", executed)}
     todo = ""
     if noted.get("skipped"):
@@ -346,7 +358,8 @@ def _prefetcher(state: State) -> Callable[[Any], None]:
                 return
             prefetch.put(host.name, fact, kwargs, value)
             try:  # the report shows Klippy's state (a printer in MCU error is not invisible)
-                results.note(host.name, klippy_state=str(value["audit"]["activity"].get("klippy_state") or ""))
+                results.note(host.name, klippy_state=str(value["audit"]["activity"].get("klippy_state") or ""),
+                             attached=dict(value["audit"].get("boards") or {}))
             except (KeyError, TypeError, AttributeError):
                 pass
 

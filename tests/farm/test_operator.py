@@ -115,6 +115,9 @@ def test_plan_exits_3_and_speaks_of_what_it_will_do(farm: RunningFarm) -> None:
                               "op-05": "held"}
     target = farm.info["versions"]["current"]["version"]
     assert all(b["after_version"] == target for p in plan["printers"][:3] for b in p["boards"])
+    held = plan["printers"][4]["boards"][0]
+    assert (held["action"], held["port"]) == ("refused", "1-1.1")  # the port the audit saw, not "-"
+    assert all(p["klippy_state"] == "ready" for p in plan["printers"])
     table = ratos_fleet("plan", str(farm.inventory))
     assert "will update" in table.stdout and "will flash" in table.stdout and " updated " not in table.stdout
     assert max(len(line) for line in table.stdout.splitlines()) <= 120
