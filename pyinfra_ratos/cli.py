@@ -190,8 +190,8 @@ def _fleet(args: argparse.Namespace, execute: bool) -> int:
     except (fleet_api.InventoryLoadError, fleet_update.InventoryError) as exc:
         return _error(exc)
     except KeyboardInterrupt:
-        return _error("stopped at once by a second signal: the printers in flight may be half done; "
-                      "`ratos-fleet status INVENTORY` shows where each stands", exit_codes.INTERRUPTED)
+        return _error("stopped at once: `ratos-fleet status INVENTORY` shows where each printer stands",
+                      exit_codes.INTERRUPTED)
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate

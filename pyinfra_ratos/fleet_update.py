@@ -34,6 +34,8 @@ from pyinfra_ratos.flash_agent import RESULT_PREFIX, SUMMARY_PREFIX
 from pyinfra_ratos.hostdata import InventoryError, validate_inventory
 
 CANARY = "canary"
+STOPPED_AT_ONCE = ("stopped at once by a second signal while in flight: the printer agent on the Pi finishes or "
+                   "rolls back on its own; see where it stands with ratos-fleet status")
 
 
 def make_batches(hosts: Sequence[str], canary: Sequence[str], size: int) -> list[list[str]]:
@@ -249,7 +251,12 @@ def run_fleet(
                     state.active_hosts.discard(host)
                     state.failed_hosts.add(host)
             if execute and state.active_hosts and _attended_ok(state, attended_flash, progress, confirm):
-                run_ops(state)
+                try:
+                    run_ops(state)
+                except KeyboardInterrupt:  # a second signal: stop at once, still report every printer
+                    interrupts.request_stop("SIGINT")
+                    not_run.update({host.name: STOPPED_AT_ONCE for host in state.active_hosts
+                                    if any(not d.operation_meta.is_complete() for d in state.ops[host].values())})
             elif execute and state.active_hosts:
                 interrupts.request_stop("declined")
                 not_run.update({h.name: "not started: the attended flash was not confirmed" for h in state.active_hosts})
