@@ -38,10 +38,22 @@ def reset() -> None:
 def _handler(signum: int, frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
     if _STOP["signal"] is not None:
+        _quiet_hub()
         raise KeyboardInterrupt(name)
     request_stop(name)
     print(f"\nratos-fleet: {name}: finishing the printers in flight, starting no new one "
           "(again to stop at once)", file=sys.stderr, flush=True)
+
+
+def _quiet_hub() -> None:
+    # raised inside gevent's hub, the interrupt would be printed there with a traceback before it
+    # reaches the run; the run reports it, so the hub keeps quiet
+    gevent = sys.modules.get("gevent")
+    if gevent is not None:
+        try:
+            gevent.get_hub().exception_stream = None
+        except Exception:  # noqa: BLE001 - only the message's looks are at stake
+            pass
 
 
 @contextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +204,25 @@ def test_the_demo_fits_120_columns(tmp_path: Path) -> None:
     wide = [line for line in (done.stdout + done.stderr).splitlines() if len(line) > 120]
     assert wide == []
     assert "behind the pin: vcore-01, vcore-02, vcore-03, vminion-01, vminion-02" in done.stdout
+
+
+def test_a_second_sigint_stops_at_once_and_still_writes_the_report(farm: RunningFarm, tmp_path: Path) -> None:
+    farm.ssh("op-04", "sudo ratos-sim-knob print=stop")  # the printing printer finished its job
+    argv = [str(VENV_BIN / "ratos-fleet"), "update", str(farm.inventory), "--limit", "op-04", "--report",
+            str(tmp_path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if "[op-04] Update Klipper and flash the boards: started" in line:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=300)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert code == 130 and "Traceback" not in err, "".join(output) + err
+    report = json.loads((tmp_path / "report.json").read_text())
+    entry = report["printers"][0]
+    assert entry["status"] == "failed" and "stopped at once" in entry["reason"], entry
+    assert report["interrupted"] is not None and report["exit_code"] == 130
