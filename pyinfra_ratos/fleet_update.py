@@ -285,7 +285,7 @@ def run_fleet(
                                     klippy_state=entry["klippy_state"], klipper=entry["klipper"],
                                     config=results.with_backup_notes(name, entry["config"]), boards=entry["boards"])
         if progress is not None:
-            progress.printers_done(len(batch))
+            progress.batch_done([p for p in report["printers"] if p["batch"] == index + 1])
         if out is not None:
             print(_batch_line(report, index, len(batches), bool(canary), len(batch), seconds, execute),
                   file=out, flush=True)

@@ -64,6 +64,19 @@ class Progress(BaseStateCallback):
         self.done += count
         self._bar()
 
+    def batch_done(self, printers: list[Mapping[str, Any]]) -> None:
+        """Each board the batch flashed or failed to, as verified (the agent says so once it ends)."""
+        for entry in printers:
+            for board in entry.get("boards") or []:
+                if board.get("action") not in ("flashed", "failed"):
+                    continue
+                checks = ", ".join(word for word, done in (("read back", board.get("read_back")),
+                                                           ("verified", board.get("verified"))) if done)
+                self.line(f"[{entry['host']}] {board.get('mcu_name')}: {board.get('action')} "
+                          f"{board.get('before_version') or '-'} -> {board.get('after_version') or '-'}"
+                          f"{f' ({checks})' if checks else ''}")
+        self.printers_done(len(printers))
+
     def _bar(self) -> None:
         if not self.tty or not self.total:
             return

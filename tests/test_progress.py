@@ -68,3 +68,14 @@ def test_confirmation_is_asked_on_a_terminal_unless_yes() -> None:
     assert confirm(["p1: mcu"], True, Tty(""), io.StringIO()) is True
     assert confirm(["p1: mcu"], False, io.StringIO(""), io.StringIO()) is True  # no terminal: nobody to ask
     assert confirm([], False, Tty(""), io.StringIO()) is True
+
+
+def test_each_flashed_board_gets_its_verified_line_when_its_batch_ends() -> None:
+    out = io.StringIO()
+    progress = Progress(out, total=1, tty=False)
+    progress.batch_done([{"host": "p1", "boards": [
+        {"mcu_name": "mcu", "action": "flashed", "before_version": "v1", "after_version": "v2", "read_back": True,
+         "verified": True},
+        {"mcu_name": "t0", "action": "skipped", "before_version": "v2", "after_version": "v2"}]}])
+    assert out.getvalue().splitlines() == ["[p1] mcu: flashed v1 -> v2 (read back, verified)"]
+    assert progress.done == 1
