@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra_ratos import exit_codes
+from pyinfra_ratos.converged import MEANING
 
 EXIT_OK, EXIT_PRINTERS, EXIT_BAD_INPUT = exit_codes.CONVERGED, exit_codes.FAILED, exit_codes.BAD_INPUT
 WIDTH = 120
@@ -248,6 +249,11 @@ def percentage(text: str) -> float:
 
 
 def _help(description: str) -> dict[str, Any]:
+    if "converged" not in description:
+        description += f"\n\n{MEANING[0].upper()}{MEANING[1:]}."
+    import textwrap
+
+    description = "\n\n".join(textwrap.fill(part, 100) for part in description.split("\n\n"))
     return {"description": description, "epilog": exit_codes.HELP,
             "formatter_class": argparse.RawDescriptionHelpFormatter}
 
@@ -276,7 +282,8 @@ def _verbose(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) 
 def build_parser() -> argparse.ArgumentParser:
     from pyinfra_ratos import __version__ as version
 
-    parser = argparse.ArgumentParser(prog="ratos-fleet", **_help(__doc__.split("\n\n")[0].split(": ", 1)[1]))
+    parser = argparse.ArgumentParser(prog="ratos-fleet", **_help(
+        "Provision and update RatOS (Klipper) printers with pyinfra, one or a farm."))
     parser.add_argument("--version", action="version", version=f"ratos-fleet {version}")
     _verbose(parser, 0)
     commands = parser.add_subparsers(dest="command", required=True)
