@@ -24,6 +24,7 @@ setup(
         "pyinfra_ratos.data",
         "pyinfra_ratos.firmware",
         "pyinfra_ratos.firmware.dfu",
+        "pyinfra_ratos.firmware.methods",
         "pyinfra_ratos.fleet",
         "pyinfra_ratos.printer",
         "pyinfra_ratos.run",
@@ -36,6 +37,7 @@ setup(
     include_package_data=True,
     package_data={
         "pyinfra_ratos.firmware": ["boards/*.toml"],
+        "pyinfra_ratos.fleet": ["report_templates/*.j2"],
         "pyinfra_ratos.sim": ["klipper_tree/**/*", "klipper_tree/*", "scenarios/*.toml"],
         "pyinfra_ratos.templates": ["**/*.j2", "*.j2"],
         "pyinfra_ratos.inventory": ["*.py", "group_data/*.py", "known_hosts"],
