@@ -84,7 +84,7 @@ def _sim_down(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pyinfra_ratos.sim.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(main, keep=args.keep)
 
 
 def _read_only_data(data: dict[str, Any]) -> dict[str, Any]:
