@@ -83,10 +83,9 @@ class Bootrom:
         if self.pending is not None and self.pending[0] == 0x84:
             _, address, remaining = self.pending
             chunk = min(length, remaining)
-            offset = address - FLASH_BASE
             self.pending = (0x84, address + chunk, remaining - chunk) if remaining > chunk else None
             self.ack_due = self.pending is None
-            return bytes(self.flash[offset:offset + chunk])
+            return self.read(address, chunk)
         if self.ack_due:  # the zero-length packet closing an OUT command
             self.ack_due = False
             return b""
@@ -119,8 +118,7 @@ class Bootrom:
             if address % unit or (command_id != 0x84 and length % unit):
                 raise self._fail(BAD_ALIGNMENT, f"{address:#x}+{length}")
             if command_id == 0x03:
-                offset = address - FLASH_BASE
-                self.flash[offset:offset + length] = b"\xff" * length
+                self.erase(address, length)
                 self.events.append(("erase", address, length))
             else:
                 self.pending = (command_id, address, length)
@@ -132,6 +130,7 @@ class Bootrom:
         elif command_id == 0x02:
             self.rebooted = True
             self.events.append(("reboot", struct.unpack_from("<I", args, 8)[0]))
+            self.on_reboot()
         self.ack_due = True
         return len(packet)
 
@@ -147,9 +146,9 @@ class Bootrom:
             raise self._fail(INVALID_ADDRESS, f"flash error in write {self.writes} at {address:#x}")
         if "corrupt-write" in self.faults and self.writes == 1:
             data = bytes([data[0] ^ 0x01]) + data[1:]
-        offset = address - FLASH_BASE
-        # NOR flash: programming only clears bits
-        self.flash[offset:offset + len(data)] = bytes(a & b for a, b in zip(self.flash[offset:offset + len(data)], data))
+        problem = self.program(address, data)
+        if problem:
+            raise self._fail(UNKNOWN_ERROR, problem)
         left = remaining - len(data)
         self.pending = (0x05, address + len(data), left) if left else None
         if not left:
@@ -157,9 +156,21 @@ class Bootrom:
             self.ack_due = True
         return len(data)
 
+    # --- the flash (the farm's emulator overrides these with the board's flash file) ----------
     def read(self, address: int, size: int) -> bytes:
-        """The flash as a test reads it (not over PICOBOOT)."""
         return bytes(self.flash[address - FLASH_BASE:address - FLASH_BASE + size])
+
+    def erase(self, address: int, length: int) -> None:
+        self.flash[address - FLASH_BASE:address - FLASH_BASE + length] = b"\xff" * length
+
+    def program(self, address: int, data: bytes) -> str | None:
+        offset = address - FLASH_BASE
+        # NOR flash: programming only clears bits
+        self.flash[offset:offset + len(data)] = bytes(a & b for a, b in zip(self.flash[offset:offset + len(data)], data))
+        return None
+
+    def on_reboot(self) -> None:
+        """The watchdog reboot the ROM schedules (the emulator re-enumerates the board)."""
 
     @property
     def boots(self) -> bool:
