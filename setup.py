@@ -6,7 +6,7 @@ namespace ``pyinfra_ratos``: ``package_dir`` maps each folder into that namespac
 generic (``facts``, ``operations``...) ever lands in site-packages.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 SUBPACKAGES = ["deploys", "facts", "operations", "inventory", "templates"]
 
@@ -17,17 +17,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
+    # every package of the namespace (the rooms and their subpackages), found, not listed by hand
     packages=[
-        "pyinfra_ratos",
-        "pyinfra_ratos.sim",
-        "pyinfra_ratos.sim.usb",
-        "pyinfra_ratos.data",
-        "pyinfra_ratos.firmware",
-        "pyinfra_ratos.firmware.dfu",
-        "pyinfra_ratos.firmware.methods",
-        "pyinfra_ratos.fleet",
-        "pyinfra_ratos.printer",
-        "pyinfra_ratos.run",
+        *find_packages(include=["pyinfra_ratos", "pyinfra_ratos.*"]),
         *(f"pyinfra_ratos.{name}" for name in SUBPACKAGES),
     ],
     package_dir={

@@ -47,7 +47,7 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, python, server, systemd
 
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
-from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures
+from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures, stage_for_hand
 from pyinfra_ratos.run import results
 from pyinfra_ratos.printer import gate
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
@@ -189,6 +189,7 @@ def klipper_and_boards(settings: ProvisionSettings, audit: FleetAuditDict) -> tu
     boards = plan_firmware(audit, commit=settings.commit)
     stay = gate.klipper_move_refused(plan.changes_commit, held(boards))
     if stay:
+        stage_for_hand(boards)  # a board a person flashes by hand: its file waits on the Pi
         return stay
     if preparation_failures(boards):
         apply_firmware(boards)  # fails the host, naming every board that cannot be prepared

@@ -10,9 +10,10 @@ from typing import Any, TypedDict
 from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
+from pyinfra_ratos.firmware.arch import userland_arch
 from pyinfra_ratos.firmware.versions import mcu_matches_host
 
-from .probe import as_dict, as_str, json_document, probe_command
+from .probe import as_dict, as_int, as_str, json_document, probe_command
 
 DEFAULT_URL = "http://127.0.0.1:7125"
 DEFAULT_LOG = "~/printer_data/logs/klippy.log"
@@ -36,6 +37,8 @@ class KlipperHostDict(TypedDict, total=False):
     foreign_owner: bool
     venv: bool
     git_error: str  # why ``git describe`` failed for the SSH user ("detected dubious ownership ...")
+    machine: str  # ``uname -m`` of the Pi ("armv7l", "aarch64")
+    arch: str  # the userland a host MCU is built for ("armhf", "aarch64"); "" when not one of those
 
 
 class McuInfo(TypedDict):
@@ -69,6 +72,9 @@ def parse_klipper_host(raw: Mapping[str, Any]) -> KlipperHostDict:
         "dirty": False, "branch": "", "remote_url": "", "owner": "", "ssh_user": ssh_user,
         "foreign_owner": False, "venv": False,
     }
+    if "machine" in raw:  # an older probe's output has no machine: the Pi's CPU stays unknown
+        host["machine"] = as_str(raw.get("machine"))
+        host["arch"] = userland_arch(host["machine"], as_int(raw.get("pointer_bits"))) or ""
     if not host["exists"]:
         return host
     commit = _git_out(raw.get("commit"))

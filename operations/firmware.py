@@ -97,12 +97,14 @@ def refuse(reason: str):
 BUILT_PREFIX = "RATOS-BUILT "
 
 
-def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool, commit: str | None = None) -> str:
+def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool, commit: str | None = None,
+                    target: str = "") -> str:
     """The shell script that builds one fragment on the Pi and files it under its identity.
 
     Two make calls with absolute ``KCONFIG_CONFIG``/``OUT`` (never olddefconfig and the build in
     one), identity = version from the built dictionary + sha256 of the resolved config, and the
     artifact appears under its identity only once complete. Prints ``RATOS-BUILT <identity>``.
+    A host MCU (``target``: the Pi's architecture, its native compiler's) gets it as a suffix.
     """
     checks = "" if allow_unclean else (
         'case "$version" in "?"*|*-dirty*|*-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]_[0-9]*)\n'
@@ -129,7 +131,7 @@ def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool, commi
         'version=$(python3 -c \'import json,sys; print(json.load(open(sys.argv[1]))["version"])\''
         ' "$work/out/klipper.dict")',
         checks,
-        'identity="$version-$(sha256sum "$work/config" | cut -c1-12)"',
+        'identity="$version-$(sha256sum "$work/config" | cut -c1-12)"' + (f"-{shlex.quote(target)}" if target else ""),
         'if [ ! -d "$root/$identity" ]; then',
         '  mkdir "$work/artifact"',
         '  for f in klipper.bin klipper.uf2 klipper.elf klipper.dict; do'
@@ -142,7 +144,8 @@ def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool, commi
 
 
 @operation()
-def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = False, commit: str | None = None):
+def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = False, commit: str | None = None,
+          target: str = ""):
     """
     Build a board's firmware on the Pi from its own Klipper checkout, filed under its identity.
 
@@ -152,6 +155,7 @@ def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = 
     + allow_unclean: also file builds of a dirty or undescribable checkout
     + commit: build this commit (already fetched) from a worktree, leaving the checkout where it is
       (an update builds for the commit it will move to before moving anything); default: HEAD
+    + target: a host MCU's architecture (``armhf``/``aarch64``), named in its identity
 
     The artifact lands in ``~/printer_data/firmware/<version>-<sha256(config)[:12]>/`` (the same
     layout the controller ships). Already built: the make calls find nothing to do. Prints
@@ -165,7 +169,9 @@ def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = 
     """
     if commit is not None and not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise OperationError(f"commit={commit!r}: 40 lower-case hex digits")
-    yield StringCommand("sh", "-c", QuoteString(pi_build_script(fragment, klipper_path, allow_unclean, commit)))
+    if target and not re.fullmatch(r"[a-z0-9_]+", target):
+        raise OperationError(f"target={target!r}: an architecture name such as armhf or aarch64")
+    yield StringCommand("sh", "-c", QuoteString(pi_build_script(fragment, klipper_path, allow_unclean, commit, target)))
 
 
 def built_identity(meta: Any) -> str | None:

@@ -33,8 +33,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyinfra_ratos.firmware.arch import ARCHES, elf_fits
 from pyinfra_ratos.firmware.catalog import Board
-from pyinfra_ratos.firmware.image import ImageInfo, inspect_image, strip_elf
+from pyinfra_ratos.firmware.image import ImageInfo, elf_header, inspect_image, strip_elf
 from pyinfra_ratos.firmware.identity import (FirmwareIdentity, artifact_manifest, check_buildable_version, identity_files,
                                     identity_of)
 from pyinfra_ratos.firmware.kconfig import KconfigSymbols, load_kconfig_symbols, verify_resolved
@@ -84,12 +85,25 @@ class Builder:
         self._versions: dict[str, str] = {}
         self._kconfig: dict[Path, KconfigSymbols] = {}
 
-    def build(self, commit: str, board: Board, fragment: str) -> BuiltArtifact:
-        key = (commit, board.id, fragment)
+    def build(self, commit: str, board: Board, fragment: str, target: str | None = None) -> BuiltArtifact:
+        """Build (or find) ``board`` at ``commit``; ``target``: the Pi's architecture, required for a
+        Linux host MCU (compiled with Debian's cross compiler for it) and ignored for any other."""
+        target = self._target(board, target)
+        key = (commit, board.id, fragment, target)
         with self._lock:
             if key not in self._done:
-                self._done[key] = self._build(commit, board, fragment)
+                self._done[key] = self._build(commit, board, fragment, target)
             return self._done[key]
+
+    @staticmethod
+    def _target(board: Board, target: str | None) -> str:
+        if board.interface != "linux":
+            return ""
+        if target not in ARCHES:
+            raise BuildError(f"board {board.id}: the Pi's architecture is {target or 'unknown'}; a host MCU is "
+                             f"built here for {' or '.join(ARCHES)} only (uname -m armv7l/aarch64 on the Pi). "
+                             "Fix: check the Pi answers the audit, or build on the Pi (firmware_build = \"pi\")")
+        return target
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -157,17 +171,17 @@ class Builder:
             self._kconfig[tree] = load_kconfig_symbols(tree)
         return self._kconfig[tree]
 
-    def _resolution(self, version: str, commit: str, board: Board, fragment: str) -> Path:
+    def _resolution(self, version: str, commit: str, board: Board, fragment: str, target: str = "") -> Path:
         # what olddefconfig gave for these inputs, so that a later run that finds the artifact in
         # the cache needs no make (0.1-0.2 s per identity and run); keyed on the version, so a new
         # tag is a new key
-        inputs = json.dumps([version, commit, repr(board), fragment])
+        inputs = json.dumps([version, commit, repr(board), fragment] + ([target] if target else []))
         return self.cache / "resolved" / (hashlib.sha256(inputs.encode()).hexdigest()[:32] + ".json")
 
-    def _cached(self, version: str, commit: str, board: Board, fragment: str) -> BuiltArtifact | None:
+    def _cached(self, version: str, commit: str, board: Board, fragment: str, arch: str = "") -> BuiltArtifact | None:
         """The artifact of an earlier run for exactly these inputs, checked as a new build is."""
         try:
-            known = json.loads(self._resolution(version, commit, board, fragment).read_text(encoding="utf-8"))
+            known = json.loads(self._resolution(version, commit, board, fragment, arch).read_text(encoding="utf-8"))
             target = self.cache / known["identity"]
             resolved = (target / "config").read_text(encoding="utf-8")
             manifest = json.loads((target / "identity.json").read_text(encoding="utf-8"))
@@ -175,18 +189,18 @@ class Builder:
             return None
         if verify_resolved(board, fragment, resolved) or known.get("version") != version:
             return None  # build again: it raises with the problems
-        if sorted(manifest.get("files", {})) != sorted(identity_files(board.firmware_file)):
+        if sorted(manifest.get("files", {})) != sorted(identity_files(board.firmware_file, board.sd_firmware_name)):
             return None  # an artifact of an older layout: its manifest listed debug files too
-        identity = identity_of(check_buildable_version(version, self.allow_unclean), resolved, board)
+        identity = identity_of(check_buildable_version(version, self.allow_unclean), resolved, board, arch)
         return self._load(target, identity, board) if identity.name == known["identity"] else None
 
-    def _build(self, commit: str, board: Board, fragment: str) -> BuiltArtifact:
+    def _build(self, commit: str, board: Board, fragment: str, arch: str = "") -> BuiltArtifact:
         expected = self.source_version(commit)
-        cached = self._cached(expected, commit, board, fragment)
+        cached = self._cached(expected, commit, board, fragment, arch)
         if cached is not None:
             return cached
         tree = self._checkout(commit, expected)
-        work = self.cache / "work" / hashlib.sha256(f"{commit}\0{board.id}\0{fragment}".encode()).hexdigest()[:16]
+        work = self.cache / "work" / hashlib.sha256(f"{commit}\0{board.id}\0{fragment}\0{arch}".encode()).hexdigest()[:16]
         if work.exists():
             shutil.rmtree(work)
         out = work / "out"
@@ -195,6 +209,8 @@ class Builder:
         config.write_text(fragment, encoding="utf-8")
         log: list[str] = []
         make = ["make", f"KCONFIG_CONFIG={config}", f"OUT={out}/"]
+        if arch:  # a host MCU: the Pi's CPU, never the controller's (Klipper's CC is $(CROSS_PREFIX)gcc)
+            make.append(f"CROSS_PREFIX={ARCHES[arch].cross_prefix}")
         _run(make + ["olddefconfig"], tree, log)  # never in the same make call as the build
         resolved = config.read_text(encoding="utf-8")
         problems = verify_resolved(board, fragment, resolved, self._kconfig_symbols(tree))
@@ -202,7 +218,7 @@ class Builder:
             raise BuildError(f"board {board.id}: Kconfig did not resolve as asked: "
                              + "; ".join(str(problem) for problem in problems))
         version = _run(["git", "describe", "--always", "--tags", "--long", "--dirty"], tree, log).strip()
-        identity = identity_of(check_buildable_version(version, self.allow_unclean), resolved, board)
+        identity = identity_of(check_buildable_version(version, self.allow_unclean), resolved, board, arch)
         if version != expected and not self.allow_unclean:
             raise BuildError(f"the build tree {tree} describes as {version}, the source {self.source} at "
                              f"{commit[:12]} as {expected}: delete {tree} and build again")
@@ -210,18 +226,26 @@ class Builder:
         manifest_ok = False
         try:
             manifest = json.loads((target / "identity.json").read_text(encoding="utf-8"))
-            manifest_ok = sorted(manifest["files"]) == sorted(identity_files(board.firmware_file))
+            manifest_ok = sorted(manifest["files"]) == sorted(identity_files(board.firmware_file, board.sd_firmware_name))
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if not manifest_ok:
             started = time.monotonic()
-            _run(make + [f"-j{os.cpu_count() or 1}"], tree, log)
+            try:
+                _run(make + [f"-j{os.cpu_count() or 1}"], tree, log)
+            except BuildError as error:
+                prefix = ARCHES[arch].cross_prefix if arch else ""
+                if arch and f"{prefix}gcc" in str(error) and "not found" in str(error):
+                    raise BuildError(f"board {board.id}: no {prefix}gcc on this controller to build the {arch} host "
+                                     f"MCU. Fix: apt-get install --no-install-recommends {ARCHES[arch].package}, "
+                                     "or build on the Pi (firmware_build = \"pi\")") from error
+                raise
             self._store(target, identity, board, out, resolved, log)
             with open(self.cache / "builds.jsonl", "a", encoding="utf-8") as record:
                 record.write(json.dumps({"identity": identity.name, "board": board.id, "commit": commit,
                                          "seconds": round(time.monotonic() - started, 3)}) + "\n")
         shutil.rmtree(work, ignore_errors=True)
-        resolution = self._resolution(expected, commit, board, fragment)
+        resolution = self._resolution(expected, commit, board, fragment, arch)
         resolution.parent.mkdir(parents=True, exist_ok=True)
         staged = resolution.with_suffix(f".{os.getpid()}.partial")
         staged.write_text(json.dumps({"identity": identity.name, "version": version}), encoding="utf-8")
@@ -242,6 +266,13 @@ class Builder:
             # installed (and hashed) is the stripped file; the full one stays for debugging
             (staging / "klipper.elf").rename(staging / DEBUG_ELF)
             (staging / "klipper.elf").write_bytes(strip_elf((staging / DEBUG_ELF).read_bytes()))
+            header = elf_header((staging / "klipper.elf").read_bytes()) or (None, None, None)
+            misfit = elf_fits(identity.target, *header) if identity.target else None
+            if misfit:  # a compiler that ignored CROSS_PREFIX: never file it under the Pi's identity
+                raise BuildError(f"board {board.id}: built for the wrong CPU: {misfit}")
+        if board.sd_firmware_name and (staging / board.firmware_file).exists():
+            # named as the board's SD bootloader reads it: the operator copies this very file
+            shutil.copy2(staging / board.firmware_file, staging / board.sd_firmware_name)
         (staging / "config").write_text(resolved, encoding="utf-8")
         (staging / "build.log").write_text("".join(log), encoding="utf-8")
         if not (staging / board.firmware_file).exists():
@@ -249,7 +280,7 @@ class Builder:
         # the identity covers what is flashed or installed and the config; klipper.elf (debug
         # info with absolute paths), the dictionary and the log differ between build directories
         hashes = {name: hashlib.sha256((staging / name).read_bytes()).hexdigest()
-                  for name in identity_files(board.firmware_file)}
+                  for name in identity_files(board.firmware_file, board.sd_firmware_name)}
         dictionary = json.loads((staging / "klipper.dict").read_text(encoding="utf-8"))
         if dictionary.get("version") != identity.version:
             raise BuildError(f"board {board.id}: the build reports version {dictionary.get('version')!r}, "

@@ -25,7 +25,10 @@ Keys of a board file (all required unless marked optional):
                       only the modes the board has
 ``dfu_flash_map``     string, optional: the DfuSe alt-0 string of the flash
                       ("@Internal Flash   /0x08000000/8*128Kg"); required when "dfu" is a method
-``flash_methods``     list, in order of preference: "dfu", "katapult", "rp2040", "linux"
+``flash_methods``     list, in order of preference: "dfu", "katapult", "rp2040", "linux",
+                      "manual-sd" (no tool flashes it: the operator copies a file to an SD card)
+``sd_firmware_name``  string, optional: the file name the board's SD-card bootloader reads at power-on
+                      ("firmware.bin"); required with "manual-sd"
 ``firmware_file``     "klipper.bin" | "klipper.uf2" | "klipper.elf": the build output to flash
 ``unattended_flash``  bool: false = never flash without an explicit operator flag
 ``unattended_reason`` string, required when ``unattended_flash`` is false: why
@@ -53,7 +56,7 @@ BOARDS_DIR = Path(__file__).resolve().parent / "boards"
 INTERFACES = ("usb", "can", "usbcan", "linux")
 # the methods of pyinfra_ratos.firmware.methods (a name only here: a new method is a new module
 # there and a value in a board file, never an edit of this list); the plan refuses unknown ones
-FLASH_METHODS = ("dfu", "katapult", "rp2040", "linux")
+FLASH_METHODS = ("dfu", "katapult", "rp2040", "linux", "manual-sd")
 _METHOD_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 FIRMWARE_FILES = ("klipper.bin", "klipper.uf2", "klipper.elf")
 USB_MODES = ("klipper", "dfu", "katapult", "rp2040_boot")
@@ -85,6 +88,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool, str]] = {
     "unattended_flash": ((bool,), True, "set unattended_flash = true or false"),
     "unattended_reason": ((str,), False, 'set unattended_reason = "why it is unsafe"'),
     "ram_top": ((int,), False, "set ram_top = 0x20020000 or remove the key"),
+    "sd_firmware_name": ((str,), False, 'set sd_firmware_name = "firmware.bin" (what the SD bootloader reads)'),
 }
 
 
@@ -110,6 +114,7 @@ class Board:
     unattended_reason: str | None = None
     ram_top: int | None = None
     mcu_part: str | None = None
+    sd_firmware_name: str | None = None
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -172,6 +177,11 @@ def _check_values(path: Path, data: Mapping[str, Any]) -> None:
         raise _fail(path, "dfu_flash_map", "missing for a board flashed by DFU", _SCHEMA["dfu_flash_map"][2])
     if "dfu" in methods and "dfu" not in data["usb"]:
         raise _fail(path, "usb.dfu", "missing for a board flashed by DFU", 'add dfu = "0483:df11" to [usb]')
+    sd_name = data.get("sd_firmware_name")
+    if "manual-sd" in methods and not sd_name:
+        raise _fail(path, "sd_firmware_name", "missing for a board flashed from an SD card", _SCHEMA["sd_firmware_name"][2])
+    if sd_name is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", sd_name):
+        raise _fail(path, "sd_firmware_name", f"{sd_name!r} is not a plain file name", _SCHEMA["sd_firmware_name"][2])
     if not data["unattended_flash"] and not data.get("unattended_reason", "").strip():
         raise _fail(path, "unattended_reason", "required when unattended_flash is false", _SCHEMA["unattended_reason"][2])
     _check_kconfig(path, data)
@@ -226,6 +236,7 @@ def load_board(path: Path) -> Board:
         unattended_reason=data.get("unattended_reason"),
         ram_top=data.get("ram_top"),
         mcu_part=data.get("mcu_part"),
+        sd_firmware_name=data.get("sd_firmware_name"),
         source=path,
     )
 

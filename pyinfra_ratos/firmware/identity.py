@@ -1,7 +1,9 @@
 """Firmware identity: which build a board needs, named by Klipper version and resolved config.
 
 ``<version>-<first 12 hex of sha256(resolved .config)>`` names a build exactly, since Klipper
-builds are bit-reproducible for the same tree, config and toolchain. It is the name of the
+builds are bit-reproducible for the same tree, config and toolchain. A Linux host MCU is also
+built for a CPU the config does not name (the compiler decides: ``CROSS_PREFIX``), so its identity
+carries the target architecture as a suffix (``...-armhf``, ``...-aarch64``). It is the name of the
 artifact directory ``~/printer_data/firmware/<identity>/``. A fleet needs one build per distinct
 (version, board, fragment), however many printers share it. Pure Python, no pyinfra import.
 """
@@ -37,19 +39,24 @@ class FirmwareIdentity:
     version: str
     config_sha256: str
     board: str
+    target: str = ""  # the CPU architecture a Linux host MCU is built for ("armhf", "aarch64")
 
     @property
     def name(self) -> str:
-        return f"{self.version}-{self.config_sha256[:HASH_CHARS]}"
+        suffix = f"-{self.target}" if self.target else ""
+        return f"{self.version}-{self.config_sha256[:HASH_CHARS]}{suffix}"
 
 
-def identity_of(version: str, resolved_text: str, board: Board | str) -> FirmwareIdentity:
-    """The identity of a build of ``version`` with this resolved config, for a board (or its id)."""
+def identity_of(version: str, resolved_text: str, board: Board | str, target: str = "") -> FirmwareIdentity:
+    """The identity of a build of ``version`` with this resolved config, for a board (or its id),
+    and for a Linux host MCU the architecture it is compiled for (``target``)."""
     if not version or not _SAFE_VERSION.match(version):
         raise BuildVersionError(f"version {version!r} cannot name a firmware artifact "
                                 "(empty or has characters other than letters, digits, '.', '_', '+', '-')")
     board_id = board if isinstance(board, str) else board.id
-    return FirmwareIdentity(version, config_sha256(resolved_text), board_id)
+    if target and not _SAFE_VERSION.match(target):
+        raise BuildVersionError(f"target architecture {target!r} cannot name a firmware artifact")
+    return FirmwareIdentity(version, config_sha256(resolved_text), board_id, target)
 
 
 def check_buildable_version(version: str, allow_unclean: bool = False) -> str:
@@ -81,26 +88,32 @@ def check_buildable_version(version: str, allow_unclean: bool = False) -> str:
     return version
 
 
-def identity_files(firmware_file: str) -> tuple[str, ...]:
-    """The files of an artifact its manifest hashes: what is flashed or installed, and the config.
+def identity_files(firmware_file: str, sd_name: str | None = None) -> tuple[str, ...]:
+    """The files of an artifact its manifest hashes: what is flashed or installed (and its copy
+    under the name a board's SD-card bootloader reads, ``sd_name``), and the config.
 
     Not ``klipper.elf`` next to a ``.bin``/``.uf2`` nor the full ELF of a Linux MCU (its debug
     info holds the build's absolute paths), the dictionary (inside the image already) or the log:
     they differ between two builds of one identity made in different directories.
     """
+    if sd_name and sd_name != firmware_file:
+        return (firmware_file, sd_name, "config")
     return (firmware_file, "config")
 
 
 def artifact_manifest(identity: FirmwareIdentity, mcu: str, files: Mapping[str, str]) -> dict[str, object]:
     """The ``identity.json`` of an artifact directory; ``files`` maps file name -> sha256 hex
     (:func:`identity_files`), so two builds of one identity give byte-identical manifests."""
-    return {
+    manifest: dict[str, object] = {
         "version": identity.version,
         "config_sha256": identity.config_sha256,
         "mcu": mcu,
         "board": identity.board,
         "files": dict(sorted(files.items())),
     }
+    if identity.target:
+        manifest["target"] = identity.target
+    return manifest
 
 
 # ---------------------------------------------------------------- build once, flash many

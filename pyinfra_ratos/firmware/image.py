@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyinfra_ratos.firmware.arch import elf_fits
 from pyinfra_ratos.firmware.catalog import Board
 
 KINDS = ("bin", "uf2", "elf")
@@ -42,6 +43,10 @@ class ImageInfo:
     initial_sp: int | None       # first word of the vector table
     reset_vector: int | None     # second word of the vector table (thumb bit set)
     defects: tuple[str, ...] = field(default=())  # container problems: truncated, bad blocks
+    # an ELF's header: e_machine (40 ARM, 183 AArch64, 62 x86-64), class (1: 32-, 2: 64-bit), e_flags
+    elf_machine: int | None = None
+    elf_class: int | None = None
+    elf_flags: int | None = None
 
     @property
     def version(self) -> str | None:
@@ -139,21 +144,37 @@ def _uf2_segments(data: bytes) -> tuple[list[tuple[int, bytes]], list[str]]:
     return segments, defects
 
 
+def elf_header(data: bytes) -> tuple[int, int, int] | None:
+    """(e_machine, class, e_flags) of a little-endian ELF of either class, or None."""
+    if len(data) < 52 or data[:4] != b"\x7fELF" or data[4] not in _ELF_LAYOUT or data[5] != 1:
+        return None
+    flags_at = 36 if data[4] == 1 else 48
+    if len(data) < flags_at + 4:
+        return None
+    return struct.unpack_from("<H", data, 18)[0], data[4], struct.unpack_from("<I", data, flags_at)[0]
+
+
 def _elf_segments(data: bytes) -> tuple[list[tuple[int, bytes]], list[str]]:
     if len(data) < 52 or data[:4] != b"\x7fELF":
         return [], ["not an ELF file"]
-    if data[4] != 1 or data[5] != 1:
-        # Klipper targets (ARM, armhf Linux) are 32-bit little-endian
-        return [], ["not a 32-bit little-endian ELF file"]
-    phoff = struct.unpack_from("<I", data, 28)[0]
-    phentsize, phnum = struct.unpack_from("<HH", data, 42)
+    if data[4] not in _ELF_LAYOUT or data[5] != 1:
+        # Klipper targets (ARM MCUs, armhf and arm64 Linux) are little-endian, 32- or 64-bit
+        return [], ["not a little-endian ELF file"]
+    phoff_at, _shoff_at, phentsize_at, word, offset_at, filesz_at, _align_at = _ELF_LAYOUT[data[4]]
+    if len(data) < phentsize_at + 4:
+        return [], ["ELF header truncated"]
+    phoff = struct.unpack_from("<" + word, data, phoff_at)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, phentsize_at)
+    paddr_at = 12 if data[4] == 1 else 24
     segments, defects = [], []
     for index in range(phnum):
         at = phoff + phentsize * index
-        if at + 32 > len(data):
+        if at + phentsize > len(data) or phentsize < filesz_at + struct.calcsize(word):
             defects.append("ELF program headers run past the end of the file (truncated?)")
             break
-        p_type, p_offset, _vaddr, p_paddr, p_filesz = struct.unpack_from("<5I", data, at)
+        p_type = struct.unpack_from("<I", data, at)[0]
+        p_offset, p_paddr, p_filesz = (struct.unpack_from("<" + word, data, at + off)[0]
+                                       for off in (offset_at, paddr_at, filesz_at))
         if p_type != 1 or not p_filesz:  # PT_LOAD with bytes in the file
             continue
         if p_offset + p_filesz > len(data):
@@ -197,10 +218,13 @@ def inspect_image(data: bytes, kind: str) -> ImageInfo:
     if len(image) < 8:
         defects.append(f"image is {len(image)} bytes: too short to hold a vector table")
     app_address, stack, reset = _vector_table(image, base)
+    header = elf_header(data) if kind == "elf" else None
     return ImageInfo(
         kind=kind, size=len(image), sha256=hashlib.sha256(data).hexdigest(),
         dictionary=find_dictionary(image), base_address=base, app_address=app_address,
         initial_sp=stack, reset_vector=reset, defects=tuple(defects),
+        elf_machine=header[0] if header else None, elf_class=header[1] if header else None,
+        elf_flags=header[2] if header else None,
     )
 
 
@@ -277,10 +301,12 @@ def _flash_end(board: Board) -> int | None:
     return address
 
 
-def check_image_for_board(info: ImageInfo, board: Board, linked_at: int | None = None) -> list[str]:
+def check_image_for_board(info: ImageInfo, board: Board, linked_at: int | None = None,
+                          host_arch: str | None = None) -> list[str]:
     """Reasons this image must not be flashed to ``board``; empty = it fits (safety rule 3).
 
-    ``linked_at``: the application address the image was linked for, from the resolved config
+    ``host_arch``: the Pi's userland architecture (:mod:`pyinfra_ratos.firmware.arch`), which a
+    Linux host MCU's ELF must match. ``linked_at``: the application address the image was linked for, from the resolved config
     stored with it (:func:`pyinfra_ratos.firmware.kconfig.application_address`). A ``.bin`` does not say
     where it loads, and real reset handlers sit ~30 KiB into the image, so the handler check alone
     cannot tell 0x08000000 from 0x08002000: only the config can, and the flash plan always gives it.
@@ -293,7 +319,15 @@ def check_image_for_board(info: ImageInfo, board: Board, linked_at: int | None =
     elif info.mcu != board.mcu:
         problems.append(f"{where}: the image is built for MCU {info.mcu!r}, the board has {board.mcu!r}")
     if board.interface == "linux":
-        return problems  # a Linux process has no vector table nor flash address
+        # a Linux process has no vector table nor flash address, but it must run on the Pi's CPU
+        if host_arch is None:
+            problems.append(f"{where}: the Pi's architecture is unknown (uname -m not read, or not an "
+                            "armhf/arm64 system): not installing a host MCU that might not start")
+        else:
+            misfit = elf_fits(host_arch, info.elf_machine, info.elf_class, info.elf_flags)
+            if misfit:
+                problems.append(f"{where}: {misfit}")
+        return problems
     if info.initial_sp is None or not RAM_REGION[0] <= info.initial_sp <= RAM_REGION[1]:
         sp = "none" if info.initial_sp is None else f"{info.initial_sp:#x}"
         problems.append(f"{where}: initial stack pointer {sp} is not a RAM address: not a bootable image")

@@ -88,10 +88,13 @@ def _runs_identity(mcu: Mapping[str, Any] | None, artifact: Artifact) -> bool:
     return {key: str(value) for key, value in constants.items()} == image
 
 
-def _artifact_problems(board: Board, artifact: Artifact) -> list[str]:
+def _artifact_problems(board: Board, artifact: Artifact, host_arch: str | None = None) -> list[str]:
     resolved = parse_config(artifact.resolved_config)
     # the application address comes from the config the image was built with, never from a guess
-    problems = check_image_for_board(artifact.image, board, application_address(resolved))
+    problems = check_image_for_board(artifact.image, board, application_address(resolved), host_arch)
+    if board.interface == "linux" and host_arch and artifact.identity.target != host_arch:
+        problems.append(f"board {board.id}: artifact {artifact.identity.name} was built for "
+                        f"{artifact.identity.target or 'an unnamed architecture'}, the Pi runs {host_arch}")
     if artifact.identity.board != board.id:
         problems.append(f"board {board.id}: artifact {artifact.identity.name} was built for board "
                         f"{artifact.identity.board}")
@@ -121,6 +124,7 @@ def plan_flash(
     backend: str = "dfu-util",
     dfu_timeout: float = 10.0,
     klipper_timeout: float = 30.0,
+    host_arch: str | None = None,
 ) -> FlashPlan:
     """Decide what to do with one board.
 
@@ -131,12 +135,13 @@ def plan_flash(
     + artifact: the built firmware to flash
     + port: the board's USB port when the inventory pins it (needed for two boards of one model)
     + attended_flash: the operator's per-run flag for boards never flashed unattended
+    + host_arch: the Pi's userland architecture (``KlipperHost`` ``arch``): a host MCU's ELF must run on it
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown flash backend {backend!r}; use one of {', '.join(BACKENDS)}")
     before = (mcu or {}).get("version") or None
     # 1. the artifact itself must fit the board (rule 3): a wrong image is a pipeline bug
-    problems = _artifact_problems(board, artifact)
+    problems = _artifact_problems(board, artifact, host_arch)
     if problems:
         return _refuse(board, "image does not fit the board: " + "; ".join(problems), before_version=before)
     # 2. nothing to do: skipping disturbs nothing, so it needs no other check

@@ -141,6 +141,10 @@ class FlashPlan:
     # a refusal by policy (busy printer, board never flashed unattended): the printer is
     # reported as skipped with the reason, not failed; nothing is wrong with it
     hold: bool = False
+    # the artifact goes to the Pi although nothing writes it (someone flashes it by hand)
+    ship: bool = False
+    # what a person must do, step by step, when no tool writes the board
+    procedure: tuple[str, ...] = ()
 
     @property
     def skip(self) -> bool:
