@@ -48,7 +48,7 @@ def test_each_pi_gets_a_host_mcu_for_its_own_cpu_in_one_update_and_a_rerun_is_a_
     for pi, arch in PIS.items():
         assert lab.ssh(pi, "uname -m").stdout.strip() == {"armhf": "armv7l", "aarch64": "aarch64"}[arch]
     first = ratos_fleet("update", str(lab.inventory), "--limit", "pis", "--report", str(tmp_path / "one"))
-    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.returncode == 3, first.stdout + first.stderr  # no failure, changes made
     stamps = {}
     for pi, arch in PIS.items():
         binary = installed(lab, pi).read_bytes()

@@ -41,7 +41,7 @@ def test_the_update_stages_firmware_bin_gives_the_procedure_and_keeps_klipper(la
                             capture_output=True, text=True, timeout=900)
     report = json.loads((tmp_path / "report.json").read_text())
     (printer,) = report["printers"]
-    assert printer["status"] == "skipped", result.stdout + result.stderr
+    assert printer["status"] == "held", result.stdout + result.stderr  # pending until someone flashes it
     assert "firmware.bin" in printer["reason"] and "SD card" in printer["reason"] and "power" in printer["reason"]
     # Klipper did not move and was not restarted: host and board still speak one protocol
     assert lab.ssh(PI, "git -C ~/klipper rev-parse HEAD").stdout.strip() == head == old["commit"]
