@@ -126,7 +126,7 @@ class KatapultSerial:
         except OSError as error:
             raise KatapultError(f"cannot open {self.tty}: {error.strerror}") from None
         try:
-            fcntl.ioctl(self.fd, termios.TIOCEXCL)  # pyserial's exclusive=True: nobody else writes
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # pyserial's exclusive=True
             attrs = termios.tcgetattr(self.fd)
             attrs[0] = attrs[1] = attrs[3] = 0          # raw: no echo, no translation, no signals
             attrs[2] = termios.CS8 | termios.CREAD | termios.CLOCAL
