@@ -5,6 +5,7 @@ Tests of design.md section 3 are named after the rule they protect.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from typing import Any
@@ -363,10 +364,18 @@ def test_board_not_on_usb_is_refused(artifact) -> None:
     assert "nothing is attached at USB port 1-1.9" in plan(H723, artifact(H723), port="1-1.9").reason
 
 
-def test_board_in_katapult_is_not_supported_yet(artifact) -> None:
+def test_board_in_katapult_is_flashed_through_katapult(artifact) -> None:
+    katapult = {**klipper_usb(H723), "mode": "katapult", "vid_pid": "1d50:6177"}
+    board = dataclasses.replace(H723, flash_methods=("katapult", "dfu"))
+    result = plan(board, artifact(board), attached={"1-1.3": katapult})
+    assert (result.action, result.method, result.port) == ("flash", "katapult", "1-1.3")
+    assert not any(type(step).__name__ == "RequestBootloader" for step in result.steps)
+
+
+def test_board_without_katapult_found_in_katapult_is_refused(artifact) -> None:
     katapult = {**klipper_usb(H723), "mode": "katapult", "vid_pid": "1d50:6177"}
     result = plan(H723, artifact(H723), attached={"1-1.3": katapult})
-    assert result.refused and "Katapult" in result.reason and "not supported yet" in result.reason
+    assert result.refused and "katapult mode" in result.reason and "is the board id right" in result.reason
 
 
 def test_can_board_is_not_supported_yet(artifact) -> None:
