@@ -88,3 +88,14 @@ def test_a_command_error_is_retried_then_named(tmp_path) -> None:
     client.close()
     os.close(master)
     os.close(slave)
+
+
+def test_the_agent_on_the_pi_carries_the_client_and_the_katapult_runner() -> None:
+    from pyinfra_ratos.operations import firmware
+
+    source = firmware.agent_source()
+    agent: dict = {"__name__": "agent_on_the_pi"}
+    exec(compile(source, "agent", "exec"), agent)  # noqa: S102 - the shipped text, as the Pi runs it
+    assert type(agent["RUNNERS"]["katapult"]).__name__ == "KatapultRunner"
+    assert agent["katapult_frame"](0x11) == bytes.fromhex("01881100f17c9903")
+    assert source.index("class KatapultSerial") < source.index("class KatapultRunner") < source.index("if __name__ ==")

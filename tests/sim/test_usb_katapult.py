@@ -101,3 +101,27 @@ def test_no_reenumerate_after_complete_leaves_the_port_empty(farm, images):
     usb.wait_for_mode(pi.state_dir, "1-1.3", "absent")
     events = [e["event"] for e in usb.events(pi.state_dir)]
     assert events[-2:] == ["unplug", "no-reenumerate"]
+
+
+TERMIOS2 = """
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+buf = bytearray(44)
+fcntl.ioctl(fd, 0x802C542A, buf)                       # TCGETS2
+flags = list(struct.unpack_from("=IIII", buf))
+flags[2] = (flags[2] & ~0o10017) | 0o10000             # BOTHER: a custom speed, as pyserial sets 250000
+struct.pack_into("=IIII", buf, 0, *flags)
+struct.pack_into("=II", buf, 36, 250000, 250000)
+fcntl.ioctl(fd, 0x402C542B, bytes(buf))                # TCSETS2
+back = bytearray(44)
+fcntl.ioctl(fd, 0x802C542A, back)
+print(struct.unpack_from("=II", back, 36)[1])
+"""
+
+
+def test_custom_baud_rates_work_as_on_a_cdc_acm_tty(farm, images):
+    # pyserial (Katapult's flashtool) sets 250000 baud with termios2; a pty has no termios2
+    pi = farm([katapult_h723(images["old"])])
+    enter_katapult(pi)
+    result = pi.run(sys.executable, "-c", TERMIOS2, BY_PATH)
+    assert (result.returncode, result.stdout.strip()) == (0, "250000"), result.stderr

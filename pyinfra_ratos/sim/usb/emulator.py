@@ -57,6 +57,7 @@ RESET, GET_SPEED = _ioc(0, 20, 0), _ioc(0, 31, 0)
 TIOCMGET, TIOCMBIS, TIOCMBIC, TIOCMSET = 0x5415, 0x5416, 0x5417, 0x5418
 TCSETS = (0x5402, 0x5403, 0x5404)
 TCSETS2 = (0x402C542B, 0x402C542C, 0x402C542D)
+TCGETS2 = 0x802C542A  # struct termios2: 4 flags, c_line, c_cc[19], c_ispeed at 36, c_ospeed at 40
 TIOCM_DTR, CBAUD, BOTHER, B1200 = 0x002, 0o10017, 0o10000, 0o11
 
 
@@ -77,6 +78,7 @@ class Session:
         self.pty: str | None = None  # the pty slave behind the tty node
         self.katapult: katapult.KatapultDevice | None = None  # the bootloader's protocol, in katapult mode
         self.master: int | None = None  # the pty master the bootloader reads and answers on
+        self.custom_baud: int | None = None  # a BOTHER speed set with TCSETS2
         if board is None:
             assert hub is not None
             self.identity, self.busnum = hub
@@ -228,6 +230,8 @@ class Session:
         if request == TIOCMGET:
             arg.resolve(0, 4).update(0, struct.pack("i", 0x100 | (TIOCM_DTR if self.dtr else 0)))
             return 0, 0
+        if request == TCGETS2 or (request in TCSETS2 and self.custom_baud_only(request)):
+            return self.termios2(request, arg)
         if request in TCSETS or request in TCSETS2:
             size = 36 if request in TCSETS else 44
             termios = bytes(arg.resolve(0, size).retrieve())
@@ -246,6 +250,41 @@ class Session:
                 self.line_state(baud=baud)
             return ret, err
         return None  # forward to the pty
+
+
+    def custom_baud_only(self, request: int) -> bool:
+        return True  # the host's pty has no termios2: a CDC-ACM tty's custom speeds are answered here
+
+    def termios2(self, request: int, arg: Any) -> tuple[int, int]:
+        """TCGETS2/TCSETS2 (pyserial's custom baud rates, e.g. flashtool's 250000) on a pty that has
+        only termios: flags go to the pty, the speed is kept here as a CDC-ACM driver keeps it."""
+        if not self.pty:
+            return -1, errno.ENOTTY
+        fd = os.open(self.pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            attrs = termios.tcgetattr(fd)
+            if request == TCGETS2:
+                cflag = (attrs[2] & ~CBAUD) | (BOTHER if self.custom_baud else attrs[2] & CBAUD)
+                cc = bytes(c if isinstance(c, int) else ord(c) for c in attrs[6][:19])
+                speed = self.custom_baud or self.baud
+                raw = struct.pack("=IIIIB19sII", attrs[0], attrs[1], cflag, attrs[3], 0, cc, speed, speed)
+                arg.resolve(0, 44).update(0, raw)
+                return 0, 0
+            iflag, oflag, cflag, lflag, _line, cc, _ispeed, ospeed = struct.unpack(
+                "=IIIIB19sII", bytes(arg.resolve(0, 44).retrieve()))
+            speed = cflag & CBAUD
+            self.custom_baud = ospeed if speed == BOTHER else None
+            attrs[0], attrs[1], attrs[3] = iflag, oflag, lflag
+            attrs[2] = (cflag & ~CBAUD) | (termios.B38400 if speed == BOTHER else speed)
+            attrs[6] = [cc[i] if i in (termios.VMIN, termios.VTIME) else bytes([cc[i]]) for i in range(19)] \
+                + attrs[6][19:]
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except (OSError, termios.error) as error:
+            return -1, getattr(error, "errno", None) or errno.EINVAL
+        finally:
+            os.close(fd)
+        self.line_state(baud=self.custom_baud if self.custom_baud else 1200 if speed == B1200 else -1)
+        return 0, 0
 
 
 class Board:
