@@ -51,7 +51,10 @@ fcntl.ioctl(fd, termios.TIOCMBIS, struct.pack("I", termios.TIOCM_DTR))
 attrs = termios.tcgetattr(fd); attrs[4] = attrs[5] = termios.B1200
 termios.tcsetattr(fd, termios.TCSANOW, attrs)
 fcntl.ioctl(fd, termios.TIOCMBIC, struct.pack("I", termios.TIOCM_DTR)); os.close(fd)
-wait("1d50:6177"); t["katapult"] = time.monotonic()
+wait("1d50:6177")
+while not os.path.exists(tty):
+    time.sleep(0.01)
+t["katapult"] = time.monotonic()
 client = KatapultSerial(tty).open(); client.connect(); t["connect"] = time.monotonic()
 old = client.read_application(1 << 20); t["read_old"] = time.monotonic(); moved_read = client.moved
 sha = client.write(image); t["write"] = time.monotonic()

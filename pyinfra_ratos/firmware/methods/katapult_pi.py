@@ -38,6 +38,9 @@ class KatapultRunner(Runner):
             if now == "running Klipper":
                 now = "it still runs Klipper: the bootloader request was ignored"
             raise StepFailed(f"the board did not enter Katapult on USB port {port} within {timeout:g} s ({now})")
+        deadline = time.monotonic() + 2.0  # the tty appears just after the device itself
+        while not tty_of(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
         tty = tty_of(port)
         if not tty:
             raise StepFailed(f"Katapult on USB port {port} has no tty")
