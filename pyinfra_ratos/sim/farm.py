@@ -173,6 +173,14 @@ def _chip_serial(pi: str, board: BoardSpec) -> str:
     return hashlib.sha256(f"{pi}/{board.port}".encode()).hexdigest()[:24].upper()
 
 
+def _bootloader(spec: Any, entry: Any) -> str:
+    """Where the board's 1200-baud request leads: the scenario's choice, or Katapult when the
+    catalog board has it (a Katapult variant), else the ROM's DFU."""
+    if spec.bootloader != "auto":
+        return spec.bootloader
+    return "katapult" if spec.mode == "katapult" or "katapult" in entry.flash_methods else "dfu"
+
+
 def _firmware_record(build_dir: Path | None) -> dict[str, Any] | None:
     if build_dir is None:
         return None
@@ -269,7 +277,8 @@ def prepare_pi(
                 "dfu_flash_map": entry.dfu_flash_map, "image": pi_image,
                 "bootloader": f"{entry.name} bootloader", "faults": list(spec.faults),
                 "mcu_name": spec.mcu_name,
-                "bootloader_request": "katapult" if spec.mode == "katapult" else "dfu",
+                "bootloader_request": _bootloader(spec, entry),
+                "katapult_start": spec.katapult_start,
             })
         mcus.append(mcu)
     _write(upper / "var" / "lib" / "ratos-sim" / "usb-spec.json", json.dumps({"boards": usb_boards}, indent=1) + "\n")

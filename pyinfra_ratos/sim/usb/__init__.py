@@ -24,7 +24,12 @@ Board-spec file (JSON), ``{"boards": [...]}`` or a bare list, one object per boa
                                      # (corrupt-write: once per emulator run, the first byte of
                                      # the 3rd block programmed after the first erase is inverted)
      "mcu_name": "mcu",              # pistate "mcus" entry kept in sync; null = none
-     "bootloader_request": "dfu"}    # where the 1200-baud request leads: dfu | katapult
+     "bootloader_request": "dfu",    # where the 1200-baud request leads: dfu | katapult
+     "katapult_start": null,         # the application start Katapult reports (null: app_address)
+     "katapult_version": "v0.0.1-110-gb0bf421"}   # Katapult's software version (CONNECT)
+
+In ``katapult`` mode the board's tty speaks Katapult's serial protocol (``sim/usb/katapult.py``);
+faults ``katapult-transfer-error[@N]`` and ``katapult-wrong-start`` act there.
 
 State directory (``<state_dir>``)::
 
