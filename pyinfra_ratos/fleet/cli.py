@@ -168,7 +168,7 @@ def _fleet(args: argparse.Namespace, execute: bool) -> int:
     from pyinfra_ratos.fleet import api as fleet_api
     from pyinfra_ratos.fleet import interrupts
     from pyinfra_ratos.fleet import update as fleet_update
-    from pyinfra_ratos.fleet.progress import Progress, confirm, log_handler
+    from pyinfra_ratos.fleet.progress import Progress, confirm, live, log_handler
     from pyinfra_ratos.fleet.report_text import render_table
 
     report_dir = args.report if execute else None
@@ -183,7 +183,7 @@ def _fleet(args: argparse.Namespace, execute: bool) -> int:
     propagate, logger.propagate = logger.propagate, False
     progress = Progress(out, total=0) if execute else None
     try:
-        with interrupts.graceful():
+        with interrupts.graceful(), live(progress):
             code, report = fleet_update.run_fleet(
                 args.inventory, limit=args.limit, execute=execute, attended_flash=args.attended_flash,
                 batch_size=args.batch_size, max_failed=args.max_failed, report_dir=report_dir,
