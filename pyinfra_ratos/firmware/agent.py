@@ -498,6 +498,8 @@ class Agent:
         self.read_back: bool | None = None
         self.records: list[dict[str, Any]] = []
         self.log: list[str] = []
+        # the USB id a board's application enumerates as, when not Klipper's USB serial (a bridge: 1d50:606f)
+        self.app_ids: dict[str, tuple[str, str]] = {}
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -607,10 +609,12 @@ class Agent:
             raise StepFailed(f"the board did not enter DFU on USB port {port} within {timeout:g} s ({now})")
 
     def wait_klipper(self, port: str, timeout: float) -> None:
-        if not self.wait_usb(port, KLIPPER_ID, timeout):
+        app = self.app_ids.get(port, KLIPPER_ID)
+        if not self.wait_usb(port, app, timeout):
             found = usb_id(port)
             now = "still in DFU" if found == DFU_ID else (":".join(found) + " there" if found else "nothing there")
-            raise StepFailed(f"the board did not come back as Klipper on its USB port {port} within "
+            what = "Klipper" if app == KLIPPER_ID else "Klipper (" + ":".join(app) + ")"
+            raise StepFailed(f"the board did not come back as {what} on its USB port {port} within "
                              f"{timeout:g} s ({now})")
 
     def flash_board(self, board: dict[str, Any], record: dict[str, Any]) -> None:

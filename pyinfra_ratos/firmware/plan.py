@@ -125,6 +125,8 @@ def plan_flash(
     dfu_timeout: float = 10.0,
     klipper_timeout: float = 30.0,
     host_arch: str | None = None,
+    canbus_uuid: str | None = None,
+    can_interface: str = "can0",
 ) -> FlashPlan:
     """Decide what to do with one board.
 
@@ -136,6 +138,9 @@ def plan_flash(
     + port: the board's USB port when the inventory pins it (needed for two boards of one model)
     + attended_flash: the operator's per-run flag for boards never flashed unattended
     + host_arch: the Pi's userland architecture (``KlipperHost`` ``arch``): a host MCU's ELF must run on it
+    + canbus_uuid: the board's CAN node (a CAN toolboard is found by it in ``attached``, under
+      ``<can_interface>/<uuid>``, see :func:`pyinfra_ratos.firmware.can.can_attached`; a USB-to-CAN
+      bridge is asked for its bootloader by it)
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown flash backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -154,6 +159,11 @@ def plan_flash(
         return _refuse(board, method, before_version=before)
     # 3. where is it (rule 6: a USB board is always addressed by its port)
     entry = None
+    if board.interface == "can" and port is None:
+        if not canbus_uuid:
+            return _refuse(board, "a CAN board is found on its bus by its UUID: set its canbus_uuid in the inventory",
+                           before_version=before)
+        port = f"{can_interface}/{canbus_uuid}"
     if method.modes:
         entry, missing = locate_board(board, attached, port)
         if entry is None:
@@ -163,6 +173,8 @@ def plan_flash(
             return _refuse(board, missing or "not found", before_version=before)
         found = method_for(board, entry.get("mode"))  # e.g. a Katapult board left in ROM DFU: dfu
         method = method if isinstance(found, str) else found
+        if canbus_uuid:
+            entry = {**entry, "canbus_uuid": canbus_uuid, "can_interface": can_interface}
         refusal = mode_refusal(board, entry, method)
         if refusal:
             return _refuse(board, refusal, before_version=before, port=entry.get("port"))

@@ -16,7 +16,6 @@ UNSUPPORTED = {
 }
 # attached-board modes no registered method writes from yet
 UNSUPPORTED_MODES = {
-    "can-bridge": "the board runs as a USB-to-CAN bridge: flashing bridge boards is not supported yet",
     "rp2040-boot": "the board is in RP2040 BOOTSEL mode: RP2040 flashing is not supported yet",
 }
 
