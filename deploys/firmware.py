@@ -109,7 +109,10 @@ def plan_firmware(audit: FleetAuditDict, commit: str | None = None) -> list[Boar
 def attached_boards(audit: Mapping[str, Any], targets: Sequence[FirmwareTarget]) -> dict[str, Any]:
     """The Pi's USB devices and its CAN nodes (``<interface>/<uuid>``), where the plan finds boards."""
     wanted = [(t.canbus_uuid, t.mcu_name, "can0") for t in targets if t.canbus_uuid and t.board.interface == "can"]
-    return {**audit["boards"], **can_attached(audit.get("can") or {}, wanted)}
+    # a bus on a USB-to-CAN bridge runs at the bridge firmware's speed: Linux's bitrate says nothing
+    bridged = any(t.board.interface == "usbcan" for t in targets) or any(
+        (device or {}).get("mode") == "can-bridge" for device in audit["boards"].values())
+    return {**audit["boards"], **can_attached(audit.get("can") or {}, wanted, bridged)}
 
 
 def preparation_failures(steps: list[BoardStep]) -> list[str]:

@@ -469,6 +469,15 @@ def test_a_bridge_is_asked_for_its_bootloader_over_can_then_written_over_dfu(art
     assert no_uuid.refused and "set its canbus_uuid" in no_uuid.reason
 
 
+def test_an_image_for_another_bus_speed_is_refused_unless_a_bridge_sets_the_speed(artifact) -> None:
+    slow = can_fact(True)
+    slow["interfaces"]["can0"]["bitrate"] = 500000
+    result = plan(EBB_CAN, artifact(EBB_CAN), attached=can_attached(slow), canbus_uuid=UUID_T0)
+    assert result.refused and "runs the CAN bus at 1000000 bit/s but can0 is at 500000 bit/s" in result.reason
+    bridged = plan(EBB_CAN, artifact(EBB_CAN), attached=can_attached(slow, bridged=True), canbus_uuid=UUID_T0)
+    assert bridged.action == "flash"
+
+
 def test_toolboards_are_flashed_before_usb_boards_and_the_bridge_last() -> None:
     boards = [BRIDGE, H723, EBB_CAN, RPI, CATALOG["btt-ebb42-12-can"]]
     assert [b.id for b in flash_order(boards, lambda b: b.interface)] == [

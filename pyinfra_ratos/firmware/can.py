@@ -18,11 +18,14 @@ T = TypeVar("T")
 FLASH_RANK = {"can": 0, "usb": 1, "linux": 1, "usbcan": 2}
 
 
-def can_attached(can: Mapping[str, Any], wanted: Iterable[tuple[str, str | None, str]] = ()) -> dict[str, dict[str, Any]]:
+def can_attached(can: Mapping[str, Any], wanted: Iterable[tuple[str, str | None, str]] = (),
+                 bridged: bool = False) -> dict[str, dict[str, Any]]:
     """The CAN nodes as attached devices keyed ``<interface>/<uuid>``.
 
     ``can``: the ``CanBus`` fact; ``wanted``: ``(uuid, mcu_name, interface)`` of the inventory's CAN
-    boards (a node missing from the printer's config is still named, as not known to the bus).
+    boards (a node missing from the printer's config is still named, as not known to the bus);
+    ``bridged``: the bus runs on a USB-to-CAN bridge, whose firmware sets its speed (Linux's bitrate
+    is ignored), else the interface's bitrate is the bus speed (``bitrate`` of each entry).
     """
     interfaces = can.get("interfaces") or {}
     nodes = dict(can.get("nodes") or {})
@@ -37,7 +40,8 @@ def can_attached(can: Mapping[str, Any], wanted: Iterable[tuple[str, str | None,
         name = node.get("mcu_name")
         what = f"CAN node {name} ({uuid})" if name else f"CAN node {uuid}"
         entry: dict[str, Any] = {"port": f"{interface}/{uuid}", "uuid": uuid, "interface": interface,
-                                 "mcu_name": name, "app": node.get("app"), "vid_pid": None, "reason": None}
+                                 "mcu_name": name, "app": node.get("app"), "vid_pid": None, "reason": None,
+                                 "bitrate": None if bridged else info.get("bitrate")}
         if info and (not info.get("present") or info.get("state") != "up"):
             state = info.get("state") if info.get("present") else "absent"
             entry.update(mode="can-down", reason=f"{what}: {interface} is {state or 'not up'}: bring the interface "
@@ -53,6 +57,16 @@ def can_attached(can: Mapping[str, Any], wanted: Iterable[tuple[str, str | None,
                                                     f"{node.get('why_unknown') or 'no query was made'}")
         entries[entry["port"]] = entry
     return entries
+
+
+def bitrate_problem(entry: Mapping[str, Any], constants: Mapping[str, Any]) -> str | None:
+    """Why an image must not go to the node: it runs the bus at another speed than the interface
+    (the node would never be heard again, not even to be given its old firmware back)."""
+    wanted, bus = constants.get("CANBUS_FREQUENCY"), entry.get("bitrate")
+    if wanted is None or bus is None or str(wanted) == str(bus):
+        return None
+    return (f"the image runs the CAN bus at {wanted} bit/s but {entry.get('interface')} is at {bus} bit/s: build it "
+            f"for {bus} (the board entry's kconfig CANBUS_FREQUENCY) or set the interface's bitrate")
 
 
 def flash_order(items: Sequence[T], interface_of: Callable[[T], str | None]) -> list[T]:

@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from pyinfra_ratos.firmware import agent as flash_agent
+from pyinfra_ratos.firmware.can import bitrate_problem
 from pyinfra_ratos.firmware.catalog import Board
 from pyinfra_ratos.firmware.identity import config_sha256
 from pyinfra_ratos.firmware.image import check_image_for_board
@@ -175,6 +176,9 @@ def plan_flash(
         method = method if isinstance(found, str) else found
         if canbus_uuid:
             entry = {**entry, "canbus_uuid": canbus_uuid, "can_interface": can_interface}
+        wrong_speed = bitrate_problem(entry, artifact.image.config) if board.interface == "can" else None
+        if wrong_speed:
+            return _refuse(board, wrong_speed, before_version=before, port=entry.get("port"))
         refusal = mode_refusal(board, entry, method)
         if refusal:
             return _refuse(board, refusal, before_version=before, port=entry.get("port"))
