@@ -469,6 +469,16 @@ def test_a_bridge_is_asked_for_its_bootloader_over_can_then_written_over_dfu(art
     assert no_uuid.refused and "set its canbus_uuid" in no_uuid.reason
 
 
+def test_a_bridge_with_katapult_is_written_through_katapult_after_the_can_request(artifact) -> None:
+    board = CATALOG["btt-manta-m8p-11-katapult-canbridge"]
+    bridge = {**klipper_usb(board, "1-1.1"), "vid_pid": "1d50:606f", "mode": "can-bridge", "tty": None}
+    result = plan(board, artifact(board), attached={"1-1.1": bridge}, canbus_uuid=UUID_BRIDGE)
+    assert (result.action, result.method) == ("flash", "can-bridge")
+    assert [type(step).__name__ for step in result.steps] == [
+        "EnsureIdle", "StopKlipper", "CanRequestBridgeBootloader", "WaitKatapult", "KatapultWrite", "WaitKlipper",
+        "WaitCanUp"]
+
+
 def test_an_image_for_another_bus_speed_is_refused_unless_a_bridge_sets_the_speed(artifact) -> None:
     slow = can_fact(True)
     slow["interfaces"]["can0"]["bitrate"] = 500000

@@ -197,7 +197,8 @@ def _bootloader(spec: Any, entry: Any) -> str:
     catalog board has it (a Katapult variant), else the ROM's DFU."""
     if spec.bootloader != "auto":
         return spec.bootloader
-    return "katapult" if spec.mode == "katapult" or "katapult" in entry.flash_methods else "dfu"
+    has_katapult = "katapult" in entry.flash_methods or "katapult" in entry.usb
+    return "katapult" if spec.mode == "katapult" or has_katapult else "dfu"
 
 
 def _firmware_record(build_dir: Path | None) -> dict[str, Any] | None:

@@ -98,6 +98,19 @@ def test_a_bridge_printer_flashes_its_toolboards_over_can_before_the_bridge(lab:
     assert entry["klippy_after"] == "ready"
 
 
+def test_a_bridge_with_katapult_comes_back_in_katapult_and_is_written_through_it(lab: RunningFarm,
+                                                                                 first_update: dict) -> None:
+    entry = first_update["can-katbridge"]
+    assert entry["status"] == "changed", entry
+    assert versions(entry) == {"mcu": current(lab), "toolboard_t0": current(lab)}
+    assert {b["mcu_name"]: b["method"] for b in entry["boards"]} == {"toolboard_t0": "katapult-can",
+                                                                    "mcu": "katapult"}
+    seen = events(lab, "can-katbridge")
+    reset = first(seen, "1-1.1", "bootloader-request")
+    assert first(seen, "can0/90a4ae022dfc", "katapult-complete") < reset < first(seen, "1-1.1", "katapult-connect")
+    assert entry["klippy_after"] == "ready"
+
+
 def test_a_toolboard_behind_a_usb_can_adapter_goes_first_then_the_usb_mainboard(lab: RunningFarm,
                                                                                first_update: dict) -> None:
     entry = first_update["can-adapter"]
@@ -126,7 +139,7 @@ def test_the_rerun_of_the_converged_printers_is_a_no_op(lab: RunningFarm, first_
     assert again.returncode == 0, again.stdout + again.stderr
     printers = {p["host"]: p for p in json.loads((tmp_path / "report.json").read_text())["printers"]}
     assert {name: p["status"] for name, p in printers.items()} == {"can-bridge": "converged",
-                                                                  "can-adapter": "converged"}
+                                                                  "can-adapter": "converged"}, again.stdout
     assert {name: klippy_pid(lab, name) for name in pids} == pids
     assert len(events(lab, "can-bridge")) == before  # not one frame that changed anything
 

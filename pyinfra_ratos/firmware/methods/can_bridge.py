@@ -4,7 +4,9 @@ A bridge has no tty: Klipper's 1200-baud request cannot reach it. It is itself a
 carries, so the agent's runner (``can_bridge_pi.py``) sends it REQUEST_BOOTLOADER by its
 ``canbus_uuid`` on 0x3F0 (the bridge routes admin frames to its own node), the board resets (the
 Pi's ``can0`` goes away with the gs_usb device) and comes back on the same USB port in its ROM DFU,
-where it is written like any DfuSe board (a read of the old firmware kept, read back, ``:leave``);
+where it is written like any DfuSe board (a read of the old firmware kept, read back, ``:leave``),
+or, when the catalog gives it Katapult (``usb.katapult``), as Katapult (1d50:6177) written through
+the one Katapult client like any Katapult-over-USB board;
 then the agent waits for 1d50:606f on that port and for the interface to come back up. Toolboards
 behind it are flashed first (:func:`pyinfra_ratos.firmware.can.flash_order`): they are unreachable
 while it resets. Verified by klippy's ``mcu_version`` like every board.
@@ -21,6 +23,7 @@ from pyinfra_ratos.firmware import canbus
 from pyinfra_ratos.firmware.catalog import Board
 from pyinfra_ratos.firmware.methods.base import FlashMethod, Options, register
 from pyinfra_ratos.firmware.methods.dfu import capture_length, download_step
+from pyinfra_ratos.firmware.methods.katapult import KATAPULT_TIMEOUT_S, KatapultWrite, WaitKatapult
 from pyinfra_ratos.firmware.steps import (
     Artifact,
     EnsureIdle,
@@ -57,7 +60,7 @@ class WaitCanUp:
 @register
 class CanBridge(FlashMethod):
     name = "can-bridge"
-    modes = ("can-bridge", "dfu")
+    modes = ("can-bridge", "dfu", "katapult")
     interfaces = ("usbcan",)
     verifies = "read-back"
     pi_source = (canbus.__file__, os.path.join(os.path.dirname(__file__), "can_bridge_pi.py"))
@@ -78,12 +81,13 @@ class CanBridge(FlashMethod):
         body: list[Any] = [EnsureIdle(), StopKlipper()]
         if entry.get("mode") == "can-bridge":
             body.append(CanRequestBridgeBootloader(interface, entry["canbus_uuid"], port))
-        body += [
-            WaitDfu(port, options.dfu_timeout),
-            download_step(options.backend, port, board.app_address, artifact.path, capture_length(board)),
-            WaitKlipper(port, options.klipper_timeout),
-            WaitCanUp(interface, port, CAN_UP_TIMEOUT_S),
-        ]
+        if "katapult" in board.usb:  # Katapult as its USB bootloader: written through Katapult's protocol
+            body += [WaitKatapult(port, KATAPULT_TIMEOUT_S),
+                     KatapultWrite(port, board.app_address, artifact.path, board.mcu, capture_length(board))]
+        else:
+            body += [WaitDfu(port, options.dfu_timeout),
+                     download_step(options.backend, port, board.app_address, artifact.path, capture_length(board))]
+        body += [WaitKlipper(port, options.klipper_timeout), WaitCanUp(interface, port, CAN_UP_TIMEOUT_S)]
         return FlashPlan(
             "flash", board.id,
             f"{board.id}: flash {artifact.identity.name} at {board.app_address:#010x} on USB port {port} (USB-to-CAN "

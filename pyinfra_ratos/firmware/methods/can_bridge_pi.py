@@ -31,10 +31,18 @@ def can_bridge_wait_up(agent, interface, port, timeout):
 
 
 class CanBridgeRunner(Runner):
-    """The bridge: its bootloader asked for over CAN, then DfuSe as for any board (old firmware kept,
-    read back, one retry), back as 1d50:606f, its CAN interface up."""
+    """The bridge: its bootloader asked for over CAN, then DfuSe or Katapult over USB as for any board
+    (old firmware kept, read back, one retry), back as 1d50:606f, its CAN interface up."""
 
     dfu = DfuRunner()
+
+    @staticmethod
+    def usb_runner(board):
+        """The runner writing the bridge once it is in its bootloader (Katapult's is shipped by the
+        katapult method, DfuSe's is built in)."""
+        if any(step["step"] == "KatapultWrite" for step in board["steps"]):
+            return RUNNERS["katapult"]
+        return CanBridgeRunner.dfu
 
     def flash(self, agent, board, record):
         steps = {step["step"]: step for step in board["steps"]}
@@ -43,7 +51,7 @@ class CanBridgeRunner(Runner):
         agent.app_ids[port] = CAN_BRIDGE_ID
         if request:
             can_bridge_request(agent, request["interface"], request["uuid"], port)
-        self.dfu.flash(agent, board, record)
+        self.usb_runner(board).flash(agent, board, record)
         if up:
             can_bridge_wait_up(agent, up["interface"], port, float(up["timeout"]))
 
@@ -60,7 +68,7 @@ class CanBridgeRunner(Runner):
             except StepFailed as failed:
                 return ("the bridge {} on USB port {} could not be asked for its bootloader ({}): power-cycle "
                         "the printer's board, then rerun the update".format(board["board"], port, failed))
-        left = self.dfu.restore(agent, board, record)
+        left = self.usb_runner(board).restore(agent, board, record)
         if left is None and up:
             try:
                 can_bridge_wait_up(agent, up["interface"], port, float(up["timeout"]))
