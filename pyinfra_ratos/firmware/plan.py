@@ -150,21 +150,22 @@ def plan_flash(
     problems = _artifact_problems(board, artifact, host_arch)
     if problems:
         return _refuse(board, "image does not fit the board: " + "; ".join(problems), before_version=before)
-    # 2. nothing to do: skipping disturbs nothing, so it needs no other check
-    if _runs_identity(mcu, artifact):
-        return FlashPlan("skip", board.id, f"{board.id}: already runs {artifact.identity.version} "
-                         f"(identity {artifact.identity.name})", before_version=before,
-                         expected_version=artifact.identity.version)
-    method = method_for(board)
-    if isinstance(method, str):
-        return _refuse(board, method, before_version=before)
-    # 3. where is it (rule 6: a USB board is always addressed by its port)
-    entry = None
+    # a CAN toolboard is where its node is: <interface>/<uuid>
     if board.interface == "can" and port is None:
         if not canbus_uuid:
             return _refuse(board, "a CAN board is found on its bus by its UUID: set its canbus_uuid in the inventory",
                            before_version=before)
         port = f"{can_interface}/{canbus_uuid}"
+    # 2. nothing to do: skipping disturbs nothing, so it needs no other check
+    if _runs_identity(mcu, artifact):
+        return FlashPlan("skip", board.id, f"{board.id}: already runs {artifact.identity.version} "
+                         f"(identity {artifact.identity.name})", before_version=before,
+                         expected_version=artifact.identity.version, port=port if board.interface == "can" else None)
+    method = method_for(board)
+    if isinstance(method, str):
+        return _refuse(board, method, before_version=before)
+    # 3. where is it (rule 6: a USB board is always addressed by its port)
+    entry = None
     if method.modes:
         entry, missing = locate_board(board, attached, port)
         if entry is None:
