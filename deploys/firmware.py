@@ -136,7 +136,9 @@ def apply_firmware(steps: list[BoardStep], move: dict[str, str] | None = None) -
     """
     failures = preparation_failures(steps)
     if failures:
-        firmware.refuse(name="Prepare the firmware", reason="not flashing, nothing was changed: " + "; ".join(failures))
+        reason = "not flashing, nothing was changed: " + "; ".join(failures)
+        results.note(host.name, unprepared=reason)  # plan says "will fail", not "held"
+        firmware.refuse(name="Prepare the firmware", reason=reason)
         return
     for step in steps:
         if step.plan is not None and step.plan.refused:
