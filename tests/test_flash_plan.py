@@ -389,10 +389,32 @@ def test_can_board_without_its_uuid_is_refused_with_the_fix(artifact) -> None:
     assert result.refused and "set its canbus_uuid in the inventory" in result.reason
 
 
-def test_rp2040_is_not_supported_yet(artifact) -> None:
+def test_an_rp2040_running_klipper_is_requested_into_bootsel_by_port_and_written_over_picoboot(artifact) -> None:
     pico = CATALOG["rpi-pico"]
     result = plan(pico, artifact(pico), attached={"1-1.3": klipper_usb(pico)})
-    assert result.refused and "RP2040" in result.reason
+    assert (result.action, result.method, result.port) == ("flash", "rp2040", "1-1.3")
+    assert [type(step).__name__ for step in result.steps] == [
+        "EnsureIdle", "StopKlipper", "RequestBootloader", "WaitBootsel", "PicobootWrite", "WaitKlipper"]
+    write = result.steps[4]
+    assert write.port == "1-1.3" and write.image.endswith("klipper.uf2") and write.capture_limit == 2 * 1024 * 1024
+    assert result.needs_client  # the PICOBOOT client runs from the pyusb venv on the Pi
+
+
+@pytest.mark.parametrize("board_id", ["rpi-pico", "btt-skr-pico-10"])
+def test_an_rp2040_found_in_bootsel_is_written_without_a_request(artifact, board_id: str) -> None:
+    board = CATALOG[board_id]
+    bootsel = {**klipper_usb(board), "vid_pid": "2e8a:0003", "mode": "rp2040-boot", "mcu": "rp2040", "tty": None,
+               "by_id": None, "board_id": None}
+    result = plan(board, artifact(board), attached={"1-1.3": bootsel}, port="1-1.3")
+    assert (result.action, result.method) == ("flash", "rp2040"), result.reason
+    assert "RequestBootloader" not in [type(step).__name__ for step in result.steps]
+
+
+def test_an_rp2350_in_bootsel_is_not_taken_for_an_rp2040(artifact) -> None:
+    pico = CATALOG["rpi-pico"]
+    bootsel = {**klipper_usb(pico), "vid_pid": "2e8a:000f", "mode": "rp2040-boot", "mcu": "rp2350", "tty": None}
+    result = plan(pico, artifact(pico), attached={"1-1.3": bootsel}, port="1-1.3")
+    assert result.refused and "rp2350" in result.reason and "wrong board id or port" in result.reason
 
 
 def test_dfu_device_that_looks_like_another_board_is_refused(artifact) -> None:

@@ -194,11 +194,13 @@ def _pi_image(images: Path, image: Path | None, spec: BoardSpec) -> str | None:
 
 def _bootloader(spec: Any, entry: Any) -> str:
     """Where the board's 1200-baud request leads: the scenario's choice, or Katapult when the
-    catalog board has it (a Katapult variant), else the ROM's DFU."""
+    catalog board has it (a Katapult variant), else its ROM: BOOTSEL when the catalog knows the
+    board's ``rp2040_boot`` id, else DFU."""
     if spec.bootloader != "auto":
         return spec.bootloader
-    has_katapult = "katapult" in entry.flash_methods or "katapult" in entry.usb
-    return "katapult" if spec.mode == "katapult" or has_katapult else "dfu"
+    if spec.mode == "katapult" or "katapult" in entry.flash_methods or "katapult" in entry.usb:
+        return "katapult"  # a Katapult variant, or a bridge with Katapult (usb.katapult)
+    return "rp2040-boot" if "rp2040_boot" in entry.usb else "dfu"
 
 
 def _firmware_record(build_dir: Path | None) -> dict[str, Any] | None:
@@ -293,14 +295,24 @@ def prepare_pi(
                 "faults": [f for f in spec.faults if f != "bridge-never-back"],
             })
         else:
-            pi_image = _pi_image(images, image, spec)
+            pi_image, image_address = None, None
+            if image is not None and (image / "klipper.bin").exists():
+                images.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(image / "klipper.bin", images / f"{spec.firmware}-{spec.board}.bin")
+                pi_image = f"/var/lib/ratos-sim/images/{spec.firmware}-{spec.board}.bin"
+            elif image is not None and (image / "klipper.uf2").exists():  # RP2040: the pages the UF2 writes
+                from pyinfra_ratos.firmware.picoboot.protocol import image_of, uf2_pages
+                image_address, flat = image_of(uf2_pages((image / "klipper.uf2").read_bytes()))
+                images.mkdir(parents=True, exist_ok=True)
+                (images / f"{spec.firmware}-{spec.board}.bin").write_bytes(flat)
+                pi_image = f"/var/lib/ratos-sim/images/{spec.firmware}-{spec.board}.bin"
             if entry.interface == "usbcan":
                 can_bridge = {"bridge_port": spec.port, "bridge_uuid": board["canbus_uuid"]}
             mode = "can-bridge" if entry.interface == "usbcan" and spec.mode == "klipper" else spec.mode
             usb_boards.append({
                 "port": spec.port, "board": spec.board, "mcu": entry.mcu, "mode": mode,
                 "serial": board["serial"], "app_address": entry.app_address,
-                "dfu_flash_map": entry.dfu_flash_map, "image": pi_image,
+                "dfu_flash_map": entry.dfu_flash_map, "image": pi_image, "image_address": image_address,
                 "bootloader": f"{entry.name} bootloader", "faults": list(spec.faults),
                 "mcu_name": spec.mcu_name,
                 "bootloader_request": _bootloader(spec, entry),

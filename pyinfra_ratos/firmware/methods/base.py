@@ -11,12 +11,9 @@ from pyinfra_ratos.firmware.catalog import Board
 from pyinfra_ratos.firmware.steps import Artifact, FlashPlan
 
 # catalog values without a registered method yet, and why a board using them is refused
-UNSUPPORTED = {
-    "rp2040": "RP2040 flashing (picoboot / UF2 copy) is not supported yet",
-}
+UNSUPPORTED: dict[str, str] = {}
 # attached-board modes no registered method writes from yet
 UNSUPPORTED_MODES = {
-    "rp2040-boot": "the board is in RP2040 BOOTSEL mode: RP2040 flashing is not supported yet",
 }
 
 

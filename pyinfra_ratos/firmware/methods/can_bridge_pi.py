@@ -3,6 +3,7 @@
 # usb_id. Stdlib only.
 
 CAN_BRIDGE_ID = ("1d50", "606f")
+USB_STATES[CAN_BRIDGE_ID] = "running as a USB-to-CAN bridge"
 
 
 def can_bridge_request(agent, interface, uuid, port):

@@ -1,19 +1,10 @@
 # The katapult method's Pi side (pyinfra_ratos.firmware.methods.katapult): appended to the printer
 # agent after the protocol client (pyinfra_ratos/firmware/katapult.py); it uses the agent's Runner,
-# RUNNERS, StepFailed, usb_id, tty_of, KLIPPER_ID and Agent helpers. Stdlib only.
+# RUNNERS, USB_STATES, usb_state, StepFailed, usb_id, tty_of and Agent helpers. Stdlib only.
 
 KATAPULT_ID = ("1d50", "6177")
 KATAPULT_RESTORE_TIMEOUT_S = 10.0
-
-
-def katapult_where(port):
-    """The board's state on ``port`` now, in the report's words."""
-    found = usb_id(port)
-    if found == KATAPULT_ID:
-        return "in its Katapult bootloader"
-    if found == KLIPPER_ID:
-        return "running Klipper"
-    return ":".join(found) + " there" if found else "not on USB"
+USB_STATES[KATAPULT_ID] = "in its Katapult bootloader"
 
 
 def katapult_needs_prime(port):
@@ -31,13 +22,7 @@ class KatapultRunner(Runner):
     application, write and read back (flashtool's SHA-1 compare, one retry), leave, wait for Klipper."""
 
     def enter(self, agent, port, timeout, tty=None):
-        if usb_id(port) == KLIPPER_ID:
-            agent.request_bootloader(port, tty)
-        if not agent.wait_usb(port, KATAPULT_ID, timeout):
-            now = katapult_where(port)
-            if now == "running Klipper":
-                now = "it still runs Klipper: the bootloader request was ignored"
-            raise StepFailed(f"the board did not enter Katapult on USB port {port} within {timeout:g} s ({now})")
+        agent.enter_mode(port, KATAPULT_ID, "Katapult", timeout, tty)
         deadline = time.monotonic() + 2.0  # the tty appears just after the device itself
         while not tty_of(port) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -128,7 +113,7 @@ class KatapultRunner(Runner):
         port = board.get("port")
         if not record.get("capture"):
             return (f"no copy of the firmware {board['board']} ran could be read: flash it by hand through Katapult "
-                    f"on USB port {port} (it is {katapult_where(port)}), or fix the fault and rerun")
+                    f"on USB port {port} (it is {usb_state(port)}), or fix the fault and rerun")
         try:
             client = self.enter(agent, port, KATAPULT_RESTORE_TIMEOUT_S)
             try:
@@ -139,7 +124,7 @@ class KatapultRunner(Runner):
                 raise StepFailed(str(error)) from None
             self.leave(agent, client, port, 30.0)
         except (StepFailed, Interrupted) as failed:
-            return (f"{board['board']} on USB port {port} is {katapult_where(port)} and could not be given back its "
+            return (f"{board['board']} on USB port {port} is {usb_state(port)} and could not be given back its "
                     f"old firmware ({failed}): power-cycle the printer's board, then rerun the update")
         return None
 

@@ -347,7 +347,7 @@ class Board:
             if spec.image:
                 with open(spec.image, "rb") as handle:
                     image = handle.read()
-            self.flash.create(spec.bootloader, spec.app_address, image)
+            self.flash.create(spec.bootloader, spec.app_address, image, spec.image_address)
         self.session: Session | None = None
         self.corrupt = dfu.CorruptWrite() if "corrupt-write" in spec.faults else None
         self.tty: str | None = None

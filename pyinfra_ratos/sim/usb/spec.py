@@ -58,9 +58,10 @@ class BoardSpec:
     dfu_transfer_size: int
     image: str | None
     bootloader: bytes
+    image_address: int | None = None  # where ``image`` starts in flash (None: app_address)
     faults: list[str] = field(default_factory=list)
     mcu_name: str | None = None
-    bootloader_request: str = "dfu"  # what the 1200-baud request leads to: "dfu" or "katapult"
+    bootloader_request: str = "dfu"  # what the 1200-baud request leads to: "dfu", "katapult" or "rp2040-boot"
     katapult_start: int | None = None  # the application start Katapult reports (None: app_address)
     katapult_version: str = "v0.0.1-110-gb0bf421"
 
@@ -96,6 +97,7 @@ def board_from_dict(raw: dict) -> BoardSpec:
         dfu_flash_map=raw.get("dfu_flash_map") or flash_map,
         dfu_transfer_size=_int(raw.get("dfu_transfer_size") or transfer),
         image=raw.get("image"),
+        image_address=_int(raw["image_address"]) if raw.get("image_address") is not None else None,
         bootloader=bootloader.encode() if isinstance(bootloader, str) else b"",
         faults=faults,
         mcu_name=raw.get("mcu_name"),
