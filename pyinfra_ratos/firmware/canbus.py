@@ -17,6 +17,11 @@ length, 3 pad bytes, 8 data bytes) on either
 :func:`can_open` picks one; everything above it (admin messages, Katapult's byte stream) sees only
 ``send(id, data)`` and ``recv(timeout)``. :func:`can_interface` reads the interface's state the
 same way (sysfs and ``ip -details -json`` on a Pi, the segment's state file in the farm).
+
+Why not python-can: this code runs under the Pi's own ``python3`` (the probe with ``-I -S``, the
+agent under ``sudo``), which has only the standard library, and the farm's Pis share the machine's
+Debian ``/usr``, which has no python-can either; the kernel's raw CAN socket is two standard-library
+calls, and python-can's udp_multicast (msgpack) would not carry the kernel's frame bytes.
 """
 
 import json
