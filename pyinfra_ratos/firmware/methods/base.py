@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pyinfra_ratos.firmware.catalog import Board
-from pyinfra_ratos.firmware.steps import Artifact, FlashPlan
+from pyinfra_ratos.firmware.steps import (
+    Artifact, EnsureIdle, FlashPlan, RequestBootloader, StartKlipper, StopKlipper, Verify, WaitKlipper,
+)
 
 # catalog values without a registered method yet, and why a board using them is refused
 UNSUPPORTED: dict[str, str] = {}
@@ -44,6 +46,38 @@ class FlashMethod:
               options: Options) -> FlashPlan:
         """The ``flash`` plan: its steps, expected version and the agent runner's name (``method``)."""
         raise NotImplementedError
+
+
+def usb_preflight(board: Board, entry: Mapping[str, Any], found_as: str) -> str | None:
+    """What every method writing a USB board through its bootloader checks first: the device runs
+    (or is a bootloader for) the catalog's MCU, and a board running Klipper has a tty to be asked on.
+    ``found_as``: how a device not running Klipper is named ("has a Katapult", ...)."""
+    port, mode = entry.get("port"), entry.get("mode")
+    if entry.get("mcu") and entry["mcu"] != board.mcu:
+        what = "runs Klipper" if mode == "klipper" else found_as
+        return (f"the device at USB port {port} {what} for MCU {entry['mcu']}, the catalog says {board.mcu}: "
+                "wrong board id or port in the inventory")
+    if mode == "klipper" and not entry.get("tty"):
+        return f"the board at USB port {port} has no tty to send the bootloader request to"
+    return None
+
+
+def bootloader_plan(board: Board, entry: Mapping[str, Any], mcu_name: str, artifact: Artifact, options: Options,
+                    method: str, wait: Any, write: Any, how: str) -> FlashPlan:
+    """The plan of a USB board written in its bootloader: stop Klipper, send a board running
+    Klipper to its bootloader (the 1200-baud request), ``wait`` for it there, ``write``, wait for
+    Klipper on the same port; Klipper is started whatever happened, the MCU's version verified."""
+    port = entry["port"]
+    body: list[Any] = [EnsureIdle(), StopKlipper()]
+    if entry.get("mode") == "klipper":
+        body.append(RequestBootloader(entry["tty"], port))
+    body += [wait, write, WaitKlipper(port, options.klipper_timeout)]
+    return FlashPlan(
+        "flash", board.id, f"{board.id}: flash {artifact.identity.name} {how} on USB port {port}",
+        method=method, port=port, steps=tuple(body), finally_steps=(StartKlipper(),),
+        verify_steps=(Verify(mcu_name, artifact.identity.version),),
+        expected_version=artifact.identity.version, image_sha256=artifact.image.sha256,
+    )
 
 
 METHODS: dict[str, FlashMethod] = {}

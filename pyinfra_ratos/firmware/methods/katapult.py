@@ -21,11 +21,9 @@ from typing import Any
 
 from pyinfra_ratos.firmware import katapult as protocol
 from pyinfra_ratos.firmware.catalog import Board
-from pyinfra_ratos.firmware.methods.base import FlashMethod, Options, register
+from pyinfra_ratos.firmware.methods.base import FlashMethod, Options, bootloader_plan, register, usb_preflight
 from pyinfra_ratos.firmware.methods.dfu import capture_length
-from pyinfra_ratos.firmware.steps import (
-    Artifact, EnsureIdle, FlashPlan, RequestBootloader, StartKlipper, Step, StopKlipper, Verify, WaitKlipper,
-)
+from pyinfra_ratos.firmware.steps import Artifact, FlashPlan
 
 KATAPULT_TIMEOUT_S = 10.0  # flashtool waits 4 s; a board's bootloader is up well within that
 
@@ -59,32 +57,16 @@ class Katapult(FlashMethod):
     pi_source = (protocol.__file__, os.path.join(os.path.dirname(__file__), "katapult_pi.py"))
 
     def preflight(self, board: Board, entry: Mapping[str, Any]) -> str | None:
-        port = entry.get("port")
-        if entry.get("mcu") and entry["mcu"] != board.mcu:
-            what = "runs Klipper" if entry.get("mode") == "klipper" else "has a Katapult"
-            return (f"the device at USB port {port} {what} for MCU {entry['mcu']}, the catalog says {board.mcu}: "
-                    "wrong board id or port in the inventory")
-        if not entry.get("tty"):
-            return f"the board at USB port {port} has no tty to speak to"
-        return None
+        refused = usb_preflight(board, entry, "has a Katapult")
+        if refused is None and not entry.get("tty"):
+            return f"the board at USB port {entry.get('port')} has no tty to speak to"
+        return refused
 
     def steps(self, board: Board, entry: Mapping[str, Any] | None, mcu_name: str, artifact: Artifact,
               options: Options) -> FlashPlan:
         assert entry is not None  # modes: the plan found it on USB
         port = entry["port"]
-        body: list[Step | WaitKatapult | KatapultWrite] = [EnsureIdle(), StopKlipper()]
-        if entry.get("mode") == "klipper":
-            body.append(RequestBootloader(entry["tty"], port))
-        body += [
-            WaitKatapult(port, KATAPULT_TIMEOUT_S),
+        return bootloader_plan(
+            board, entry, mcu_name, artifact, options, self.name, WaitKatapult(port, KATAPULT_TIMEOUT_S),
             KatapultWrite(port, board.app_address, artifact.path, board.mcu, capture_length(board)),
-            WaitKlipper(port, options.klipper_timeout),
-        ]
-        return FlashPlan(
-            "flash", board.id,
-            f"{board.id}: flash {artifact.identity.name} through Katapult at {board.app_address:#010x} on USB "
-            f"port {port}",
-            method="katapult", port=port, steps=tuple(body), finally_steps=(StartKlipper(),),  # type: ignore[arg-type]
-            verify_steps=(Verify(mcu_name, artifact.identity.version),),
-            expected_version=artifact.identity.version, image_sha256=artifact.image.sha256,
-        )
+            f"through Katapult at {board.app_address:#010x}")

@@ -19,11 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyinfra_ratos.firmware.catalog import Board
-from pyinfra_ratos.firmware.methods.base import FlashMethod, Options, register
-from pyinfra_ratos.firmware.steps import (
-    DFU_CLIENT_VENV, Artifact, EnsureIdle, FlashPlan, RequestBootloader, StartKlipper, Step, StopKlipper, Verify,
-    WaitKlipper,
-)
+from pyinfra_ratos.firmware.methods.base import FlashMethod, Options, bootloader_plan, register, usb_preflight
+from pyinfra_ratos.firmware.steps import DFU_CLIENT_VENV, Artifact, FlashPlan
 
 BOOTSEL_TIMEOUT_S = 10.0  # the ROM enumerates within a second of the reboot
 FLASH_START = 0x10000000  # XIP flash: boot stage 2, then the application at 0x10000100
@@ -60,32 +57,12 @@ class Rp2040(FlashMethod):
     pi_source = os.path.join(os.path.dirname(__file__), "rp2040_pi.py")
 
     def preflight(self, board: Board, entry: Mapping[str, Any]) -> str | None:
-        port, mode = entry.get("port"), entry.get("mode")
-        if entry.get("mcu") and entry["mcu"] != board.mcu:
-            what = "runs Klipper" if mode == "klipper" else "is a BOOTSEL ROM"
-            return (f"the device at USB port {port} {what} for MCU {entry['mcu']}, the catalog says {board.mcu}: "
-                    "wrong board id or port in the inventory")
-        if mode == "klipper" and not entry.get("tty"):
-            return f"the board at USB port {port} has no tty to send the bootloader request to"
-        return None
+        return usb_preflight(board, entry, "is a BOOTSEL ROM")
 
     def steps(self, board: Board, entry: Mapping[str, Any] | None, mcu_name: str, artifact: Artifact,
               options: Options) -> FlashPlan:
         assert entry is not None  # modes: the plan found it on USB
         port = entry["port"]
-        body: list[Any] = [EnsureIdle(), StopKlipper()]
-        if entry.get("mode") == "klipper":
-            body.append(RequestBootloader(entry["tty"], port))
-        body += [
-            WaitBootsel(port, BOOTSEL_TIMEOUT_S),
-            PicobootWrite(port, artifact.path),
-            WaitKlipper(port, options.klipper_timeout),
-        ]
-        steps: tuple[Step, ...] = tuple(body)
-        return FlashPlan(
-            "flash", board.id,
-            f"{board.id}: flash {artifact.identity.name} through PICOBOOT (BOOTSEL) on USB port {port}",
-            method="rp2040", port=port, steps=steps, finally_steps=(StartKlipper(),),
-            verify_steps=(Verify(mcu_name, artifact.identity.version),),
-            expected_version=artifact.identity.version, image_sha256=artifact.image.sha256,
-        )
+        return bootloader_plan(board, entry, mcu_name, artifact, options, self.name,
+                               WaitBootsel(port, BOOTSEL_TIMEOUT_S), PicobootWrite(port, artifact.path),
+                               "through PICOBOOT (BOOTSEL)")
