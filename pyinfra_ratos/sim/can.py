@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import select
-import socket
 
 from .usb.firmware import Flash, boots, firmware_summary, parse_flash_map
 from .usb.katapult import ACK, BLOCK_SIZE, ERROR_TRIES, KatapultDevice, response

@@ -16,23 +16,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pyinfra_ratos.firmware import canbus
 from pyinfra_ratos.firmware.catalog import Board
-from pyinfra_ratos.firmware.methods.base import FlashMethod, Options, register
+from pyinfra_ratos.firmware.methods.base import (
+    FlashMethod,
+    Options,
+    bootloader_plan,
+    register,
+    usb_preflight,
+)
 from pyinfra_ratos.firmware.methods.dfu import capture_length, download_step
-from pyinfra_ratos.firmware.methods.katapult import KATAPULT_TIMEOUT_S, KatapultWrite, WaitKatapult
+from pyinfra_ratos.firmware.methods.katapult import (
+    KATAPULT_TIMEOUT_S,
+    KatapultWrite,
+    WaitKatapult,
+)
 from pyinfra_ratos.firmware.steps import (
     Artifact,
-    EnsureIdle,
     FlashPlan,
-    StartKlipper,
-    StopKlipper,
-    Verify,
     WaitDfu,
-    WaitKlipper,
 )
 
 BRIDGE_USB_ID = "1d50:606f"
@@ -72,27 +77,24 @@ class CanBridge(FlashMethod):
         candidates = entry.get("board_candidates") or ()
         if entry.get("mode") == "dfu" and candidates and board.id not in candidates:
             return f"the DFU device at USB port {entry.get('port')} looks like {', '.join(candidates)}, not {board.id}"
-        return None
+        return usb_preflight(board, entry, "is a bridge or a bootloader")
 
     def steps(self, board: Board, entry: Mapping[str, Any] | None, mcu_name: str, artifact: Artifact,
               options: Options) -> FlashPlan:
         assert entry is not None  # modes: the plan found it on USB
         port, interface = entry["port"], entry.get("can_interface") or "can0"
-        body: list[Any] = [EnsureIdle(), StopKlipper()]
-        if entry.get("mode") == "can-bridge":
-            body.append(CanRequestBridgeBootloader(interface, entry["canbus_uuid"], port))
         if "katapult" in board.usb:  # Katapult as its USB bootloader: written through Katapult's protocol
-            body += [WaitKatapult(port, KATAPULT_TIMEOUT_S),
-                     KatapultWrite(port, board.app_address, artifact.path, board.mcu, capture_length(board))]
+            wait: Any = WaitKatapult(port, KATAPULT_TIMEOUT_S)
+            write: Any = KatapultWrite(port, board.app_address, artifact.path, board.mcu, capture_length(board))
         else:
-            body += [WaitDfu(port, options.dfu_timeout),
-                     download_step(options.backend, port, board.app_address, artifact.path, capture_length(board))]
-        body += [WaitKlipper(port, options.klipper_timeout), WaitCanUp(interface, port, CAN_UP_TIMEOUT_S)]
-        return FlashPlan(
-            "flash", board.id,
-            f"{board.id}: flash {artifact.identity.name} at {board.app_address:#010x} on USB port {port} (USB-to-CAN "
-            f"bridge of {interface}, after its toolboards)",
-            method=self.name, port=port, steps=tuple(body), finally_steps=(StartKlipper(),),
-            verify_steps=(Verify(mcu_name, artifact.identity.version),),
-            expected_version=artifact.identity.version, image_sha256=artifact.image.sha256,
-        )
+            wait = WaitDfu(port, options.dfu_timeout)
+            write = download_step(options.backend, port, board.app_address, artifact.path, capture_length(board))
+        # the shape of every USB board written in its bootloader, but asked over CAN (a bridge has no
+        # tty) and done only once its CAN interface is back
+        plan = bootloader_plan(board, entry, mcu_name, artifact, options, self.name, wait, write,
+                               f"at {board.app_address:#010x} (USB-to-CAN bridge of {interface}, after its toolboards)")
+        steps = list(plan.steps)
+        if entry.get("mode") == "can-bridge":
+            steps.insert(steps.index(wait), CanRequestBridgeBootloader(interface, entry["canbus_uuid"], port))
+        steps.append(WaitCanUp(interface, port, CAN_UP_TIMEOUT_S))
+        return replace(plan, steps=tuple(steps))
