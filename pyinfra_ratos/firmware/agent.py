@@ -639,6 +639,9 @@ class Agent:
         self.throttle = Throttle()
         self.quiet = False  # the SSH connection is gone: nobody reads progress any more
 
+        # the USB id a board's application enumerates as, when not Klipper's USB serial (a bridge: 1d50:606f)
+        self.app_ids: dict[str, tuple[str, str]] = {}
+
     # --- live progress -----------------------------------------------------------------------
 
     def progress(self, phase: str, text: str, **fields: Any) -> None:
@@ -776,10 +779,12 @@ class Agent:
             raise StepFailed(f"the board did not enter {what} on USB port {port} within {timeout:g} s ({now})")
 
     def wait_klipper(self, port: str, timeout: float) -> None:
-        if not self.wait_usb(port, KLIPPER_ID, timeout):
+        app = self.app_ids.get(port, KLIPPER_ID)
+        if not self.wait_usb(port, app, timeout):
             now = usb_state(port)
             now = "still " + now if now.startswith("in ") else now
-            raise StepFailed(f"the board did not come back as Klipper on its USB port {port} within "
+            what = "Klipper" if app == KLIPPER_ID else "Klipper (" + ":".join(app) + ")"
+            raise StepFailed(f"the board did not come back as {what} on its USB port {port} within "
                              f"{timeout:g} s ({now})")
 
     def keep_firmware(self, backend: DfuBackend, port: str, length: int, record: dict[str, Any]) -> None:

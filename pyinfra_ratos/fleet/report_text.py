@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pyinfra_ratos.firmware.can import can_attached
 from pyinfra_ratos.firmware.converged import AT_PIN, MEANING, at_pin, firmware_word
 from pyinfra_ratos.data.hygiene import sanitise_text
 
@@ -223,6 +224,7 @@ def status_rows(boards: Sequence[Any], fact: Any, pin_commit: str | None = None,
     mcu_firmware = audit.get("mcu_firmware") or {}
     mcus = mcu_firmware.get("mcus") or {}
     attached = audit.get("boards") or {}
+    nodes = can_attached(audit.get("can") or {})
     activity = audit.get("activity") or {}
     network = audit.get("network") or {}
     host_version = mcu_firmware.get("host_version") or (audit.get("klipper") or {}).get("version") or ""
@@ -238,6 +240,9 @@ def status_rows(boards: Sequence[Any], fact: Any, pin_commit: str | None = None,
         port = board.port
         if board.board.interface in ("linux", "can"):
             mode = board.board.interface
+            if board.board.interface == "can" and board.canbus_uuid:  # where its node is, and what the bus said
+                node = nodes.get(f"can0/{board.canbus_uuid}") or {}
+                port, mode = port or f"can0/{board.canbus_uuid}", node.get("mode") or mode
         else:
             device = _attached_for(board, attached)
             mode = device.get("mode", "unknown") if device else "absent"
