@@ -158,7 +158,7 @@ def test_json_prints_each_pis_facts_and_its_summary(farm: RunningFarm) -> None:
     assert found["config_pending"] == ["st-behind", "st-offline"] == found["not_converged"]
     behind = found["hosts"]["st-behind"]
     assert behind["status"] == "ok" and behind["error"] == ""
-    assert set(behind["facts"]) == {"boards", "klipper", "mcu_firmware", "activity", "network"}
+    assert set(behind["facts"]) == {"boards", "klipper", "mcu_firmware", "activity", "network", "can"}
     assert behind["facts"]["activity"]["busy"] is True
     assert behind["summary"]["boards"][0]["firmware"] == "behind"
     assert found["hosts"]["st-offline"]["summary"]["network"] == "offline"
