@@ -111,7 +111,7 @@ def _fleet(args: argparse.Namespace, execute: bool) -> int:
     try:
         code, report = fleet_update.run_fleet(
             args.inventory, limit=args.limit, execute=execute, attended_flash=getattr(args, "attended_flash", False),
-            batch_size=args.batch_size, max_failed=args.max_failed, report_dir=report_dir,
+            max_in_flight=args.max_in_flight, max_failed=args.max_failed, report_dir=report_dir,
             parallel=args.parallel, out=sys.stdout,
         )
     except (fleet_api.InventoryLoadError, fleet_update.InventoryError) as exc:
@@ -133,10 +133,22 @@ def _plan(args: argparse.Namespace) -> int:
 def _fleet_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inventory", help="pyinfra inventory file")
     parser.add_argument("--limit", action="append", help="host, group or glob (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=10, help="printers per batch after the canary group")
+    parser.add_argument("--max-in-flight", "--batch-size", dest="max_in_flight", type=_window_size, default=10,
+                        metavar="N", help="printers worked on at once after the canary group, the next starting as "
+                        "soon as one finishes (default 10; --batch-size is its former name)")
     parser.add_argument("--max-failed", type=float, default=0.2,
                         help="stop when more than this share of the printers so far failed (default 0.2)")
     parser.add_argument("--parallel", type=int, default=None, help="hosts worked on at once within a batch")
+
+
+def _window_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of printers, 1 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,14 @@
 """``ratos-fleet update`` and ``ratos-fleet plan``: the update deploy over a fleet, with the report.
 
 The inventory is validated first (bad input: exit 2, no SSH command). Then the hosts of the
-``canary`` group (when there is one) form the first batch and the others follow in batches of
-``batch_size``; each batch is one pyinfra run of :func:`pyinfra_ratos.deploys.update.update_printer`
-through pyinfra's own API (connect, add_deploy, run_ops). After each batch the share of failed
-printers so far is compared with ``max_failed``: above it, the run stops and every printer not yet
-touched is reported ``not-run``. ``plan`` makes the same decisions and runs nothing.
+``canary`` group (when there is one) run first and alone, and the others follow in a rolling window
+of ``max_in_flight`` printers: the next one starts as soon as one finishes (see
+:mod:`pyinfra_ratos.window`, which also keeps the old batches, each waiting for its slowest
+printer, as ``barriers``). Each printer is one pyinfra run of
+:func:`pyinfra_ratos.deploys.update.update_printer` on a State of its own, through pyinfra's own API
+(connect, add_deploy, run_ops), in a greenlet. The share of failed printers is evaluated as each one
+finishes: above ``max_failed`` no printer starts any more and every printer not started is
+reported ``not-run``. ``plan`` makes the same decisions and runs nothing.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 # first: pyinfra's CLI package patches the standard library for gevent (see fleet_api)
 from pyinfra_ratos import fleet_api  # isort: skip
 
+import copy
 import json
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +28,10 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import State
+from gevent.lock import Semaphore
 
 from pyinfra_ratos import report as reports
-from pyinfra_ratos import prefetch, results
+from pyinfra_ratos import prefetch, results, window
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.catalog import load_catalog
 from pyinfra_ratos.flash_agent import RESULT_PREFIX, SUMMARY_PREFIX
@@ -35,11 +41,9 @@ CANARY = "canary"
 
 
 def make_batches(hosts: Sequence[str], canary: Sequence[str], size: int) -> list[list[str]]:
-    """Canary hosts first (one batch), then the rest in inventory order, ``size`` at a time."""
-    first = [name for name in hosts if name in canary]
-    rest = [name for name in hosts if name not in canary]
-    size = max(1, size)
-    return ([first] if first else []) + [rest[i : i + size] for i in range(0, len(rest), size)]
+    """Canary hosts first (one batch), then the rest in inventory order, ``size`` at a time (the
+    waves of a run with ``barriers``, see :func:`pyinfra_ratos.window.waves`)."""
+    return window.waves(hosts, canary, size, barriers=True)
 
 
 def _agent_lines(meta: Any, prefix: str) -> list[dict[str, Any]]:
@@ -156,19 +160,33 @@ def _groups(inventory: Any, host_name: str) -> list[str]:
     return sorted(name for name, members in inventory.groups.items() if any(h.name == host_name for h in members))
 
 
+DEFAULT_WINDOW = 10  # the batch size of the runner before the window
+
+
 def run_fleet(
     inventory_path: str | Path,
     *,
     limit: Sequence[str] | None = None,
     execute: bool = True,
     attended_flash: bool = False,
-    batch_size: int = 10,
+    max_in_flight: int | None = None,
+    batch_size: int | None = None,
+    barriers: bool = False,
     max_failed: float = 0.2,
     report_dir: str | Path | None = None,
     parallel: int | None = None,
     out: Any = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Update (``execute``) or plan the fleet; returns (exit code, report)."""
+    """Update (``execute``) or plan the fleet; returns (exit code, report).
+
+    + max_in_flight: printers worked on at once (``batch_size``: its former name) [10]
+    + barriers: the old batches (each waits for its slowest printer) instead of the rolling window
+    + should_stop: asked before each printer starts (e.g. an operator's interrupt); true: none more
+    """
+    window_size = max(1, max_in_flight or batch_size or DEFAULT_WINDOW)
+    if should_stop is None:
+        should_stop = _stop_flag()
     override = {"attended_flash": True} if attended_flash else {}
     inventory = fleet_api.load_inventory(inventory_path, limit=limit, override_data=override)
     validate_inventory(fleet_api.host_data(inventory), fleet_api.override_data(inventory), load_catalog(),
@@ -181,20 +199,95 @@ def run_fleet(
     report = reports.new_report("update" if execute else "plan", Path(inventory_path).resolve(), pinned, pinned_version)
     names = [host.name for host in inventory]
     canary = [host.name for host in inventory.groups.get(CANARY, [])]
-    batches = make_batches(names, canary, batch_size)
+    plan = window.waves(names, canary, window_size, barriers)
+    has_canary = bool(canary) and bool(plan) and plan[0][0] in canary
+
+    def run_one(name: str, wave: int) -> bool:
+        entry = _run_printer(inventory, name, execute=execute, parallel=parallel)
+        added = reports.add_printer(report, name, entry.pop("status"), groups=_groups(inventory, name), batch=wave,
+                                    **entry)
+        return added["status"] in ("failed", "unreachable")
+
+    def finished(slot: window.Slot, run: window.WindowRun) -> None:
+        if slot.error is not None and all(p["host"] != slot.host for p in report["printers"]):
+            # a bug, not the printer's own failure: its entry says so
+            reports.add_printer(report, slot.host, "failed", groups=_groups(inventory, slot.host), batch=slot.wave,
+                                reason=f"{type(slot.error).__name__}: {slot.error}",
+                                duration_s=(slot.end_s or 0) - slot.start_s)
+        if out is not None and not barriers:
+            entry = next(p for p in report["printers"] if p["host"] == slot.host)
+            print(f"-- [{run.done}/{len(names)}] {slot.host}: {entry['status']} in {entry['duration_s']:.1f} s "
+                  f"({len(names) - run.done - len(run.not_started)} left, in flight {_in_flight(run)}/"
+                  f"{window_size}, {run.failed} failed so far)", file=out, flush=True)
+
+    def wave_end(index: int, run: window.WindowRun) -> None:
+        if out is None:
+            return
+        kind = ("canary" if index == 0 and has_canary else
+                f"batch {index + 1}/{len(plan)}" if barriers else f"window of {window_size}")
+        slots = [s for s in run.slots.values() if s.wave == index]
+        seconds = max((s.end_s or 0 for s in slots), default=0) - min((s.start_s for s in slots), default=0)
+        counts = reports.summarise(p for p in report["printers"] if p["batch"] == index)
+        print(f"-- {kind}: {len(slots)} printers in {seconds:.1f} s: {counts['changed']} changed, "
+              f"{counts['converged']} converged, {counts['skipped']} skipped, {counts['failed']} failed",
+              file=out, flush=True)
+
+    run = window.run_window(plan, run_one, max_in_flight=window_size, max_failed=max_failed if execute else 1.0,
+                            canary=len(plan[0]) if has_canary else 0, should_stop=should_stop,
+                            on_finish=finished, on_wave_end=wave_end)
+    why = "not run: the failure threshold stopped the update"
+    if run.stopped is not None and run.stopped.get("after_printer") is None:
+        why = "not run: the update was interrupted before it started"
+    for name, wave in run.not_started:
+        reports.add_printer(report, name, "not-run", groups=_groups(inventory, name), batch=wave, reason=why)
+    order = {name: index for index, name in enumerate(names)}
+    report["printers"].sort(key=lambda entry: order.get(entry["host"], len(order)))
+    report["window"] = {
+        "max_in_flight": window_size, "barriers": barriers, "canary": plan[0] if has_canary else [],
+        "peak_in_flight": run.peak_in_flight,
+        "printers": {s.host: {"wave": s.wave, "start_s": round(s.start_s, 3),
+                              "end_s": None if s.end_s is None else round(s.end_s, 3), "in_flight": s.in_flight}
+                     for s in run.slots.values()},
+    }
     stopped = None
-    done = failed = 0
-    for index, batch in enumerate(batches):
-        started = time.monotonic()
-        results.clear_run()
-        state = fleet_api.make_state(fleet_api.load_inventory(inventory_path, limit=batch, override_data=override),
-                                     parallel=parallel)
-        # each Pi's facts are read as soon as it is connected, while the others still connect
-        unreachable = fleet_api.connect(state, then=_prefetcher(state))
-        not_run: dict[str, str] = {}
-        try:
-            # host by host: one host pyinfra cannot plan (e.g. `_sudo: True` in its data) fails
-            # alone, with pyinfra's message, and the others still run
+    if run.stopped is not None:
+        stopped = {**run.stopped, "not_started": len(run.not_started)}
+    reports.finish(report, stopped_early=stopped)
+    if report_dir is not None:
+        reports.write_report(report, report_dir)
+    return report["exit_code"], report
+
+
+def _in_flight(run: window.WindowRun) -> int:
+    return sum(1 for slot in run.slots.values() if slot.end_s is None)
+
+
+def _stop_flag() -> Callable[[], bool]:
+    """The operator's stop request (``pyinfra_ratos.interrupts``, once it exists), else never."""
+    try:
+        from pyinfra_ratos.interrupts import stop_requested  # type: ignore[import-not-found]
+    except ImportError:
+        return lambda: False
+    return stop_requested
+
+
+# one printer plans at a time: planning is controller CPU (no greenlet switch is lost) and the
+# firmware builder then sees the artifact an earlier printer built instead of building it again
+_PLANNING = Semaphore(1)
+
+
+def _run_printer(inventory: Any, name: str, *, execute: bool, parallel: int | None) -> dict[str, Any]:
+    """One printer as one pyinfra run (connect, facts, add_deploy, run_ops) on its own State: the
+    report fields of its entry (``status`` included)."""
+    started = time.monotonic()
+    results.RUN.pop(name, None)
+    state = fleet_api.make_state(_printer_inventory(inventory, name), parallel=parallel)
+    # its facts are read as soon as it is connected
+    unreachable = fleet_api.connect(state, then=_prefetcher(state))
+    not_run: dict[str, str] = {}
+    try:
+        with _PLANNING:
+            # one host pyinfra cannot plan (e.g. `_sudo: True` in its data) fails with pyinfra's message
             for host in state.inventory.get_active_hosts():
                 try:
                     add_deploy(state, _update_deploy(), host=host)
@@ -202,51 +295,36 @@ def run_fleet(
                     not_run[host.name] = _planning_error(error)
                     state.active_hosts.discard(host)
                     state.failed_hosts.add(host)
-            if execute and state.active_hosts:
-                run_ops(state)
-        except PyinfraError as error:
-            # "No hosts remaining!" once every host failed: each host's operations say why; any
-            # other stop leaves the hosts still active without a verdict: they failed with it
-            if str(error) != "No hosts remaining!":
-                not_run.update({host.name: f"pyinfra stopped the run: {error}" for host in state.active_hosts})
-        finally:
-            prefetch.clear()
-            fleet_api.disconnect(state)
-        seconds = time.monotonic() - started
-        for name in batch:
-            groups = _groups(inventory, name)
-            if name in unreachable:
-                reports.add_printer(report, name, "unreachable", groups=groups, batch=index,
-                                    reason=f"cannot connect: {unreachable[name]}", duration_s=seconds)
-            elif name in not_run:
-                reports.add_printer(report, name, "failed", groups=groups, batch=index, reason=not_run[name],
-                                    duration_s=seconds)
-            else:
-                entry = printer_entry(state, name, execute)
-                reports.add_printer(report, name, entry["status"], groups=groups, batch=index,
-                                    reason=entry["reason"], duration_s=seconds, klipper=entry["klipper"],
-                                    config=results.with_backup_notes(name, entry["config"]), boards=entry["boards"])
-        if out is not None:
-            kind = "canary" if index == 0 and canary else f"batch {index + 1}/{len(batches)}"
-            counts = reports.summarise(p for p in report["printers"] if p["batch"] == index)
-            print(f"-- {kind}: {len(batch)} printers in {seconds:.1f} s: {counts['changed']} changed, "
-                  f"{counts['converged']} converged, {counts['skipped']} skipped, {counts['failed']} failed",
-                  file=out, flush=True)
-        done += len(batch)
-        failed += sum(1 for p in report["printers"] if p["batch"] == index and p["status"] in ("failed", "unreachable"))
-        if execute and index + 1 < len(batches) and failed / done > max_failed:
-            stopped = {"after_batch": index, "reason": (
-                f"{failed} of {done} printers failed ({failed / done:.0%} > {max_failed:.0%} allowed): "
-                "stopping before the next batch")}
-            for rest_index, rest in enumerate(batches[index + 1 :], start=index + 1):
-                for name in rest:
-                    reports.add_printer(report, name, "not-run", groups=_groups(inventory, name), batch=rest_index,
-                                        reason="not run: the failure threshold stopped the update")
-            break
-    reports.finish(report, stopped_early=stopped)
-    if report_dir is not None:
-        reports.write_report(report, report_dir)
-    return report["exit_code"], report
+        if execute and state.active_hosts:
+            run_ops(state)
+    except PyinfraError as error:
+        # "No hosts remaining!" once the host failed: its operations say why; any other stop
+        # leaves it without a verdict: it failed with it
+        if str(error) != "No hosts remaining!":
+            not_run.update({host.name: f"pyinfra stopped the run: {error}" for host in state.active_hosts})
+    finally:
+        prefetch.discard(name)
+        fleet_api.disconnect(state)
+    seconds = time.monotonic() - started
+    if name in unreachable:
+        return {"status": "unreachable", "reason": f"cannot connect: {unreachable[name]}", "duration_s": seconds}
+    if name in not_run:
+        return {"status": "failed", "reason": not_run[name], "duration_s": seconds}
+    entry = printer_entry(state, name, execute)
+    return {"status": entry["status"], "reason": entry["reason"], "duration_s": seconds, "klipper": entry["klipper"],
+            "config": results.with_backup_notes(name, entry["config"]), "boards": entry["boards"]}
+
+
+def _printer_inventory(inventory: Any, name: str) -> Any:
+    """A view of the fleet's inventory holding one host, for that printer's own State: its data
+    and groups as loaded once for the fleet (loading the file per printer would cost the
+    controller the whole inventory's Python per printer)."""
+    host = inventory.get_host(name)
+    view = copy.copy(inventory)
+    view.hosts = {name: host}
+    view.groups = defaultdict(list, {group: [host] for group, members in inventory.groups.items() if host in members})
+    view.state = None
+    return view
 
 
 def _planning_error(error: BaseException) -> str:
@@ -282,4 +360,4 @@ def _update_deploy() -> Any:
     return update_printer
 
 
-__all__ = ["InventoryError", "make_batches", "printer_entry", "run_fleet"]
+__all__ = ["DEFAULT_WINDOW", "InventoryError", "make_batches", "printer_entry", "run_fleet"]

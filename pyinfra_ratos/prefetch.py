@@ -33,6 +33,13 @@ def get_fact(host: Any, fact: type, **kwargs: Any) -> Any:
     return host.get_fact(fact, **kwargs) if found is _VALUES else found
 
 
+def discard(host_name: str) -> None:
+    """Forget what was read for one host and not taken (its run is over)."""
+    with _LOCK:
+        for found in [k for k in _VALUES if k[0] == host_name]:
+            del _VALUES[found]
+
+
 def clear() -> None:
     with _LOCK:
         _VALUES.clear()
