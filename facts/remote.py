@@ -597,6 +597,57 @@ def probe_config_state(args):
     return result
 
 
+# ------------------------------------------------------------------------------ system (provision)
+
+def _timezone():
+    # pyinfra's Timezone: readlink -f /etc/localtime | sed 's|.*/zoneinfo/||'
+    path = os.path.realpath("/etc/localtime")
+    marker = path.rfind("/zoneinfo/")
+    return path[marker + len("/zoneinfo/"):] if marker >= 0 else path
+
+
+def _file_state(path):
+    """A file as files.put compares it: sha1, mode, owner and group; None when it is not a file."""
+    try:
+        meta = os.lstat(path)
+    except OSError:
+        return None
+    import stat
+
+    if not stat.S_ISREG(meta.st_mode):
+        return None
+    user, group = _owner(meta.st_uid, meta.st_gid)
+    try:
+        with open(path, "rb") as handle:
+            sha1 = hashlib.sha1(handle.read()).hexdigest()
+    except OSError:
+        sha1 = ""
+    return {"sha1": sha1, "mode": "%o" % (meta.st_mode & 0o7777), "user": user, "group": group}
+
+
+def probe_system(args):
+    """What a provision decides its system steps from: hostname, timezone, the zone file asked for,
+    the dpkg state of the packages it wants, its units (``systemctl show``) and its files."""
+    packages = list(args.get("packages", []))
+    listed = _run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\n"] + packages) if packages else None
+    installed = {}
+    for line in (listed or {}).get("out", "").splitlines():
+        abbrev, _, name = line.partition("\t")
+        installed[name.split(":")[0]] = abbrev.strip()
+    units = list(args.get("units", []))
+    shown = _run(["systemctl", "show", "--all", "--property", "Id", "--property", "SubState", "--property",
+                  "UnitFileState"] + units) if units else {"rc": 0, "out": "", "err": ""}
+    zone = args.get("zone") or ""
+    return {
+        "hostname": os.uname()[1],
+        "timezone": _timezone(),
+        "zone_file": bool(zone) and os.path.isfile(zone),
+        "packages": installed,
+        "systemd": shown["out"].splitlines(),
+        "files": {path: _file_state(path) for path in args.get("files", [])},
+    }
+
+
 # ------------------------------------------------------------------------------ entry point
 
 def _guarded(func, *args):
@@ -694,6 +745,9 @@ def main(argv):
         result = probe_config_state(args)
     elif probe == "update":
         result = dict(probe_config_state(args["config"]), audit=probe_audit(args["audit"]))
+    elif probe == "provision":
+        result = dict(probe_config_state(args["config"]), audit=probe_audit(args["audit"]),
+                      system=_guarded(probe_system, args["system"]))
     else:
         result = {"error": "unknown probe %r" % probe}
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
