@@ -31,7 +31,7 @@ from pyinfra.api.state import State
 from gevent.lock import Semaphore
 
 from pyinfra_ratos import report as reports
-from pyinfra_ratos import prefetch, results, window
+from pyinfra_ratos import greenlet_state, prefetch, results, window
 from pyinfra_ratos.bundle import describe
 from pyinfra_ratos.catalog import load_catalog
 from pyinfra_ratos.flash_agent import RESULT_PREFIX, SUMMARY_PREFIX
@@ -185,6 +185,7 @@ def run_fleet(
     + should_stop: asked before each printer starts (e.g. an operator's interrupt); true: none more
     """
     window_size = max(1, max_in_flight or batch_size or DEFAULT_WINDOW)
+    greenlet_state.install()  # one State per printer, several at once
     if should_stop is None:
         should_stop = _stop_flag()
     override = {"attended_flash": True} if attended_flash else {}
