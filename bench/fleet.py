@@ -24,7 +24,7 @@ firmware (3 board types, so 3 distinct firmware identities), then, in this order
 Printed side by side, with each figure per Pi, so its growth from the smallest size to the
 largest shows whether per-Pi cost stays flat.
 
-Throughput (``--throughput N``, after the sizes): two fresh farms of N Pis where one printer in ten
+Throughput (``--throughput N``, before the sizes): two fresh farms of N Pis where one printer in ten
 is slow (three boards, one of each type, each with ``slow-erase``), each fully
 updated once, with the old batches (``barriers``: a batch waits for its slowest printer) and
 once with the rolling window, both of ``--window`` printers. Printed: each fleet time, the median
@@ -311,16 +311,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args()
     rows = []
-    for size in (int(s) for s in args.sizes.split(",") if s):
-        # overlayfs refuses ':' ',' and spaces in the state dir: a plain /tmp path
-        with tempfile.TemporaryDirectory(prefix="ratos-bench-fleet-") as tmp:
-            rows.append(measure(size, Path(tmp)))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     flow = None
     if args.throughput:
+        # overlayfs refuses ':' ',' and spaces in the state dir: a plain /tmp path
         with tempfile.TemporaryDirectory(prefix="ratos-bench-window-") as tmp:
             flow = throughput(args.throughput, args.window, Path(tmp))
         print(json.dumps(flow), file=sys.stderr, flush=True)
+    for size in (int(s) for s in args.sizes.split(",") if s):
+        with tempfile.TemporaryDirectory(prefix="ratos-bench-fleet-") as tmp:
+            rows.append(measure(size, Path(tmp)))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if rows:
         print(table(rows))
     if flow:

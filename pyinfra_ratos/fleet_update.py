@@ -19,6 +19,7 @@ from pyinfra_ratos import fleet_api  # isort: skip
 import copy
 import json
 import time
+from multiprocessing import cpu_count
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
-from pyinfra.api.state import State
+from pyinfra.api.state import MAX_PARALLEL, State
 from gevent.lock import Semaphore
 
 from pyinfra_ratos import report as reports
@@ -182,6 +183,7 @@ def run_fleet(
 
     + max_in_flight: printers worked on at once (``batch_size``: its former name) [10]
     + barriers: the old batches (each waits for its slowest printer) instead of the rolling window
+    + parallel: SSH connections opened at once [pyinfra's default: 20 per CPU]
     + should_stop: asked before each printer starts (e.g. an operator's interrupt); true: none more
     """
     window_size = max(1, max_in_flight or batch_size or DEFAULT_WINDOW)
@@ -203,8 +205,12 @@ def run_fleet(
     plan = window.waves(names, canary, window_size, barriers)
     has_canary = bool(canary) and bool(plan) and plan[0][0] in canary
 
+    # SSH connections opened (and first facts read) at once: pyinfra's own bound for one State
+    # (``parallel``, else 20 per CPU); the window bounds the printers in flight, not the handshakes
+    connecting = Semaphore(parallel or min(cpu_count() * 20, MAX_PARALLEL))
+
     def run_one(name: str, wave: int) -> bool:
-        entry = _run_printer(inventory, name, execute=execute, parallel=parallel)
+        entry = _run_printer(inventory, name, execute=execute, connecting=connecting)
         added = reports.add_printer(report, name, entry.pop("status"), groups=_groups(inventory, name), batch=wave,
                                     **entry)
         return added["status"] in ("failed", "unreachable")
@@ -277,14 +283,14 @@ def _stop_flag() -> Callable[[], bool]:
 _PLANNING = Semaphore(1)
 
 
-def _run_printer(inventory: Any, name: str, *, execute: bool, parallel: int | None) -> dict[str, Any]:
+def _run_printer(inventory: Any, name: str, *, execute: bool, connecting: Semaphore) -> dict[str, Any]:
     """One printer as one pyinfra run (connect, facts, add_deploy, run_ops) on its own State: the
     report fields of its entry (``status`` included)."""
     started = time.monotonic()
     results.RUN.pop(name, None)
-    state = fleet_api.make_state(_printer_inventory(inventory, name), parallel=parallel)
-    # its facts are read as soon as it is connected
-    unreachable = fleet_api.connect(state, then=_prefetcher(state))
+    state = fleet_api.make_state(_printer_inventory(inventory, name))
+    with connecting:  # its facts are read as soon as it is connected
+        unreachable = fleet_api.connect(state, then=_prefetcher(state))
     not_run: dict[str, str] = {}
     try:
         with _PLANNING:
