@@ -13,6 +13,7 @@ APT_PACKAGES=(
   git make curl ca-certificates          # ~/klipper builds; Moonraker over HTTP
   umockdev gir1.2-umockdev-1.0 python3-gi  # USB boards emulated in user space
   dfu-util usbutils                      # the real flashing and listing tools
+  chromium                               # the test suite opens report.html in a real headless browser
 )
 
 need_root() {

@@ -6,7 +6,7 @@ namespace ``pyinfra_ratos``: ``package_dir`` maps each folder into that namespac
 generic (``facts``, ``operations``...) ever lands in site-packages.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 SUBPACKAGES = ["deploys", "facts", "operations", "inventory", "templates"]
 
@@ -17,11 +17,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
+    # every package of the namespace (the rooms and their subpackages), found, not listed by hand
     packages=[
-        "pyinfra_ratos",
-        "pyinfra_ratos.sim",
-        "pyinfra_ratos.sim.usb",
-        "pyinfra_ratos.dfu",
+        *find_packages(include=["pyinfra_ratos", "pyinfra_ratos.*"]),
         *(f"pyinfra_ratos.{name}" for name in SUBPACKAGES),
     ],
     package_dir={
@@ -30,7 +28,8 @@ setup(
     },
     include_package_data=True,
     package_data={
-        "pyinfra_ratos": ["boards/*.toml"],
+        "pyinfra_ratos.firmware": ["boards/*.toml"],
+        "pyinfra_ratos.fleet": ["report_templates/*.j2"],
         "pyinfra_ratos.sim": ["klipper_tree/**/*", "klipper_tree/*", "scenarios/*.toml"],
         "pyinfra_ratos.templates": ["**/*.j2", "*.j2"],
         "pyinfra_ratos.inventory": ["*.py", "group_data/*.py", "known_hosts"],
@@ -49,5 +48,5 @@ setup(
         # hypothesis drives the inventory validation with generated hostile values
         "test": ["kconfiglib>=14.1", "pytest>=7", "hypothesis>=6"],
     },
-    entry_points={"console_scripts": ["ratos-fleet=pyinfra_ratos.cli:main"]},
+    entry_points={"console_scripts": ["ratos-fleet=pyinfra_ratos.fleet.cli:main"]},
 )

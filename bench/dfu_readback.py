@@ -4,7 +4,7 @@
 
 Starts a standalone USB emulator (umockdev, no root needed) with one board in ROM DFU, then
 alternates N runs of ``dfu-util -p PORT -R -a 0 -s APP:leave -D image`` and N runs of
-``python -m pyinfra_ratos.dfu flash --port PORT --address APP --image image`` (erase, download,
+``python -m pyinfra_ratos.firmware.dfu flash --port PORT --address APP --image image`` (erase, download,
 read back and compare, leave). Each run gets a freshly started emulator with the board in DFU (its
 flash file persists; not timed): the emulator cannot yet bring one board back as Klipper twice
 (umockdev asserts on the reused tty node). Prints, per tool, the mean time of the process and until
@@ -80,7 +80,7 @@ def main() -> None:
     env = usb.client_env(bus_dir)
     tools = {
         "dfu-util": ["dfu-util", "-p", PORT, "-R", "-a", "0", "-s", f"{app:#x}:leave", "-D", image_path],
-        "pyusb+read-back": [sys.executable, "-m", "pyinfra_ratos.dfu", "flash", "--port", PORT,
+        "pyusb+read-back": [sys.executable, "-m", "pyinfra_ratos.firmware.dfu", "flash", "--port", PORT,
                             "--address", hex(app), "--image", image_path],
     }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in tools}

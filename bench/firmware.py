@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyinfra_ratos.builder import builds_made
-from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos.firmware.builder import builds_made
+from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.sim import farm as sim_farm
 
 ROOT = Path(__file__).resolve().parents[1]

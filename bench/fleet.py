@@ -45,7 +45,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from pyinfra_ratos.builder import builds_made
+from pyinfra_ratos.firmware.builder import builds_made
 from pyinfra_ratos.sim import farm
 
 BIN = Path(sys.executable).parent
@@ -118,7 +118,7 @@ def per_pi_commands(state: Path, before: dict[str, int]) -> float:
 
 def update(inventory: Path, size: int, report: Path) -> Run:
     return timed([str(BIN / "ratos-fleet"), "update", str(inventory), "--max-in-flight", str(size),
-                  "--max-failed", "1", "--report", str(report)])
+                  "--max-failed", "100", "--report", str(report)])
 
 
 def fleet_run(inventory: Path, window: int, barriers: bool, report: Path) -> Run:
@@ -292,8 +292,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def child_update(argv: list[str]) -> int:
-    from pyinfra_ratos import fleet_api  # noqa: F401  first: gevent's patching
-    from pyinfra_ratos.fleet_update import run_fleet
+    from pyinfra_ratos.fleet import api as fleet_api  # noqa: F401  first: gevent's patching
+    from pyinfra_ratos.fleet.update import run_fleet
 
     inventory, window, mode, report = argv
     code, _ = run_fleet(inventory, max_in_flight=int(window), barriers=mode == "barriers", max_failed=1.0,

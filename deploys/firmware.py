@@ -12,7 +12,7 @@ from ``klipper_source`` at the commit the Pi runs), ships an artifact only to a 
 and flashes each board whose MCU does not run its identity yet, unless the printer is busy or the
 board must never be flashed unattended. With ``flash_backend = "pyusb"`` the pyusb DFU client is installed on a Pi before its
 first flash (one more SSH command to check it, on a Pi with something to flash). Inventory keys:
-see :mod:`pyinfra_ratos.firmware_settings`. A converged host yields no command (a
+see :mod:`pyinfra_ratos.firmware.settings`. A converged host yields no command (a
 board already on its identity adds no flash operation).
 """
 
@@ -30,20 +30,21 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import python
 
-from pyinfra_ratos import gate, results
-from pyinfra_ratos.builder import BuildError, BuiltArtifact, shared_builder
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.connection import set_nodelay
+from pyinfra_ratos.run import results
+from pyinfra_ratos.printer import gate
+from pyinfra_ratos.firmware.builder import BuildError, BuiltArtifact, shared_builder
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.run.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.firmware import FirmwareArtifacts
-from pyinfra_ratos.firmware_image import inspect_image
-from pyinfra_ratos.firmware_settings import FirmwareTarget, firmware_settings
-from pyinfra_ratos.flash_plan import Artifact, FlashPlan, plan_flash
-from pyinfra_ratos.identity import BuildVersionError, identity_of
-from pyinfra_ratos.kconfig import verify_resolved
-from pyinfra_ratos.planned import add_if_needed, added_while_executing
-from pyinfra_ratos.versions import mcu_matches_host
+from pyinfra_ratos.firmware.image import inspect_image
+from pyinfra_ratos.firmware.settings import FirmwareTarget, firmware_settings
+from pyinfra_ratos.firmware.plan import Artifact, FlashPlan, plan_flash
+from pyinfra_ratos.firmware.identity import BuildVersionError, identity_of
+from pyinfra_ratos.firmware.kconfig import verify_resolved
+from pyinfra_ratos.run.planned import add_if_needed, added_while_executing
+from pyinfra_ratos.firmware.versions import mcu_matches_host
 from pyinfra_ratos.operations import firmware, identity
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class BoardStep:
     built: BuiltArtifact | None = None
     plan: FlashPlan | None = None
     pi_build: FirmwareTarget | None = None
+    target_arch: str = ""  # a host MCU built on the Pi: the architecture its identity names
 
 
 def plan_firmware(audit: FleetAuditDict, commit: str | None = None) -> list[BoardStep]:
@@ -79,7 +81,7 @@ def plan_firmware(audit: FleetAuditDict, commit: str | None = None) -> list[Boar
     for target in settings.targets:
         title = f"Firmware {target.mcu_name} ({target.board.id})"
         try:
-            built = builder.build(commit or klipper["commit"], target.board, target.fragment)
+            built = builder.build(commit or klipper["commit"], target.board, target.fragment, klipper.get("arch"))
         except (BuildError, BuildVersionError) as error:
             steps.append(BoardStep(title, target.mcu_name, refusal=f"{target.board.id}: {error}"))
             continue
@@ -93,7 +95,7 @@ def plan_firmware(audit: FleetAuditDict, commit: str | None = None) -> list[Boar
             target.board, audit["boards"], mcus.get(target.mcu_name), audit["activity"],
             Artifact(built.identity, built.image, firmware.artifact_path(built), built.resolved_config),
             mcu_name=target.mcu_name, port=target.port, attended_flash=settings.attended_flash,
-            backend=settings.backend,
+            backend=settings.backend, host_arch=klipper.get("arch") or None,
         )
         results.note_board(host.name, results.record_for_plan(host.name, target.mcu_name, plan))
         steps.append(BoardStep(title, target.mcu_name, built=built, plan=plan))
@@ -139,6 +141,12 @@ def apply_firmware(steps: list[BoardStep], move: dict[str, str] | None = None) -
         firmware.transaction, name=transaction_name(flashes, move), boards=flashes, klipper=move))
 
 
+def stage_for_hand(steps: list[BoardStep]) -> None:
+    """Ship the artifacts of held boards a person flashes by hand (``plan.ship``), and nothing else:
+    the printer is otherwise left alone."""
+    _prepare_uploads([step for step in steps if step.plan is not None and step.plan.ship])
+
+
 def transaction_name(flashes: list[tuple[FlashPlan, str]], move: dict[str, str] | None) -> str:
     """The same name on every host for the same kind of work (pyinfra lists operations by name)."""
     if flashes and move:
@@ -154,7 +162,7 @@ def _prepare_uploads(steps: list[BoardStep]) -> list[tuple[FlashPlan, str]]:
     flashes = []
     for step in steps:
         built, plan = step.built, step.plan
-        if plan is None or plan.action != "flash" or built is None:
+        if plan is None or not (plan.action == "flash" or plan.ship) or built is None:
             continue
         if built.identity.name not in shipped:
             shipped.add(built.identity.name)
@@ -165,7 +173,8 @@ def _prepare_uploads(steps: list[BoardStep]) -> list[tuple[FlashPlan, str]]:
             client_checked = True
             firmware.dfu_client(name="Install the pyusb DFU client",
                                 present=host.get_fact(FileContents, path=firmware.DFU_CLIENT_STAMP))
-        flashes.append((plan, step.mcu_name))
+        if plan.action == "flash":
+            flashes.append((plan, step.mcu_name))
     return flashes
 
 
@@ -194,14 +203,16 @@ def _pi_build_step(target: FirmwareTarget, mcu: Mapping[str, Any] | None, klippe
         return BoardStep(title, target.mcu_name, refusal=(
             f"{target.board.id}: ~/klipper belongs to {klipper.get('owner')}, not {klipper.get('ssh_user')}: a build "
             "as another user gets version '?' (git: dubious ownership). Fix: chown the checkout to the SSH user"))
-    return BoardStep(title, target.mcu_name, pi_build=target)
+    arch = klipper.get("arch") or "" if target.board.interface == "linux" else ""
+    return BoardStep(title, target.mcu_name, pi_build=target, target_arch=arch)
 
 
 def _build_on_pi_then_update(steps: list[BoardStep], flashes: list[tuple[FlashPlan, str]],
                              move: dict[str, str] | None) -> None:
     settings = firmware_settings(host.name, host.data.dict(), host.inventory.get_override_data(), load_catalog())
     builds = [(step, firmware.build(name="Build the firmware on the Pi", fragment=step.pi_build.fragment,
-                                    allow_unclean=settings.allow_unclean, commit=(move or {}).get("to")))
+                                    allow_unclean=settings.allow_unclean, commit=(move or {}).get("to"),
+                                    target=step.target_arch))
               for step in steps if step.pi_build is not None]
     python.call(name="Plan the flashes of the firmware built on the Pi", function=_update_pi_built,
                 builds=builds, flashes=flashes, move=move, attended_flash=settings.attended_flash,
@@ -214,7 +225,7 @@ def _update_pi_built(builds: list[tuple[BoardStep, Any]], flashes: list[tuple[Fl
         audit = host.get_fact(FleetAudit)  # the Pi as it is now, right before planning its flashes
         plans = list(flashes)
         for step, meta in builds:
-            plan = _plan_pi_built(meta, step.pi_build, audit, attended_flash, backend)
+            plan = _plan_pi_built(meta, step.pi_build, audit, attended_flash, backend, step.target_arch)
             if isinstance(plan, str):
                 firmware.refuse(name="Prepare the firmware", reason=f"nothing was changed: {plan}")
                 return
@@ -229,7 +240,7 @@ def _update_pi_built(builds: list[tuple[BoardStep, Any]], flashes: list[tuple[Fl
 
 
 def _plan_pi_built(build_meta: Any, target: FirmwareTarget, audit: Mapping[str, Any], attended_flash: bool,
-                   backend: str) -> FlashPlan | str:
+                   backend: str, arch: str = "") -> FlashPlan | str:
     """The flash plan of a board built on the Pi, or why it cannot be flashed."""
     identity_name = firmware.built_identity(build_meta)
     if identity_name is None:
@@ -243,7 +254,7 @@ def _plan_pi_built(build_meta: Any, target: FirmwareTarget, audit: Mapping[str, 
         return (f"{target.board.id}: Kconfig did not resolve as asked on the Pi: "
                 + "; ".join(str(problem) for problem in problems))
     version = json.loads((local / "klipper.dict").read_text(encoding="utf-8"))["version"]
-    identity = identity_of(version, resolved, target.board)
+    identity = identity_of(version, resolved, target.board, arch)
     data = (local / target.board.firmware_file).read_bytes()
     built = BuiltArtifact(identity, local, target.board.firmware_file,
                           inspect_image(data, target.board.firmware_file.rsplit(".", 1)[1]), resolved)
@@ -251,6 +262,7 @@ def _plan_pi_built(build_meta: Any, target: FirmwareTarget, audit: Mapping[str, 
         target.board, audit["boards"], audit["mcu_firmware"].get("mcus", {}).get(target.mcu_name),
         audit["activity"], Artifact(identity, built.image, firmware.artifact_path(built), resolved),
         mcu_name=target.mcu_name, port=target.port, attended_flash=attended_flash, backend=backend,
+        host_arch=audit["klipper"].get("arch") or None,
     )
     if plan.refused and not plan.hold:
         return plan.reason

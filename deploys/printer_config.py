@@ -3,7 +3,7 @@
     pyinfra -y INVENTORY deploys/printer_config.py           # apply
     pyinfra INVENTORY deploys/printer_config.py --dry        # show the diffs, change nothing
 
-Per host, from its inventory data (keys: ``pyinfra_ratos.printer_model``): ``RatOS.cfg`` is
+Per host, from its inventory data (keys: ``pyinfra_ratos.printer.model``): ``RatOS.cfg`` is
 rendered and written when it changed, ``printer.cfg`` stays the user's (created when missing,
 adopted when it does not include ``RatOS.cfg`` yet), Klipper restarts only when a file it reads
 changed and the printer is idle, and ``moonraker.conf`` pins ``klipper_commit``.

@@ -45,15 +45,16 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, python, server, systemd
 
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
-from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures
-from pyinfra_ratos import gate, results
+from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures, stage_for_hand
+from pyinfra_ratos.run import results
+from pyinfra_ratos.printer import gate
 from pyinfra_ratos.facts.audit import FleetAuditDict
 from pyinfra_ratos.facts.config_state import merge_queries
 from pyinfra_ratos.facts.provision_state import ProvisionState, SystemStateDict
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
-from pyinfra_ratos.planned import add_if_needed, added_while_executing
-from pyinfra_ratos.provision_settings import ProvisionSettings, provision_settings
+from pyinfra_ratos.run.planned import add_if_needed, added_while_executing
+from pyinfra_ratos.printer.provision_settings import ProvisionSettings, provision_settings
 
 BASE_PACKAGES = ("dfu-util", "python3-venv", "git")
 TOOLCHAIN = ("gcc-arm-none-eabi", "binutils-arm-none-eabi", "libnewlib-arm-none-eabi")
@@ -220,6 +221,7 @@ def klipper_and_boards(settings: ProvisionSettings, audit: FleetAuditDict) -> tu
     boards = plan_firmware(audit, commit=settings.commit)
     stay = gate.klipper_move_refused(plan.changes_commit, held(boards))
     if stay:
+        stage_for_hand(boards)  # a board a person flashes by hand: its file waits on the Pi
         return stay
     if preparation_failures(boards):
         apply_firmware(boards)  # fails the host, naming every board that cannot be prepared

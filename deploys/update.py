@@ -13,7 +13,7 @@ remote, or the controller's bundle when the Pi is offline), Klipper restarts on 
 rebuilt-once/flashed where its MCU does not run the new identity, and RatOS.cfg, printer.cfg and
 Moonraker's pin are converged; when they changed, the folder is backed up once more, as they left
 it. Host data: as ``deploys/provision.py`` (``klipper_commit``, ``klipper_source``, the printer's
-and the firmware's keys). A converged printer adds no operation (see :mod:`pyinfra_ratos.planned`)
+and the firmware's keys). A converged printer adds no operation (see :mod:`pyinfra_ratos.run.planned`)
 and costs one SSH command (``UpdateState``).
 """
 
@@ -24,9 +24,11 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
-from pyinfra_ratos import gate, prefetch, results
-from pyinfra_ratos.bundle import describe
-from pyinfra_ratos.connection import set_nodelay
+from pyinfra_ratos.run import results
+from pyinfra_ratos.run import prefetch
+from pyinfra_ratos.printer import gate
+from pyinfra_ratos.firmware.bundle import describe
+from pyinfra_ratos.run.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.deploys.provision import (
     ProvisionSettings,
@@ -39,12 +41,12 @@ from pyinfra_ratos.facts.config_state import merge_queries
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.facts.update_state import UpdateState
 from pyinfra_ratos.operations import backup, firmware, moonraker, printer
-from pyinfra_ratos.planned import add_if_needed
+from pyinfra_ratos.run.planned import add_if_needed
 
 
 def update_reads(settings: ProvisionSettings | None = None) -> list[tuple[type, dict[str, Any]]]:
     """The facts :func:`update_printer` reads from the current host, as (fact, kwargs), so that a
-    fleet run can read them for a whole batch at once (``pyinfra_ratos.prefetch``). ``settings``:
+    fleet run can read them for a whole batch at once (``pyinfra_ratos.run.prefetch``). ``settings``:
     the host's, when the caller has them (else read from its data)."""
     if settings is None:
         settings, _ = provision_settings(host.name, host.data.dict())

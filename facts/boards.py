@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
-from pyinfra_ratos.catalog import Board, load_catalog
+from pyinfra_ratos.firmware.catalog import Board, load_catalog
 
 from .probe import as_dict, as_int, as_str, json_document, probe_command
 
@@ -31,9 +31,9 @@ DECLARED_MODES = ("klipper", "dfu", "rp2040_boot")
 BOOTROM_MCUS = {"2e8a:0003": "rp2040", "2e8a:000f": "rp2350"}
 # Toolboards built by RatOS carry "<board id>-t0", "-t1" as serial
 _TOOLBOARD_SUFFIX = re.compile(r"-t\d+$")
-_BY_ID = re.compile(r"^usb-(?P<maker>[^_]+)_(?P<mcu>[^_]+)_(?P<serial>.+)-if\d+$")
-_MCU_NAME = re.compile(r"^[a-z0-9]+$")
-_SECTOR_GROUP = re.compile(r"^\s*(\d+)\s*\*\s*(\d+)\s*([ KMB]?)([a-g])\s*$")
+_BY_ID = re.compile(r"^usb-(?P<maker>[^_]+)_(?P<mcu>[^_]+)_(?P<serial>.+)-if\d+\Z")
+_MCU_NAME = re.compile(r"^[a-z0-9]+\Z")
+_SECTOR_GROUP = re.compile(r"^\s*(\d+)\s*\*\s*(\d+)\s*([ KMB]?)([a-g])\s*\Z")
 
 
 class DfuSector(TypedDict):

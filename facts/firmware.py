@@ -8,7 +8,7 @@ from typing import Any, TypedDict
 from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
-from pyinfra_ratos.kconfig import application_address, parse_config
+from pyinfra_ratos.firmware.kconfig import application_address, parse_config
 
 from .probe import as_dict, as_int, as_str, json_document, probe_command
 

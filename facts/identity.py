@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyinfra.api import FactBase
 from typing_extensions import override
 
-from pyinfra_ratos.printer_identity import parse_machine_id
+from pyinfra_ratos.printer.identity import parse_machine_id
 
 
 class MachineId(FactBase[str]):

@@ -10,17 +10,18 @@ from typing import Any, TypedDict
 from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
-from pyinfra_ratos.versions import mcu_matches_host
+from pyinfra_ratos.firmware.arch import userland_arch
+from pyinfra_ratos.firmware.versions import mcu_matches_host
 
-from .probe import as_dict, as_str, json_document, probe_command
+from .probe import as_dict, as_int, as_str, json_document, probe_command
 
 DEFAULT_URL = "http://127.0.0.1:7125"
 DEFAULT_LOG = "~/printer_data/logs/klippy.log"
 
-_SHA = re.compile(r"^[0-9a-f]{40,64}$")
-_LOADED = re.compile(r"^Loaded MCU '(?P<name>[^']+)' \d+ commands \((?P<version>.*?) / (?P<build>.*)\)$")
-_CONFIG = re.compile(r"^MCU '(?P<name>[^']+)' config: (?P<constants>.*)$")
-_GIT = re.compile(r"^Git version: (?P<repr>.*)$")
+_SHA = re.compile(r"^[0-9a-f]{40,64}\Z")
+_LOADED = re.compile(r"^Loaded MCU '(?P<name>[^']+)' \d+ commands \((?P<version>.*?) / (?P<build>.*)\)\Z")
+_CONFIG = re.compile(r"^MCU '(?P<name>[^']+)' config: (?P<constants>.*)\Z")
+_GIT = re.compile(r"^Git version: (?P<repr>.*)\Z")
 
 
 class KlipperHostDict(TypedDict, total=False):
@@ -36,6 +37,8 @@ class KlipperHostDict(TypedDict, total=False):
     foreign_owner: bool
     venv: bool
     git_error: str  # why ``git describe`` failed for the SSH user ("detected dubious ownership ...")
+    machine: str  # ``uname -m`` of the Pi ("armv7l", "aarch64")
+    arch: str  # the userland a host MCU is built for ("armhf", "aarch64"); "" when not one of those
 
 
 class McuInfo(TypedDict):
@@ -69,6 +72,9 @@ def parse_klipper_host(raw: Mapping[str, Any]) -> KlipperHostDict:
         "dirty": False, "branch": "", "remote_url": "", "owner": "", "ssh_user": ssh_user,
         "foreign_owner": False, "venv": False,
     }
+    if "machine" in raw:  # an older probe's output has no machine: the Pi's CPU stays unknown
+        host["machine"] = as_str(raw.get("machine"))
+        host["arch"] = userland_arch(host["machine"], as_int(raw.get("pointer_bits"))) or ""
     if not host["exists"]:
         return host
     commit = _git_out(raw.get("commit"))
@@ -223,7 +229,7 @@ class McuFirmware(FactBase[McuFirmwareDict]):
     Without Moonraker or klippy, falls back to the last klippy session in ``klippy.log`` that
     loaded MCUs (``source: "klippy.log"``, ``connected: False``).
 
-    ``matches_host`` is :func:`pyinfra_ratos.versions.mcu_matches_host`: the exact same version
+    ``matches_host`` is :func:`pyinfra_ratos.firmware.versions.mcu_matches_host`: the exact same version
     string as the host, both clean; a dirty, ``?`` or timestamp-suffixed version never matches
     ("rebuild"). ``None`` when the MCU is not connected (no version to compare).
 

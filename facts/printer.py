@@ -8,7 +8,7 @@ from typing import Any, TypedDict
 from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
-from pyinfra_ratos.flash_agent import judge_activity
+from pyinfra_ratos.firmware.agent import judge_activity
 
 from .klipper import DEFAULT_URL
 from .probe import as_dict, as_str, json_document, probe_command
@@ -27,7 +27,7 @@ class PrinterActivityDict(TypedDict):
 def parse_printer_activity(raw: Mapping[str, Any]) -> PrinterActivityDict:
     """The probe's Moonraker answers (``remote.probe_moonraker``) as the printer's activity.
 
-    ``busy`` and ``reason`` come from :func:`pyinfra_ratos.flash_agent.judge_activity`, the very
+    ``busy`` and ``reason`` come from :func:`pyinfra_ratos.firmware.agent.judge_activity`, the very
     function the agent re-checks with on the Pi right before a disruptive step: only a positive
     answer is idle (a job state that shows no job, or a klipper unit that is positively stopped).
     """

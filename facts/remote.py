@@ -105,7 +105,10 @@ def _user_name(uid):
 
 def probe_klipper(path):
     path = os.path.expanduser(path)
-    result = {"path": path, "exists": os.path.isdir(path), "ssh_user": _user_name(os.geteuid())}
+    result = {"path": path, "exists": os.path.isdir(path), "ssh_user": _user_name(os.geteuid()),
+              # what a host MCU is built for: the kernel's machine and this python's pointer size
+              # (a 32-bit Raspberry Pi OS boots a 64-bit kernel on a Pi 4: aarch64 + 32 = armhf)
+              "machine": _run(["uname", "-m"]).get("out", ""), "pointer_bits": struct.calcsize("P") * 8}
     if not result["exists"]:
         return result
     result["owner"] = _user_name(os.stat(path).st_uid)
@@ -332,7 +335,7 @@ LOCK_DIR = "/run/pyinfra-ratos"
 
 
 def held_locks(lock_dir=LOCK_DIR):
-    """The printer agent's locks another process holds (pyinfra_ratos.flash_agent.held_locks):
+    """The printer agent's locks another process holds (pyinfra_ratos.firmware.agent.held_locks):
     a run is updating this printer, so the printer is not idle for anyone else."""
     import fcntl
 
@@ -424,13 +427,19 @@ def _uf2_image(data):
 
 
 def _elf_image(data):
-    if data[:4] != b"\x7fELF" or data[4:6] != b"\x01\x01":
+    # 32-bit (MCUs, armhf host MCU) or 64-bit (arm64 host MCU), little-endian
+    if data[:4] != b"\x7fELF" or data[4:6] not in (b"\x01\x01", b"\x02\x01"):
         return None, b""
-    phoff, = struct.unpack_from("<I", data, 28)
-    phentsize, phnum = struct.unpack_from("<HH", data, 42)
+    wide = data[4] == 2
+    phoff, = struct.unpack_from("<Q" if wide else "<I", data, 32 if wide else 28)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54 if wide else 42)
     segments = []
     for index in range(phnum):
-        kind, offset, _vaddr, paddr, size = struct.unpack_from("<5I", data, phoff + index * phentsize)
+        at = phoff + index * phentsize
+        if wide:
+            kind, _flags, offset, _vaddr, paddr, size = struct.unpack_from("<IIQQQQ", data, at)
+        else:
+            kind, offset, _vaddr, paddr, size = struct.unpack_from("<5I", data, at)
         if kind == 1 and size:
             segments.append((paddr, data[offset:offset + size]))
     return _flatten(segments)

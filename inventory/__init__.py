@@ -1,8 +1,8 @@
 """pyinfra_ratos.inventory: example inventories for real printers (``single.py``, ``farm.py``, ``group_data/``).
 
 They are pyinfra inventory files, read by pyinfra's CLI (``pyinfra inventory/farm.py ...``) or by
-:func:`pyinfra_ratos.fleet_api.load_inventory`; copy one and edit the hosts. Their data is
-validated by :func:`pyinfra_ratos.hostdata.validate_inventory`.
+:func:`pyinfra_ratos.fleet.api.load_inventory`; copy one and edit the hosts. Their data is
+validated by :func:`pyinfra_ratos.fleet.hostdata.validate_inventory`.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@
     pyinfra -y inventory/single.py deploys/printer_config.py
 
 Data keys a printer may set (validated for every host before any SSH command, see
-``pyinfra_ratos.hostdata``; shared defaults in ``group_data/all.py``):
+``pyinfra_ratos.fleet.hostdata``; shared defaults in ``group_data/all.py``):
 
     boards            the printer's MCUs, the control board first (required):
-                        board        catalog id, a file name of pyinfra_ratos/boards/*.toml
+                        board        catalog id, a file name of pyinfra_ratos/firmware/boards/*.toml
                         mcu_name     Klipper's name; default mcu, toolboard_t0..., rpi (host MCU)
                         port         USB port path ("1-1.3"), to tell identical boards apart
                         serial       explicit serial path (skips the USB lookup)

@@ -30,7 +30,7 @@ data (defaults in brackets), keep a stray print file or video out of every versi
                                  are left out, named too [64]
 
 Files travel in one tar that the controller unpacks as a stream, never a whole file in memory
-(the controller's side: :mod:`pyinfra_ratos.config_backups`).
+(the controller's side: :mod:`pyinfra_ratos.printer.backups`).
 Left out of backups: ``RatOS/`` (RatOS's own files, which RatOS installs), ``*.bak`` (the printer
 operation's backups) and ``.pyinfra-ratos*`` (restart markers, staging).
 """
@@ -59,10 +59,14 @@ from pyinfra.api import (
     operation,
 )
 from pyinfra.context import ctx_state
+from pyinfra_ratos.facts.printer_files import probe_lines, shell_path
+from pyinfra_ratos.facts.probe import json_document, probe_command
+from pyinfra_ratos.operations import identity
 from typing_extensions import override
 
-from pyinfra_ratos import results
-from pyinfra_ratos.config_backups import (  # noqa: F401 - the controller's side, used through this module too
+from pyinfra_ratos.run import results
+from pyinfra_ratos.printer import provision_settings
+from pyinfra_ratos.printer.backups import (  # noqa: F401 - the controller's side, used through this module too
     DEFAULT_MAX_FILE_MB,
     DEFAULT_MAX_TOTAL_MB,
     IDENTITY,
@@ -89,14 +93,11 @@ from pyinfra_ratos.config_backups import (  # noqa: F401 - the controller's side
     version_links,
     versions,
 )
-from pyinfra_ratos.facts.printer_files import probe_lines, shell_path
-from pyinfra_ratos.facts.probe import json_document, probe_command
-from pyinfra_ratos.klipper_config import SAVE_CONFIG_MARKER
-from pyinfra_ratos.operations import identity
-from pyinfra_ratos.printer_identity import ACCEPT_KEY, Identity, IdentityStore, matches, parse_machine_id
+from pyinfra_ratos.printer.identity import ACCEPT_KEY, Identity, IdentityStore, matches, parse_machine_id
+from pyinfra_ratos.printer.klipper_config import SAVE_CONFIG_MARKER
 
 DEFAULT_ROOT = "~/.local/share/pyinfra-ratos/config-backups"
-DEFAULT_KEEP = 20
+DEFAULT_KEEP = provision_settings.DEFAULT_KEEP
 EXCLUDED_DIRS = ("RatOS",)
 EXCLUDED_NAMES = ("*.bak", ".pyinfra-ratos*")
 # RatOS's printer.cfg before the configurator ran: the mark of a freshly flashed card
@@ -338,7 +339,7 @@ def _mkdir(path: str) -> None:
 def restore_script(config_dir: str, remote_tar: str, sums: Mapping[str, str], version: str) -> StringCommand:
     check = " ".join(shlex.quote(f"{sha}  {name}") for name, sha in sorted(sums.items()))
     return StringCommand("sh", "-c", QuoteString("\n".join([
-        f"d={shell_path(config_dir)}; t=\"$HOME\"/{remote_tar}; s=\"$d/.pyinfra-ratos-restore\"",
+        f"d={shell_path(config_dir)}; t={shell_path('~/' + remote_tar)}; s=\"$d/.pyinfra-ratos-restore\"",
         'fail() { rm -rf -- "$s" "$t"; echo "pyinfra-ratos: restore: $1; printer.cfg left unchanged" >&2; exit 1; }',
         # a folder on the Pi that is a link out of the config folder is never written through
         'inside() { case "$(realpath -m -- "$(dirname -- "$d/$1")")/" in "$(realpath -m -- "$d")"/*) return 0;; esac; '
@@ -369,7 +370,7 @@ def restore_script(config_dir: str, remote_tar: str, sums: Mapping[str, str], ve
         '  mv -fT -- "$s/printer.cfg" "$d/printer.cfg" || fail "rename failed"',
         "fi",
         'rm -rf -- "$s" "$t"',
-        f'echo "pyinfra-ratos: restored {len(sums)} files of backup {version}"',
+        f"printf 'pyinfra-ratos: restored %s files of backup %s\\n' {len(sums)} {shlex.quote(version)}",
     ])))
 
 

@@ -2,7 +2,7 @@
 Ship built firmware to a Pi and flash its boards, one board at a time, never while printing.
 
 These operations turn a decision into commands: the decision itself (skip, refuse, or the flash
-steps) is :func:`pyinfra_ratos.flash_plan.plan_flash`, made from facts read once per host (pyinfra
+steps) is :func:`pyinfra_ratos.firmware.plan.plan_flash`, made from facts read once per host (pyinfra
 runs an operation's body twice, so reading facts inside would double every round trip). The
 deploy :mod:`pyinfra_ratos.deploys.firmware` does all of it for every board of every host.
 """
@@ -26,16 +26,30 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
 
-from pyinfra_ratos import dfu, flash_agent
-from pyinfra_ratos.builder import DEFAULT_CACHE, BuiltArtifact
-from pyinfra_ratos.flash_plan import DFU_CLIENT_VENV, FlashPlan, with_backend
+from pyinfra_ratos.firmware import dfu
+from pyinfra_ratos.firmware import agent as flash_agent
+from pyinfra_ratos.firmware import methods
+from pyinfra_ratos.firmware.builder import DEFAULT_CACHE, BuiltArtifact
+from pyinfra_ratos.firmware.plan import DFU_CLIENT_VENV, FlashPlan, with_backend
 
 # relative to the SSH user's home: sftp paths and the agent's image paths resolve against it
 ARTIFACTS_DIR = "printer_data/firmware"
-_AGENT_SOURCE = Path(flash_agent.__file__).read_text(encoding="utf-8")
+_MAIN_GUARD = 'if __name__ == "__main__":'
+
+
+def agent_source() -> str:
+    """The printer agent as shipped: ``firmware/agent.py`` with the Pi side (``pi_source``) of every
+    registered flash method that brings its own runner, inserted before the agent's entry point."""
+    text = Path(flash_agent.__file__).read_text(encoding="utf-8")
+    extra = [Path(method.pi_source).read_text(encoding="utf-8")
+             for method in methods.METHODS.values() if method.pi_source]
+    if not extra:
+        return text
+    head, guard, tail = text.rpartition(_MAIN_GUARD)
+    return head + "\n\n".join(extra) + "\n\n" + guard + tail
 # the sha256 of the installed client bundle, written last: no stamp, no (complete) client
 DFU_CLIENT_STAMP = f"{DFU_CLIENT_VENV}/pyinfra-ratos-dfu.sha256"
-_CLIENT_INIT = b'"""pyinfra-ratos on a Pi: only the pyusb DFU client (pyinfra_ratos.dfu) is installed here."""\n'
+_CLIENT_INIT = b'"""pyinfra-ratos on a Pi: only the pyusb DFU client (pyinfra_ratos.firmware.dfu) is installed here."""\n'
 
 
 def artifact_path(artifact: BuiltArtifact, name: str | None = None) -> str:
@@ -83,12 +97,14 @@ def refuse(reason: str):
 BUILT_PREFIX = "RATOS-BUILT "
 
 
-def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool, commit: str | None = None) -> str:
+def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool, commit: str | None = None,
+                    target: str = "") -> str:
     """The shell script that builds one fragment on the Pi and files it under its identity.
 
     Two make calls with absolute ``KCONFIG_CONFIG``/``OUT`` (never olddefconfig and the build in
     one), identity = version from the built dictionary + sha256 of the resolved config, and the
     artifact appears under its identity only once complete. Prints ``RATOS-BUILT <identity>``.
+    A host MCU (``target``: the Pi's architecture, its native compiler's) gets it as a suffix.
     """
     checks = "" if allow_unclean else (
         'case "$version" in "?"*|*-dirty*|*-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]_[0-9]*)\n'
@@ -115,7 +131,7 @@ def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool, commi
         'version=$(python3 -c \'import json,sys; print(json.load(open(sys.argv[1]))["version"])\''
         ' "$work/out/klipper.dict")',
         checks,
-        'identity="$version-$(sha256sum "$work/config" | cut -c1-12)"',
+        'identity="$version-$(sha256sum "$work/config" | cut -c1-12)"' + (f"-{shlex.quote(target)}" if target else ""),
         'if [ ! -d "$root/$identity" ]; then',
         '  mkdir "$work/artifact"',
         '  for f in klipper.bin klipper.uf2 klipper.elf klipper.dict; do'
@@ -128,7 +144,8 @@ def pi_build_script(fragment: str, klipper_path: str, allow_unclean: bool, commi
 
 
 @operation()
-def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = False, commit: str | None = None):
+def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = False, commit: str | None = None,
+          target: str = ""):
     """
     Build a board's firmware on the Pi from its own Klipper checkout, filed under its identity.
 
@@ -138,6 +155,7 @@ def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = 
     + allow_unclean: also file builds of a dirty or undescribable checkout
     + commit: build this commit (already fetched) from a worktree, leaving the checkout where it is
       (an update builds for the commit it will move to before moving anything); default: HEAD
+    + target: a host MCU's architecture (``armhf``/``aarch64``), named in its identity
 
     The artifact lands in ``~/printer_data/firmware/<version>-<sha256(config)[:12]>/`` (the same
     layout the controller ships). Already built: the make calls find nothing to do. Prints
@@ -151,7 +169,9 @@ def build(fragment: str, klipper_path: str = "~/klipper", allow_unclean: bool = 
     """
     if commit is not None and not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise OperationError(f"commit={commit!r}: 40 lower-case hex digits")
-    yield StringCommand("sh", "-c", QuoteString(pi_build_script(fragment, klipper_path, allow_unclean, commit)))
+    if target and not re.fullmatch(r"[a-z0-9_]+", target):
+        raise OperationError(f"target={target!r}: an architecture name such as armhf or aarch64")
+    yield StringCommand("sh", "-c", QuoteString(pi_build_script(fragment, klipper_path, allow_unclean, commit, target)))
 
 
 def built_identity(meta: Any) -> str | None:
@@ -167,7 +187,7 @@ def upload(artifact: BuiltArtifact, present: Mapping[str, Any] | None = None):
     """
     Put a built firmware artifact into ``~/printer_data/firmware/<identity>/`` on the Pi.
 
-    + artifact: the artifact built on the controller (:class:`pyinfra_ratos.builder.BuiltArtifact`)
+    + artifact: the artifact built on the controller (:class:`pyinfra_ratos.firmware.builder.BuiltArtifact`)
     + present: the Pi's ``FirmwareArtifacts`` entry for this identity, if any
 
     Nothing happens when the Pi already holds every file with the same sha256. Otherwise the
@@ -216,14 +236,15 @@ def dfu_client_bundle() -> tuple[bytes, str]:
     """(tar.gz bytes, sha256) of what the client venv's site-packages must hold.
 
     ``usb/`` is the controller's own pyusb (pure Python; the Pi needs only its libusb) and
-    ``pyinfra_ratos/dfu/`` the client, under a stub ``pyinfra_ratos/__init__.py``: nothing on
+    ``pyinfra_ratos/firmware/dfu/`` the client, under stub package ``__init__.py`` files: nothing on
     the Pi is ever fetched from the network. The tar is reproducible (sorted names, no
     timestamps or owners), so its sha256 says whether the Pi already has this exact client.
     """
     import usb  # the controller's pyusb: a dependency of this package
 
-    members: list[tuple[str, bytes]] = [("pyinfra_ratos/__init__.py", _CLIENT_INIT)]
-    for package, prefix in ((Path(usb.__file__).parent, "usb"), (Path(dfu.__file__).parent, "pyinfra_ratos/dfu")):
+    members: list[tuple[str, bytes]] = [("pyinfra_ratos/__init__.py", _CLIENT_INIT),
+                                        ("pyinfra_ratos/firmware/__init__.py", _CLIENT_INIT)]
+    for package, prefix in ((Path(usb.__file__).parent, "usb"), (Path(dfu.__file__).parent, "pyinfra_ratos/firmware/dfu")):
         members += [(f"{prefix}/{path.relative_to(package).as_posix()}", path.read_bytes())
                     for path in _python_files(package)]
     buffer = io.BytesIO()
@@ -251,7 +272,7 @@ def _dfu_client_tarball() -> tuple[str, str]:
 @operation()
 def dfu_client(present: Sequence[str] | str | None = None):
     """
-    Install the pyusb DFU client (``pyinfra_ratos.dfu``) in a venv on the Pi, for ``backend="pyusb"``.
+    Install the pyusb DFU client (``pyinfra_ratos.firmware.dfu``) in a venv on the Pi, for ``backend="pyusb"``.
 
     + present: what the Pi's stamp file holds (``host.get_fact(FileContents, path=DFU_CLIENT_STAMP)``)
 
@@ -296,7 +317,7 @@ def _step(step: Any) -> dict[str, Any]:
 
 
 def agent_board(plan: FlashPlan, mcu_name: str) -> dict[str, Any]:
-    """One board of the agent's plan (see :mod:`pyinfra_ratos.flash_agent`)."""
+    """One board of the agent's plan (see :mod:`pyinfra_ratos.firmware.agent`)."""
     return {
         "board": plan.board_id,
         "mcu_name": mcu_name,
@@ -318,7 +339,7 @@ def agent_command(payload: Mapping[str, Any]) -> StringCommand:
     """Run the printer agent on the Pi as root with ``payload`` as its plan: the one place where
     Klipper is stopped, restarted or moved and boards are flashed (it re-checks the printer first)."""
     # "$HOME" is the SSH user's (expanded before sudo): the agent finds the artifacts under it
-    return StringCommand("sudo", "-n", "python3", "-c", QuoteString(_AGENT_SOURCE),
+    return StringCommand("sudo", "-n", "python3", "-c", QuoteString(agent_source()),
                          QuoteString(json.dumps({"lock_wait_s": 5, **payload}, sort_keys=True)), '"$HOME"')
 
 
@@ -350,7 +371,7 @@ def transaction(
     + moonraker_url: Moonraker as seen from the Pi
     + backend: ``dfu-util`` or ``pyusb`` for every DFU board (default: each plan's)
 
-    The printer agent runs it as root (:mod:`pyinfra_ratos.flash_agent`): it takes the printer's
+    The printer agent runs it as root (:mod:`pyinfra_ratos.firmware.agent`): it takes the printer's
     lock and each board's USB port lock, re-checks on the Pi that the printer is positively idle,
     re-checks what was prepared (image sha256, the commit present, a clean tree), then stops
     Klipper, flashes each board (keeping a read of the firmware it ran, reading every write back),
@@ -388,7 +409,7 @@ def flash(plan: FlashPlan, mcu_name: str = "mcu", moonraker_url: str = "http://1
     """
     Carry out a board's flash plan on the Pi: skip, refuse, or flash and verify.
 
-    + plan: the board's :class:`pyinfra_ratos.flash_plan.FlashPlan` (``plan_flash`` on facts)
+    + plan: the board's :class:`pyinfra_ratos.firmware.plan.FlashPlan` (``plan_flash`` on facts)
     + mcu_name: Klipper's name for the board's MCU (``mcu``, ``toolboard_t0``...), for verification
     + moonraker_url: Moonraker as seen from the Pi
     + backend: how a DFU board is written: ``dfu-util`` or ``pyusb`` (the client installed by
@@ -401,7 +422,7 @@ def flash(plan: FlashPlan, mcu_name: str = "mcu", moonraker_url: str = "http://1
     A flash is a :func:`transaction` of this one board: the printer agent re-checks that the
     printer is idle, flashes by USB port with read-back, restarts Klipper on every exit path,
     verifies the version through Moonraker and puts the old firmware back when anything failed;
-    its board line is ``RATOS-RESULT {...}`` (see :mod:`pyinfra_ratos.flash_agent`).
+    its board line is ``RATOS-RESULT {...}`` (see :mod:`pyinfra_ratos.firmware.agent`).
 
     **Example:**
 

@@ -11,7 +11,7 @@ from pyinfra.api import QuoteString, State, StringCommand, operation
 from pyinfra.context import ctx_state
 
 from pyinfra_ratos.facts.identity import MachineId
-from pyinfra_ratos.printer_identity import (
+from pyinfra_ratos.printer.identity import (
     ACCEPT_KEY,
     Identity,
     IdentityStore,

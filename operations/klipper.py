@@ -21,18 +21,19 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FunctionCommand, OperationValueError, QuoteString, StringCommand, operation
-
-from pyinfra_ratos.bundle import BUNDLE_REF, BundleError, klipper_bundle
 from pyinfra_ratos.facts.remote import remote_endpoint
+
+from pyinfra_ratos.firmware.bundle import BUNDLE_REF, BundleError, klipper_bundle
+from pyinfra_ratos.printer import provision_settings
 
 from .printer import MOONRAKER_URL, restart_command
 
-DEFAULT_REMOTE = "https://github.com/Klipper3d/klipper.git"
+DEFAULT_REMOTE = provision_settings.DEFAULT_REMOTE
 # On the Pi, relative to the SSH user's home (sftp paths resolve against it): one bundle per commit.
 REMOTE_BUNDLE_DIR = ".cache/pyinfra-ratos"
 # why the last fetch from origin failed, for the bundle step to report
 ORIGIN_LOG = f"{REMOTE_BUNDLE_DIR}/klipper-origin-fetch.log"
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
 
 
 # --- pure decision ---------------------------------------------------------------------------

@@ -11,14 +11,14 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import OperationValueError, operation
 
-from pyinfra_ratos import klipper_config as kc
+from pyinfra_ratos.printer import klipper_config as kc
 from pyinfra_ratos.facts.printer_files import PrinterFiles
 
 from .printer import (MOONRAKER_URL, apply_writes, check_common, covers, fail_command, file_write, printer_busy,
                       restart_marker)
 
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 
 def files_query(conf_file: str = "moonraker.conf") -> dict[str, tuple[str, ...]]:

@@ -26,18 +26,17 @@ from pyinfra import host, logger, state
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 from pyinfra.api.command import FileUploadCommand
 
-from pyinfra_ratos import gate
-from pyinfra_ratos import klipper_config as kc
-from pyinfra_ratos import printer_model as pm
-from pyinfra_ratos.catalog import Board, load_catalog
+from pyinfra_ratos.printer import gate
+from pyinfra_ratos.printer import klipper_config as kc
+from pyinfra_ratos.printer import model as pm
+from pyinfra_ratos.firmware.catalog import Board, load_catalog
 from pyinfra_ratos.facts.boards import AttachedBoards
 from pyinfra_ratos.facts.printer import PrinterActivity
 from pyinfra_ratos.facts.printer_files import MAX_TEXT_BYTES, PrinterFiles, encode_text, sha256_text, shell_path
 from pyinfra_ratos.templates import TemplateRenderError, render
 
 MOONRAKER_URL = "http://127.0.0.1:7125"
-USER_CONFIG_MODES = ("keep", "adopt", "regenerate")
-WHEN_BUSY = ("write", "defer")
+USER_CONFIG_MODES, WHEN_BUSY = pm.USER_CONFIG_MODES, pm.WHEN_BUSY
 MARGIN_BYTES = 16 * 1024  # never fill a file system to the last block
 
 
@@ -127,7 +126,7 @@ def install_command(directory: str, write: FileWrite, temp_name: str, backups: i
     new_sha = sha256_text(write.text)
     old_check = (
         f'[ -e "$f" ] || fail "it disappeared on the Pi since it was read; rerun"\n'
-        f'[ "$(sha256sum < "$f" | cut -c1-64)" = {write.old_sha256} ] || '
+        f'[ "$(sha256sum < "$f" | cut -c1-64)" = {shlex.quote(write.old_sha256 or "")} ] || '
         'fail "it changed on the Pi since it was read (a SAVE_CONFIG?); rerun"\n'
         'b="$f.$(date +%Y%m%d-%H%M%S-%N).bak"\n'
         'cp -p -- "$f" "$b" || { rm -f -- "$b"; fail "no room for the backup $b (disk full?)"; }\n'
@@ -141,7 +140,10 @@ def install_command(directory: str, write: FileWrite, temp_name: str, backups: i
         f"cd {shell_path(directory)} || exit 1",
         f"f={shlex.quote(write.name)}; t={shlex.quote(temp_name)}",
         'fail() { rm -f -- "$t"; echo "pyinfra-ratos: $f: $1; $f left unchanged" >&2; exit 1; }',
-        f'[ "$(sha256sum < "$t" | cut -c1-64)" = {new_sha} ] || fail "the uploaded copy is incomplete (disk full?)"',
+        f'[ "$(sha256sum < "$t" | cut -c1-64)" = {shlex.quote(new_sha)} ] || fail "the uploaded copy is incomplete (disk full?)"',
+        # a link (a printer.cfg kept in git elsewhere, say) is the user's: never replaced by a file
+        '[ -L "$f" ] && fail "it is a symbolic link to $(readlink -- "$f"): not replacing the link with a file;'
+        ' update the file it points to yourself, or replace the link by that file, then rerun"',
         old_check,
         'sync -- "$t" 2>/dev/null',
         'mv -f -- "$t" "$f" || fail "rename failed"',
@@ -155,7 +157,7 @@ def restart_command(directory: str, service: str, url: str) -> StringCommand:
     """Restart a service through the printer agent, unless the printer is not positively idle on
     the Pi right then (the plan read it idle, but on a big farm minutes pass before this runs):
     then the restart is left pending (marked in ``directory``) and the host fails with exit 75.
-    Done means a new main PID or start time (:mod:`pyinfra_ratos.flash_agent`)."""
+    Done means a new main PID or start time (:mod:`pyinfra_ratos.firmware.agent`)."""
     from pyinfra_ratos.operations.firmware import agent_command  # firmware imports this module
 
     marker = f"{directory.rstrip('/')}/{restart_marker(service)}"
@@ -287,7 +289,7 @@ def config(
     """
     Render a RatOS printer's configuration and converge the Pi's files to it.
 
-    + printer: the printer's inventory data (keys: see ``pyinfra_ratos.printer_model``); default:
+    + printer: the printer's inventory data (keys: see ``pyinfra_ratos.printer.model``); default:
       the host's data (``printer_model``, ``printer_size``, ``boards``, ``hotend``, ...)
     + config_dir: Klipper's config folder on the Pi
     + generated_file: the file the tool owns (``RatOS.cfg``), rendered from ``RatOS.cfg.j2``

@@ -24,7 +24,7 @@ from typing import Any
 
 import jinja2
 
-from pyinfra_ratos.klipper_config import value_problem
+from pyinfra_ratos.printer.klipper_config import value_problem
 
 PACKAGED_DIR = Path(__file__).resolve().parent
 

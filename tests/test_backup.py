@@ -7,7 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from pyinfra_ratos.klipper_config import SAVE_CONFIG_MARKER
+from pyinfra_ratos.printer.klipper_config import SAVE_CONFIG_MARKER
 from pyinfra_ratos.operations import backup
 
 SOURCE = {"machine_id": "a" * 32, "host_keys": {"ssh-ed25519": "SHA256:keyA"}}

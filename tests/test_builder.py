@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.builder import DEBUG_ELF, Builder, BuildError, builds_made
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.firmware_image import inspect_image
-from pyinfra_ratos.kconfig import render_fragment
+from pyinfra_ratos.firmware.builder import DEBUG_ELF, Builder, BuildError, builds_made
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.firmware.image import inspect_image
+from pyinfra_ratos.firmware.kconfig import render_fragment
 from pyinfra_ratos.sim.klipper_repo import create_template_repo
 
 CATALOG = load_catalog()
@@ -103,8 +103,9 @@ def test_a_tagless_source_is_refused_with_the_fix(own_source: tuple[Path, str], 
 def test_two_builds_of_one_identity_in_different_directories_have_identical_manifests(
         source: tuple[Path, str], tmp_path: Path, board) -> None:
     repo, commit = source
-    first = Builder(repo, tmp_path / "one").build(commit, board, render_fragment(board))
-    second = Builder(repo, tmp_path / "elsewhere" / "two").build(commit, board, render_fragment(board))
+    arch = "armhf" if board.interface == "linux" else None
+    first = Builder(repo, tmp_path / "one").build(commit, board, render_fragment(board), arch)
+    second = Builder(repo, tmp_path / "elsewhere" / "two").build(commit, board, render_fragment(board), arch)
     assert first.identity == second.identity
     assert (first.directory / "identity.json").read_bytes() == (second.directory / "identity.json").read_bytes()
     manifest = json.loads((first.directory / "identity.json").read_text())
@@ -118,7 +119,7 @@ def test_two_builds_of_one_identity_in_different_directories_have_identical_mani
 def test_the_linux_mcu_installs_a_stripped_elf_that_still_carries_its_dictionary(
         source: tuple[Path, str], tmp_path: Path) -> None:
     repo, commit = source
-    built = Builder(repo, tmp_path).build(commit, RPI, render_fragment(RPI))
+    built = Builder(repo, tmp_path).build(commit, RPI, render_fragment(RPI), "armhf")
     stripped = (built.directory / "klipper.elf").read_bytes()
     full = (built.directory / DEBUG_ELF).read_bytes()
     assert len(stripped) < len(full) and b"DW_AT_comp_dir" in full and b"DW_AT_comp_dir" not in stripped

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.catalog import BOARDS_DIR, CatalogError, get_board, load_catalog, part_flash_size
-from pyinfra_ratos.dfu.memory import parse_memory_map
+from pyinfra_ratos.firmware.catalog import BOARDS_DIR, CatalogError, get_board, load_catalog, part_flash_size
+from pyinfra_ratos.firmware.dfu.memory import parse_memory_map
 
 RATOS_IDS = [
     "btt-octopus-pro-h723", "btt-octopus-pro-h723-11", "btt-octopus-pro-446", "btt-octopus-11",

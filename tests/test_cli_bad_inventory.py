@@ -75,7 +75,7 @@ def inventory(folder: Path, pi: FakePi, hosts: dict[str, dict[str, Any]]) -> Pat
 
 
 def ratos_fleet(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pyinfra_ratos.cli", *args], cwd=folder, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pyinfra_ratos.fleet.cli", *args], cwd=folder, capture_output=True,
                           text=True, timeout=180, check=False)
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.dfu import PlanRefused, StatusError, TransferFailed, parse_memory_map, sectors_to_erase
-from pyinfra_ratos.dfu.errors import Stalled, TimedOut
-from pyinfra_ratos.dfu.flash import FlashResult, flash_image
-from pyinfra_ratos.dfu.protocol import DfuSe
+from pyinfra_ratos.firmware.dfu import PlanRefused, StatusError, TransferFailed, parse_memory_map, sectors_to_erase
+from pyinfra_ratos.firmware.dfu.errors import Stalled, TimedOut
+from pyinfra_ratos.firmware.dfu.flash import FlashResult, flash_image
+from pyinfra_ratos.firmware.dfu.protocol import DfuSe
 from pyinfra_ratos.sim import usb
 from pyinfra_ratos.sim.usb import dfu as rom
 from pyinfra_ratos.sim.usb.firmware import Flash, parse_flash_map
@@ -183,8 +183,8 @@ class Bus:
     pid_file: str
 
     def dfu(self, *argv: str) -> tuple[int, dict[str, Any], str]:
-        """Run ``python -m pyinfra_ratos.dfu`` on the emulated bus: (status, final JSON line, stderr)."""
-        done = subprocess.run([sys.executable, "-m", "pyinfra_ratos.dfu", *argv], env=usb.client_env(self.bus_dir),
+        """Run ``python -m pyinfra_ratos.firmware.dfu`` on the emulated bus: (status, final JSON line, stderr)."""
+        done = subprocess.run([sys.executable, "-m", "pyinfra_ratos.firmware.dfu", *argv], env=usb.client_env(self.bus_dir),
                               capture_output=True, text=True, timeout=120)
         lines = done.stdout.strip().splitlines()
         return done.returncode, json.loads(lines[-1]) if lines else {}, done.stderr
@@ -247,7 +247,7 @@ def test_list_shows_dfu_boards_by_port_with_their_memory_maps(bus) -> None:
     assert sorted(by_port) == ["1-1.3", "1-1.4"]
     assert by_port["1-1.4"]["alts"][0]["name"] == F446_MAP
     assert (by_port["1-1.4"]["transfer_size"], by_port["1-1.4"]["dfu_version"]) == (2048, "011a")
-    text = subprocess.run([sys.executable, "-m", "pyinfra_ratos.dfu", "list"], env=usb.client_env(running.bus_dir),
+    text = subprocess.run([sys.executable, "-m", "pyinfra_ratos.firmware.dfu", "list"], env=usb.client_env(running.bus_dir),
                           capture_output=True, text=True).stdout
     assert "1-1.3  0483:df11" in text and "[0x08000000..0x080fffff, 8 sectors]" in text
 

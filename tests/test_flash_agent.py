@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos import flash_agent
-from pyinfra_ratos.flash_agent import EXIT_DONE, EXIT_FAILED, EXIT_PENDING, Agent, StepFailed, judge_activity
-from pyinfra_ratos.flash_plan import DFU_CLIENT_VENV
+from pyinfra_ratos.firmware import agent as flash_agent
+from pyinfra_ratos.firmware.agent import EXIT_DONE, EXIT_FAILED, EXIT_PENDING, Agent, StepFailed, judge_activity
+from pyinfra_ratos.firmware.plan import DFU_CLIENT_VENV
 
 OLD, NEW = "v0.12.0-0-g097b935", "v0.13.0-3-gb846a96"
 
@@ -275,7 +275,7 @@ def test_pyusb_client_runs_from_the_venv_with_the_bootloader_protected(tmp_path:
     backend = flash_agent.Pyusb(Agent({}, str(tmp_path)), PYUSB_STEP)
     assert backend.write_verified(str(tmp_path / PYUSB_STEP["image"])) is True
     argv = (tmp_path / "argv").read_text().split()
-    assert argv[:4] == ["-I", "-m", "pyinfra_ratos.dfu", "flash"]
+    assert argv[:4] == ["-I", "-m", "pyinfra_ratos.firmware.dfu", "flash"]
     assert argv[argv.index("--protect-below") + 1] == "0x08020000"
 
 

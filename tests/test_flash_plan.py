@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.catalog import Board, load_catalog
-from pyinfra_ratos.firmware_image import inspect_image
-from pyinfra_ratos.flash_plan import (
+from pyinfra_ratos.firmware.catalog import Board, load_catalog
+from pyinfra_ratos.firmware.image import inspect_image
+from pyinfra_ratos.firmware.plan import (
     Artifact,
     DfuDownload,
     EnsureIdle,
@@ -31,7 +31,7 @@ from pyinfra_ratos.flash_plan import (
     plan_flash,
     with_backend,
 )
-from pyinfra_ratos.identity import FirmwareIdentity, identity_of
+from pyinfra_ratos.firmware.identity import FirmwareIdentity, identity_of
 from pyinfra_ratos.sim.klipper_repo import create_template_repo
 
 CATALOG = load_catalog()
@@ -59,12 +59,15 @@ def artifact(tmp_path_factory: pytest.TempPathFactory):
         if board.id not in cache:
             config, out = root / f"{board.id}.config", root / "build" / board.id
             config.write_text(board.kconfig)
+            # a host MCU is cross-built for the (armhf) Pi, as the builder does
+            cross = ["CROSS_PREFIX=arm-linux-gnueabihf-"] if board.interface == "linux" else []
             for targets in (["olddefconfig"], []):
-                subprocess.run(["make", f"KCONFIG_CONFIG={config}", f"OUT={out}/", *targets], cwd=repo,
+                subprocess.run(["make", f"KCONFIG_CONFIG={config}", f"OUT={out}/", *cross, *targets], cwd=repo,
                                env=GIT_ENV, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             resolved = config.read_text()
             image = inspect_image((out / board.firmware_file).read_bytes(), board.firmware_file.rsplit(".")[-1])
-            cache[board.id] = Artifact(identity_of(version, resolved, board), image,
+            target = "armhf" if board.interface == "linux" else ""
+            cache[board.id] = Artifact(identity_of(version, resolved, board, target), image,
                                        str(out / board.firmware_file), resolved)
         return cache[board.id]
     return build
@@ -92,6 +95,7 @@ def running(artifact: Artifact, connected: bool = True, **constants: Any) -> dic
 def plan(board: Board, artifact: Artifact, attached: dict | None = None, mcu: dict | None = None,
          activity: dict | None = None, **flags: Any) -> FlashPlan:
     attached = {"1-1.3": klipper_usb(board)} if attached is None else attached
+    flags.setdefault("host_arch", "armhf")  # the Pi's userland (KlipperHost arch)
     return plan_flash(board, attached, mcu, IDLE if activity is None else activity, artifact, **flags)
 
 

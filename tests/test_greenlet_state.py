@@ -5,7 +5,7 @@ from __future__ import annotations
 import gevent
 from pyinfra.context import ctx_state
 
-from pyinfra_ratos import greenlet_state
+from pyinfra_ratos.run import greenlet_state
 
 
 def test_each_greenlet_and_the_greenlets_it_spawns_see_the_state_it_set() -> None:

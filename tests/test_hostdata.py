@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos import firmware_settings as fs
-from pyinfra_ratos import printer_model as pm
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.hostdata import InventoryError, parse_boards, validate_inventory
+from pyinfra_ratos.firmware import settings as fs
+from pyinfra_ratos.printer import model as pm
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.fleet.hostdata import InventoryError, parse_boards, validate_inventory
 
 CATALOG = load_catalog()
 OCTOPUS = "btt-octopus-pro-h723-11"
@@ -190,9 +190,9 @@ def test_the_example_inventories_are_valid(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
     script = (
         "import json, sys\n"
-        "from pyinfra_ratos import fleet_api\n"
-        "from pyinfra_ratos.catalog import load_catalog\n"
-        "from pyinfra_ratos.hostdata import validate_inventory\n"
+        "from pyinfra_ratos.fleet import api as fleet_api\n"
+        "from pyinfra_ratos.firmware.catalog import load_catalog\n"
+        "from pyinfra_ratos.fleet.hostdata import validate_inventory\n"
         "out = {}\n"
         "for path in sys.argv[2:]:\n"
         "    inventory = fleet_api.load_inventory(path, override_data={'klipper_source': sys.argv[1]})\n"
@@ -223,7 +223,7 @@ def test_provision_needs_the_fleet_commit_when_required() -> None:
 
 
 def test_the_deploys_refuse_a_host_with_the_same_lines_as_the_inventory_check() -> None:
-    from pyinfra_ratos.provision_settings import provision_settings
+    from pyinfra_ratos.printer.provision_settings import provision_settings
 
     data = good(klipper_commit="a" * 40, timezone="Europe/Copenhagen\n", config_backup_keep=0)
     settings, errors = provision_settings("pi", data)
@@ -231,7 +231,7 @@ def test_the_deploys_refuse_a_host_with_the_same_lines_as_the_inventory_check() 
 
 
 def test_controller_paths_are_expanded_and_the_pis_config_folder_is_not(klipper_source: str) -> None:
-    from pyinfra_ratos.provision_settings import provision_settings
+    from pyinfra_ratos.printer.provision_settings import provision_settings
 
     data = good(klipper_commit="a" * 40, klipper_source=klipper_source, firmware_cache="~/fw",
                 printer_model="v-core-3", config_backups="~/backups", klipper_bundle_cache="~/bundles",

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.hostdata import InventoryError, known_keys, validate_inventory
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.fleet.hostdata import InventoryError, known_keys, validate_inventory
 
 CATALOG = load_catalog()
 OCTOPUS, EBB42, EBB36_CAN = "btt-octopus-pro-h723-11", "btt-ebb42-12", "btt-ebb36-12-can"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.hostdata import parse_boards
-from pyinfra_ratos.hygiene import sanitise_text
-from pyinfra_ratos.report import (
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.fleet.hostdata import parse_boards
+from pyinfra_ratos.data.hygiene import sanitise_text
+from pyinfra_ratos.fleet.report import (
     add_printer, finish, new_report, render_status, render_table, status_rows, write_report,
 )
 

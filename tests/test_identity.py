@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.identity import (
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.firmware.identity import (
     BuildTarget,
     BuildVersionError,
     artifact_manifest,

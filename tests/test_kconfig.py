@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.catalog import Board, load_catalog
-from pyinfra_ratos.kconfig import (Hex, KconfigError, application_address, load_kconfig_symbols, parse_config,
+from pyinfra_ratos.firmware.catalog import Board, load_catalog
+from pyinfra_ratos.firmware.kconfig import (Hex, KconfigError, application_address, load_kconfig_symbols, parse_config,
                                    render_fragment, scan_kconfig, verify_resolved)
 from pyinfra_ratos.sim.klipper_repo import create_template_repo
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra_ratos import klipper_config as kc
+from pyinfra_ratos.printer import klipper_config as kc
 from pyinfra_ratos.facts.printer_files import parse_printer_files
 from pyinfra_ratos.operations.moonraker import pin_commits
 from pyinfra_ratos.operations.printer import install_command, file_write, FileWrite, plan_user_file

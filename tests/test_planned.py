@@ -11,7 +11,7 @@ from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.context import ctx_state
 
-from pyinfra_ratos.planned import NOT_NEEDED, add_if_needed
+from pyinfra_ratos.run.planned import NOT_NEEDED, add_if_needed
 
 
 @operation()

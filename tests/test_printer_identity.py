@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pyinfra_ratos.printer_identity import Identity, IdentityStore, decide, parse_machine_id
+from pyinfra_ratos.printer.identity import Identity, IdentityStore, decide, parse_machine_id
 
 A = Identity("a" * 32, "ssh-ed25519 SHA256:keyA")
 B = Identity("b" * 32, "ssh-ed25519 SHA256:keyB")

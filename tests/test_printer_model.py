@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos import klipper_config as kc
-from pyinfra_ratos import printer_model as pm
-from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos.printer import klipper_config as kc
+from pyinfra_ratos.printer import model as pm
+from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.templates import TemplateRenderError, environment, render
 
 CATALOG = load_catalog()

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.hostdata import parse_boards
-from pyinfra_ratos.report import (
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.fleet.hostdata import parse_boards
+from pyinfra_ratos.fleet.report import (
     add_printer, finish, new_report, render_html, render_status, render_table, set_printer, status_rows,
     write_report,
 )
-from pyinfra_ratos.results import FlashRecord
+from pyinfra_ratos.run.results import FlashRecord
 
 OLD, NEW = "v0.12.0-0-g097b935", "v0.13.0-3-gb846a96"
 COMMIT = "b846a96b558d6af7d6635658cfd38aadb2c88f31"
@@ -32,38 +32,47 @@ def flash(host: str, action: str = "flashed", reason: str = "", before: str = OL
 def fleet() -> dict[str, Any]:
     report = new_report("update", "/abs/inventory.py", pinned_commit=COMMIT, pinned_version=NEW,
                         started="2026-11-21T12:00:00Z")
-    for host in ("vcore-01", "vcore-02", "vcore-03", "vcore-04", "vcore-05"):
+    for host in ("vcore-01", "vcore-02", "vcore-03", "vcore-04", "vcore-05", "vcore-06"):
         add_printer(report, host, groups=["canary"] if host == "vcore-01" else ["production"],
-                    batch=0 if host == "vcore-01" else 1)
-    set_printer(report, "vcore-01", status="changed", duration_s=12.34,
+                    batch=1 if host == "vcore-01" else 2)
+    set_printer(report, "vcore-01", status="changed", duration_s=12.34, klippy_state="ready",
                 klipper={"before": OLD, "after": NEW, "action": "updated"}, config={"action": "written"},
                 boards=[flash("vcore-01"), {**flash("vcore-01").to_dict(), "mcu_name": "toolboard_t0",
                                             "board": "btt-ebb42-12", "port": "1-1.2"}])
     set_printer(report, "vcore-02", status="converged", klipper={"before": NEW, "after": NEW, "action": "unchanged"},
                 config={"action": "unchanged"}, boards=[flash("vcore-02", "skipped", "already runs v0.13", NEW, NEW)])
-    set_printer(report, "vcore-03", status="skipped", reason="printing benchy.gcode: never stopped",
+    set_printer(report, "vcore-03", status="busy", reason="printing benchy.gcode: never stopped",
                 boards=[flash("vcore-03", "refused", "the printer is printing", OLD, None)])
     set_printer(report, "vcore-04", status="failed", klipper={"before": OLD, "after": NEW, "action": "updated"},
+                todo="put the board in DFU by hand and rerun",
                 boards=[flash("vcore-04", "failed", "dfu-util exited 74 & the board <stayed> in DFU", OLD, None)])
     set_printer(report, "vcore-05", status="unreachable", reason="Could not connect (timed out)")
-    return finish(report, stopped_early={"after_batch": 1, "reason": "1 of 4 printers failed (25% > 20% allowed)"},
+    set_printer(report, "vcore-06", status="held", reason="not updating Klipper: btt-octopus-pro-h723: never "
+                "flashed unattended", boards=[flash("vcore-06", "refused", "never flashed unattended", OLD, None)])
+    return finish(report, stopped_early={"after_batch": 2, "reason": "1 of 5 printers failed (20% > 10% allowed)"},
                   finished="2026-11-21T12:05:00Z")
 
 
 def test_the_summary_counts_every_status_and_unreachable_is_a_failure() -> None:
     report = fleet()
-    assert report["summary"] == {"printers": 5, "converged": 1, "changed": 1, "skipped": 1, "failed": 2,
-                                 "not_run": 0, "unreachable": 1}
+    assert report["summary"] == {"printers": 6, "converged": 1, "changed": 1, "busy": 1, "held": 1, "skipped": 0,
+                                 "failed": 2, "not_run": 0, "unreachable": 1}
     assert report["exit_code"] == 1 and report["finished"] == "2026-11-21T12:05:00Z"
 
 
-def test_a_fleet_that_converged_or_changed_exits_0_and_not_run_printers_exit_1() -> None:
+def test_exit_codes_converged_changes_failed_and_busy_counted_apart() -> None:
     report = new_report("update", "inv.py")
     add_printer(report, "a", status="converged")
-    add_printer(report, "b", status="changed")
     assert finish(report)["exit_code"] == 0
-    add_printer(report, "c")
+    add_printer(report, "b", status="changed")
+    assert finish(report)["exit_code"] == 3
+    add_printer(report, "c", status="busy")
+    add_printer(report, "d", status="held")
+    assert finish(report)["exit_code"] == 3  # a farm that always prints one printer still runs clean
+    assert finish(report, fail_on_busy=True)["exit_code"] == 1
+    add_printer(report, "e")
     assert finish(report)["exit_code"] == 1 and report["summary"]["not_run"] == 1
+    assert finish(report, interrupted={"signal": "SIGINT", "after_batch": 1})["exit_code"] == 130
 
 
 def test_typos_in_statuses_and_actions_are_refused() -> None:
@@ -82,46 +91,67 @@ def test_typos_in_statuses_and_actions_are_refused() -> None:
 
 
 def test_the_report_entries_have_the_contract_shape() -> None:
-    entry = fleet()["printers"][0]
-    assert set(entry) == {"host", "groups", "batch", "status", "reason", "duration_s", "klipper", "config", "boards"}
+    report = fleet()
+    entry = report["printers"][0]
+    assert set(entry) == {"host", "groups", "batch", "status", "reason", "todo", "next", "duration_s",
+                          "klippy_state", "klipper", "config", "boards"}
     assert entry["klipper"] == {"before": OLD, "after": NEW, "action": "updated", "reason": ""}
     assert entry["config"] == {"action": "written", "reason": ""}
     assert entry["boards"][0] == flash("vcore-01").to_dict()
-    untouched = fleet()["printers"][4]
-    assert untouched["klipper"]["action"] == "skipped" and untouched["boards"] == []
+    assert report["printers"][4]["klipper"] is None and report["printers"][4]["boards"] == []
 
 
-def test_the_terminal_table_has_one_line_per_board_with_status_words() -> None:
+def test_every_printer_not_done_has_its_exact_next_command() -> None:
+    report = fleet()
+    steps = {item["host"]: item["next"] for item in report["attention"]}
+    assert list(steps) == ["vcore-03", "vcore-04", "vcore-05", "vcore-06"]
+    assert steps["vcore-03"] == "when the printer is idle: ratos-fleet update /abs/inventory.py --limit vcore-03"
+    assert steps["vcore-04"].startswith("put the board in DFU by hand and rerun; then: ratos-fleet update")
+    assert steps["vcore-06"].endswith("--limit vcore-06 --attended-flash")
+
+
+def test_the_terminal_table_fits_120_columns_with_reasons_once_on_their_own_line() -> None:
     text = render_table(fleet())
     lines = text.splitlines()
-    assert lines[0].split() == ["HOST", "BATCH", "STATUS", "KLIPPER", "UPDATE", "CONFIG", "MCU", "BOARD", "PORT", "FIRMWARE",
-                                "ACTION", "METHOD", "VERIFIED", "TIME", "REASON"]
-    rows = [line for line in lines[1:] if line.startswith("vcore-")]
-    assert [row.split()[0] for row in rows] == ["vcore-01", "vcore-01", "vcore-02", "vcore-03", "vcore-04", "vcore-05"]
-    first = rows[0].split()
-    assert first[:8] == ["vcore-01", "0", "changed", OLD, "->", NEW, "updated", "written"]
-    assert "flashed" in first and "dfu-util" in first
-    assert "toolboard_t0" in rows[1] and "btt-ebb42-12" in rows[1]
-    assert rows[3].split()[2] == "skipped" and "refused" in rows[3] and rows[3].endswith("printing benchy.gcode: never stopped; the printer is printing")
-    assert rows[5].split()[2] == "unreachable" and rows[5].endswith("Could not connect (timed out)")
-    # fixed-width: every column starts at the same offset on every line
-    offset = lines[0].index("ACTION")
-    assert {row[offset:].split()[0] for row in rows[:5]} == {"flashed", "skipped", "refused", "failed"}
-    assert "5 printers: 1 converged, 1 changed, 1 skipped, 2 failed (1 unreachable)" in text
-    assert "STOPPED EARLY after batch 1: 1 of 4 printers failed" in text
+    assert max(len(line) for line in lines) <= 120
+    assert lines[1].split() == ["BATCH", "PRINTER", "STATUS", "KLIPPY", "KLIPPER", "CONFIG", "TIME"]
+    assert lines[2].split() == ["MCU", "BOARD", "PORT", "FIRMWARE", "ACTION", "VERIFIED"]
+    first = lines[3].split()
+    assert first[:7] == ["1", "vcore-01", "updated", "ready", OLD, "->", NEW]
+    assert lines[4].split()[:3] == ["mcu", "btt-octopus-pro-h723-11", "1-1.1"] and "flashed" in lines[4]
+    assert text.count("printing benchy.gcode: never stopped") == 2  # the table's reason line, the attention block
+    assert "      printing benchy.gcode: never stopped; the printer is printing" in lines
+    words = {line.split()[1]: line.split()[2] for line in lines if line[:1].isdigit() and "vcore" in line}
+    assert words == {"vcore-01": "updated", "vcore-02": "up", "vcore-03": "not", "vcore-04": "FAILED",
+                     "vcore-05": "unreachable", "vcore-06": "held"}
+    assert "6 printers: 1 up to date, 1 updated, 1 busy (not done), 1 held for --attended-flash, 2 failed" in text
+    assert "STOPPED EARLY after batch 2: 1 of 5 printers failed" in text
+    assert "NEEDS ATTENTION: 4 printers" in text
     assert "\x1b[" not in text  # words, not colours
+
+
+def test_plan_speaks_in_the_future_tense() -> None:
+    report = new_report("plan", "/abs/inventory.py", pinned_commit=COMMIT, pinned_version=NEW)
+    add_printer(report, "p", status="changed", klipper={"before": OLD, "after": NEW, "action": "updated"},
+                config={"action": "written"}, boards=[flash("p", "planned", "", OLD, NEW)])
+    text = render_table(finish(report))
+    assert "will update" in text and "will write" in text and "will flash" in text
+    assert f"{OLD} -> {NEW}" in text and "updated" not in text.replace("will update", "")
+    assert finish(report)["exit_code"] == 3
 
 
 def test_the_html_page_is_self_contained_and_escapes_what_it_shows() -> None:
     page = render_html(fleet())
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert "default-src 'none'" in page
     assert not re.search(r"<script|<link|\bsrc=|url\(|https?://", page)
     assert "dfu-util exited 74 &amp; the board &lt;stayed&gt; in DFU" in page
     assert "<stayed>" not in page
-    assert 'rowspan="2"' in page  # vcore-01's two boards share its printer cells
-    for word in ("changed", "converged", "skipped", "refused", "failed", "unreachable", "flashed"):
-        assert f'class="s s-{word}">{word}</span>' in page
-    assert "Stopped early" in page and f"<code>{OLD}</code> -&gt; <code>{NEW}</code>" in page
+    assert page.index('id="attention"') < page.index("<table")
+    assert '<span class="s s-ok">up to date</span>' in page and '<span class="s s-wait">held</span>' in page
+    assert '<span class="s s-bad">FAILED</span>' in page
+    assert "Stopped early" in page and f"<code>{OLD} -&gt; {NEW}</code>" in page
+    assert '<td data-label="Klippy">ready</td>' in page
 
 
 def test_write_report_writes_json_and_html(tmp_path: Path) -> None:
@@ -146,22 +176,29 @@ def audit(mcus: dict[str, Any], mode: str = "klipper", busy: bool = False, onlin
     }
 
 
-def test_status_rows_compare_each_mcu_with_the_host() -> None:
+def test_status_rows_compare_each_mcu_and_the_host_with_the_pin() -> None:
     boards, _ = parse_boards([{"board": "btt-octopus-pro-h723-11", "port": "1-1.1"}, {"board": "btt-ebb42-12"}],
                              load_catalog())
     up = {"version": NEW, "connected": True, "matches_host": True}
     behind = {"version": OLD, "connected": True, "matches_host": False}
-    good = status_rows(boards, fact(audit({"mcu": up, "toolboard_t0": up})))
-    assert good["converged"] and [b["firmware"] for b in good["boards"]] == ["up to date", "up to date"]
-    late = status_rows(boards, fact(audit({"mcu": behind}, busy=True, online=False)))
+    stopped = {"version": NEW, "connected": False, "matches_host": None}  # read from klippy.log
+    good = status_rows(boards, fact(audit({"mcu": up, "toolboard_t0": stopped})), COMMIT, None)
+    assert good["converged"] and [b["firmware"] for b in good["boards"]] == ["at pin", "at pin"]
+    late = status_rows(boards, fact(audit({"mcu": behind}, busy=True, online=False)), COMMIT, NEW)
     assert [b["firmware"] for b in late["boards"]] == ["behind", "unknown"]
     assert (late["converged"], late["busy"], late["network"], late["boards"][1]["mode"]) == (False, True, "offline", "absent")
-    gone = status_rows(boards, fact(None, "unreachable", "Could not connect"))
+    old_host = audit({"mcu": behind, "toolboard_t0": behind})
+    old_host["mcu_firmware"]["host_version"] = old_host["klipper"]["version"] = OLD
+    matched = status_rows(boards, fact(old_host), COMMIT, NEW)  # MCUs match their host, both behind the pin
+    assert (matched["klipper"], matched["converged"]) == ("behind", False)
+    gone = status_rows(boards, fact(None, "unreachable", "Could not connect"), COMMIT)
     assert (gone["reachable"], gone["converged"], gone["busy"]) == (False, False, None)
-    table = render_status({"p1": good, "p2": late, "p3": gone})
+    table = render_status({"p1": good, "p2": late, "p3": gone, "p4": matched}, pin=NEW)
     lines = table.splitlines()
-    assert lines[0].split()[:5] == ["HOST", "REACHABLE", "NETWORK", "KLIPPY", "BUSY"]
-    assert lines[1].split()[:6] == ["p1", "yes", "online", "ready", "no", "mcu"] and lines[1].endswith("up to date")
-    assert lines[3].split()[:5] == ["p2", "yes", "offline", "ready", "yes"] and lines[3].endswith("behind")
-    assert lines[5].startswith("p3") and lines[5].endswith("unreachable: Could not connect")
-    assert "3 printers: 1 converged, 1 not converged, 1 unreachable, 1 busy" in table
+    assert max(len(line) for line in lines) <= 120
+    assert lines[0] == f"fleet pinned to Klipper {NEW}"
+    assert lines[1].split() == ["PRINTER", "NETWORK", "KLIPPY", "BUSY", "KLIPPER", "AT", "PIN"]
+    assert lines[3].split() == ["p1", "online", "ready", "no", NEW, "at", "pin"]
+    assert lines[4].split()[:3] == ["mcu", "btt-octopus-pro-h723-11", "1-1.1"] and lines[4].endswith("at pin")
+    assert "4 printers: 1 converged, 2 behind the pin, 1 unreachable or unread, 1 busy" in table
+    assert "behind the pin: p2, p4" in table

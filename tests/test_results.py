@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pyinfra_ratos.flash_plan import FlashPlan
-from pyinfra_ratos.results import FlashRecord, record_for_plan, summarise
+from pyinfra_ratos.firmware.plan import FlashPlan
+from pyinfra_ratos.run.results import FlashRecord, record_for_plan, summarise
 
 
 def record(action: str = "flashed", **changes: object) -> FlashRecord:

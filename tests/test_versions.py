@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyinfra_ratos.versions import mcu_matches_host, parse_version
+from pyinfra_ratos.firmware.versions import mcu_matches_host, parse_version
 
 HOST = "v0.13.0-730-g84104bbbd"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gevent
 from gevent.event import Event
 
-from pyinfra_ratos.window import run_window, waves
+from pyinfra_ratos.fleet.window import run_window, waves
 
 
 class Printers:

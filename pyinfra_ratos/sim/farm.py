@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra_ratos.sim import pihome, pistate, procs
-from pyinfra_ratos.sim.scenario import BoardSpec, PiSpec, Scenario, load_scenario
+from pyinfra_ratos.sim.scenario import ARCHES, BoardSpec, PiSpec, Scenario, load_scenario
 
 PI_UID = PI_GID = 1000
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # .../pyinfra_ratos
@@ -105,6 +105,12 @@ def allocate_addresses(state_dir: Path, count: int, port: int) -> list[str]:
 
 
 # --- base layer and Pis ----------------------------------------------------------------------
+
+
+UNAME_STANDIN = """#!/bin/sh
+# virtual Pi: the machine of a Raspberry Pi, the rest from the real uname
+case "$1" in -m|--machine) echo {machine};; *) exec /bin/uname "$@";; esac
+"""
 
 
 def _with_pi_user(path: str, build: Any) -> str:
@@ -215,6 +221,8 @@ def prepare_pi(
     _write(upper / "etc" / "hosts", "\n".join(hosts) + "\n")
     _write(upper / "etc" / "resolv.conf", "nameserver 127.0.0.53\noptions timeout:1 attempts:1\n")
     (upper / "var" / "log" / "ratos-sim").mkdir(parents=True)
+    # the Pi's CPU as programs ask it (the farm's kernel is this machine's): `uname -m`
+    _write(upper / "usr" / "local" / "bin" / "uname", UNAME_STANDIN.format(machine=ARCHES[pi.arch]), 0o755)
 
     boards = [
         {"board": b.board, "mcu_name": b.mcu_name, "port": b.port, "mode": b.mode,
@@ -280,6 +288,7 @@ def prepare_pi(
         "klippy": pi.klippy,
         "moonraker_fault": pi.moonraker_fault,
         "moonraker_hang_seconds": pi.moonraker_hang_seconds,
+        "arch": pi.arch,
     }
     if pi.fresh:
         state["enabled"] = {"klipper": False}  # installed, never configured: nothing enabled it
@@ -361,7 +370,7 @@ def up(scenario_path: str | Path, state_dir: str | Path, ssh_port: int = 22, tim
     """Start the farm of a scenario; returns the farm description (also in farm.json)."""
     if os.geteuid() != 0:
         raise FarmError("the virtual farm needs root (namespaces, mounts, sshd); run it with sudo")
-    from pyinfra_ratos.catalog import load_catalog
+    from pyinfra_ratos.firmware.catalog import load_catalog
 
     catalog = load_catalog()
     scenario: Scenario = load_scenario(scenario_path, board_known=catalog.__contains__)

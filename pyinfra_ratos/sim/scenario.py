@@ -11,6 +11,7 @@
     klippy = "ready"             # ready|shutdown (after M112: a running print reads paused)
     moonraker_fault = "none"     # none|503 (Klippy Host not connected)|hang (never answers)
     moonraker_hang_seconds = 0   # with hang: answer this many seconds late; 0 = never
+    arch = "armhf"               # armhf (uname -m: armv7l) | aarch64: what a host MCU must be built for
     [[pi.boards]]
     board = "btt-octopus-pro-h723-11"
     mode = "klipper"             # bootloader state at start
@@ -47,12 +48,16 @@ FAULTS = (
     "ignore-bootloader-request",
     "slow-erase",
     "corrupt-write",
+    "no-return-after-leave",  # RP2040 BOOTSEL: REBOOT accepted, never back on USB
+    # and "transfer-error-block-N" (RP2040 BOOTSEL: the N-th PICOBOOT WRITE fails)
 )
 SERVICE_STATES = ("active", "inactive")
 KLIPPER_STATES = ("active", "inactive", "activating", "deactivating")  # systemd ActiveState
 KLIPPY_STATES = ("ready", "shutdown")
 MOONRAKER_FAULTS = ("none", "503", "hang")
 MODELS = ("v-core-3", "v-core-4", "v-minion")
+# the Pi's userland -> what its `uname -m` stand-in answers
+ARCHES = {"armhf": "armv7l", "aarch64": "aarch64"}
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MCU_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 USB_PORT_RE = re.compile(r"^[1-9][0-9]?-[1-9][0-9]?(\.[1-9][0-9]?){0,4}$")
@@ -92,6 +97,7 @@ class PiSpec:
     klippy: str = "ready"  # "shutdown": klippy after M112 (see sim.knobs)
     moonraker_fault: str = "none"  # "503": lost klippy; "hang": never answers
     moonraker_hang_seconds: float = 0  # with "hang": answer this late; 0 = never
+    arch: str = "armhf"  # "aarch64": a 64-bit Raspberry Pi OS (uname -m and the host MCU it runs)
 
 
 @dataclass(frozen=True)
@@ -140,13 +146,14 @@ def _board(
     if board_known is not None and not board_known(board):
         raise ScenarioError(
             f"{where}: key 'board' is {board!r}, which is not in the board catalog; "
-            "use a catalog id (see pyinfra_ratos/boards/) or add a board file"
+            "use a catalog id (see pyinfra_ratos/firmware/boards/) or add a board file"
         )
     faults = raw.get("faults", [])
     if not isinstance(faults, list):
         raise ScenarioError(f"{where}: key 'faults' must be a list; allowed values: {', '.join(FAULTS)}")
     for fault in faults:
-        _check(where, "faults", fault, FAULTS)
+        if not re.fullmatch(r"transfer-error-block-[1-9][0-9]*", str(fault)):
+            _check(where, "faults", fault, FAULTS)
     mcu_name = raw.get("mcu_name", "mcu" if index == 0 else f"toolboard_t{index - 1}")
     if not isinstance(mcu_name, str) or not MCU_NAME_RE.match(mcu_name):
         raise ScenarioError(f"{where}: key 'mcu_name' is {mcu_name!r}; use letters, digits and _")
@@ -184,7 +191,7 @@ def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSp
         (
             "name", "state", "network", "boards", "klipper", "moonraker", "klipper_owner",
             "allowed_services", "model", "fresh", "group", "checkout", "klippy",
-            "moonraker_fault", "moonraker_hang_seconds",
+            "moonraker_fault", "moonraker_hang_seconds", "arch",
         ),
     )
     if not isinstance(name, str) or not HOSTNAME_RE.match(name):
@@ -230,6 +237,7 @@ def _pi(index: int, raw: Any, board_known: Callable[[str], bool] | None) -> PiSp
         klippy=_check(where, "klippy", raw.get("klippy", "ready"), KLIPPY_STATES),
         moonraker_fault=_check(where, "moonraker_fault", raw.get("moonraker_fault", "none"), MOONRAKER_FAULTS),
         moonraker_hang_seconds=hang,
+        arch=_check(where, "arch", raw.get("arch", "armhf"), tuple(ARCHES)),
     )
 
 

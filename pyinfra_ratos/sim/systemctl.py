@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from pyinfra_ratos.sim import pistate, procs, units
+from pyinfra_ratos.sim.klippy import derive_klippy, mcu_connects
 
 UNITS = {
     "klipper": "Klipper 3D Printer Firmware SV1",
@@ -191,8 +192,6 @@ def message_count(firmware: dict[str, Any]) -> int:
 
 def klippy_connect_lines(state: dict[str, Any]) -> list[str]:
     """The lines klippy logs per MCU it identifies (klippy/mcu.py ``log_info``), in order."""
-    from pyinfra_ratos.sim.moonraker import mcu_connects  # moonraker imports this module
-
     lines = []
     for mcu in state.get("mcus", []):
         if not mcu_connects(mcu, state.get("services", {})):
@@ -207,8 +206,6 @@ def klippy_connect_lines(state: dict[str, Any]) -> list[str]:
 
 
 def klippy_start_lines(state: dict[str, Any]) -> list[str]:
-    from pyinfra_ratos.sim.moonraker import derive_klippy
-
     home = home_of(state)
     klipper_path = state.get("klipper_path", f"{home}/klipper")
     now = time.time()
@@ -267,6 +264,17 @@ def set_service_flag(name: str, active: bool, path: str | None) -> None:
         state.setdefault("services", {})[name] = "active" if active else "inactive"
 
 
+# (e_machine, ELF class) a Pi's userland executes
+_ELF_OF_ARCH = {"armhf": (40, 1), "aarch64": (183, 2)}
+
+
+def elf_runs_on(data: bytes, arch: str) -> bool:
+    """Whether the kernel of a Pi with this userland would execute this ELF (machine and class)."""
+    if len(data) < 20 or data[:4] != b"\x7fELF":
+        return False
+    return (int.from_bytes(data[18:20], "little"), data[4]) == _ELF_OF_ARCH.get(arch)
+
+
 def start_klipper_mcu(path: str | None) -> None:
     """Like the real unit, run the installed host-MCU binary: the MCUs served by klipper-mcu then
     report the dictionary embedded in it. Without an installed binary the scenario's firmware stays."""
@@ -274,9 +282,18 @@ def start_klipper_mcu(path: str | None) -> None:
 
     try:
         with open(KLIPPER_MCU_BINARY, "rb") as handle:
-            dictionary = find_dictionary(handle.read())
+            data = handle.read()
     except OSError:
-        dictionary = None
+        data = None
+    dictionary = find_dictionary(data) if data is not None else None
+    arch = pistate.load(path).get("arch", "armhf")
+    if data is not None and not elf_runs_on(data, arch):
+        # "Exec format error": the unit (Type=simple, so systemctl itself succeeds) fails with
+        # status=203/EXEC and no host MCU ever connects
+        with pistate.update(path) as state:
+            state.setdefault("services", {})["klipper-mcu"] = "inactive"
+            state["klipper_mcu_error"] = f"{KLIPPER_MCU_BINARY}: Exec format error (the Pi is {arch})"
+        return
     units.start_process("klipper-mcu", "root", path)
     with pistate.update(path) as state:
         state.setdefault("services", {})["klipper-mcu"] = "active"

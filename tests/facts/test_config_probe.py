@@ -21,7 +21,7 @@ from pyinfra_ratos.facts import remote
 from pyinfra_ratos.facts.config_state import ConfigState
 from pyinfra_ratos.facts.printer_files import MAX_TEXT_BYTES, PrinterFiles
 from pyinfra_ratos.facts.probe import SOURCE
-from pyinfra_ratos.klipper_config import SAVE_CONFIG_MARKER
+from pyinfra_ratos.printer.klipper_config import SAVE_CONFIG_MARKER
 from pyinfra_ratos.operations.backup import (
     EXCLUDED_DIRS,
     EXCLUDED_NAMES,

@@ -75,34 +75,44 @@ def derived(farm: RunningFarm, tmp_path: Path, body: str) -> Path:
 
 
 def rows(stdout: str) -> dict[str, list[list[str]]]:
+    """Each printer's line (first), then its board lines (indented under it)."""
     found: dict[str, list[list[str]]] = {}
+    current = None
     for line in stdout.splitlines():
         words = line.split()
         if words and words[0] in (*PIS, "st-gone"):
-            found.setdefault(words[0], []).append(words)
+            current = words[0]
+            found[current] = [words]
+        elif current and line.startswith("    ") and words:
+            found[current].append(words)
+        else:
+            current = None
     return found
 
 
-def test_status_shows_every_board_against_the_host_version_with_one_ssh_command_per_pi(farm: RunningFarm) -> None:
+def test_status_shows_every_board_against_the_pin_with_one_ssh_command_per_pi(farm: RunningFarm) -> None:
     before = ssh_commands(farm)
     done = status(farm)
     after = ssh_commands(farm)
     assert {pi: after[pi] - before[pi] for pi in PIS} == dict.fromkeys(PIS, 1)
-    assert done.returncode == 1, done.stdout + done.stderr  # st-behind and st-offline are not converged
+    assert done.returncode == 3, done.stdout + done.stderr  # st-behind and st-offline have changes pending
+    assert max(len(line) for line in done.stdout.splitlines()) <= 120
     table = rows(done.stdout)
     current = farm.info["versions"]["current"]["version"]
     old = farm.info["versions"]["old"]["version"]
-    assert [(r[5], r[6], r[7], r[8], r[9]) for r in table["st-current"]] == [
-        ("mcu", "btt-octopus-pro-h723-11", "1-1.1", "klipper", current),
-        ("toolboard_t0", "btt-ebb42-12", "1-1.2", "klipper", current),
+    assert done.stdout.splitlines()[0] == f"fleet pinned to Klipper {current}"
+    assert table["st-current"][0] == ["st-current", "online", "ready", "no", current, "at", "pin"]
+    assert table["st-current"][1:] == [
+        ["mcu", "btt-octopus-pro-h723-11", "1-1.1", "klipper", current, "at", "pin"],
+        ["toolboard_t0", "btt-ebb42-12", "1-1.2", "klipper", current, "at", "pin"],
     ]
-    assert all(" ".join(r[-3:]) == "up to date" for r in table["st-current"])
-    behind = table["st-behind"][0]
-    assert behind[:5] == ["st-behind", "yes", "online", behind[3], "yes"] and behind[9] == old
-    assert behind[-1] == "behind"
-    offline = table["st-offline"][0]
-    assert offline[1:3] == ["yes", "offline"] and offline[8] == "dfu" and offline[-1] == "unknown"
-    assert "3 printers: 1 converged, 2 not converged, 0 unreachable, 1 busy" in done.stdout
+    behind = table["st-behind"]
+    assert behind[0][:4] == ["st-behind", "online", behind[0][2], "yes"]
+    assert behind[1][4:] == [old, "behind"]
+    offline = table["st-offline"]
+    assert offline[0][1] == "offline" and offline[1][3] == "dfu" and offline[1][-1] == "unknown"
+    assert "3 printers: 1 converged, 2 behind the pin, 0 unreachable or unread, 1 busy" in done.stdout
+    assert "behind the pin: st-behind, st-offline" in done.stdout
 
 
 def test_a_converged_printer_alone_exits_0(farm: RunningFarm) -> None:
@@ -111,16 +121,30 @@ def test_a_converged_printer_alone_exits_0(farm: RunningFarm) -> None:
     assert list(rows(done.stdout)) == ["st-current"]
 
 
+def test_fail_on_busy_makes_a_busy_printer_behind_the_pin_exit_1(farm: RunningFarm) -> None:
+    assert status(farm, "--limit", "st-behind").returncode == 3
+    assert status(farm, "--limit", "st-behind", "--fail-on-busy").returncode == 1
+    assert status(farm, "--limit", "st-offline", "--fail-on-busy").returncode == 3  # idle: pending, not busy
+
+
+def test_status_reads_without_the_controllers_klipper_checkout(farm: RunningFarm, tmp_path: Path) -> None:
+    inventory = derived(farm, tmp_path, "pis = [(n, {**d, 'klipper_source': '/nonexistent/klipper-fleet'}) "
+                                        "for n, d in pis]")
+    done = status(farm, "--limit", "st-current", inventory=inventory)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "klipper_source" not in done.stderr
+
+
 def test_json_prints_each_pis_facts_and_its_summary(farm: RunningFarm) -> None:
     done = status(farm, "--json", "--limit", "st-behind", "--limit", "st-off*")
-    assert done.returncode == 1
+    assert done.returncode == 3
     found = json.loads(done.stdout)
     assert found["converged"] is False and sorted(found["hosts"]) == ["st-behind", "st-offline"]
+    assert found["behind"] == ["st-behind", "st-offline"] and found["exit_code"] == 3
     behind = found["hosts"]["st-behind"]
     assert behind["status"] == "ok" and behind["error"] == ""
     assert set(behind["facts"]) == {"boards", "klipper", "mcu_firmware", "activity", "network"}
     assert behind["facts"]["activity"]["busy"] is True
-    assert behind["facts"]["mcu_firmware"]["mcus"]["mcu"]["matches_host"] is False
     assert behind["summary"]["boards"][0]["firmware"] == "behind"
     assert found["hosts"]["st-offline"]["summary"]["network"] == "offline"
 
@@ -131,10 +155,9 @@ def test_an_unreachable_printer_is_reported_not_raised(farm: RunningFarm, tmp_pa
     done = status(farm, inventory=inventory)
     assert done.returncode == 1, done.stdout + done.stderr
     table = rows(done.stdout)
-    assert table["st-current"][0][-3:] == ["up", "to", "date"]
-    gone = table["st-gone"][0]
-    assert gone[1] == "no" and "unreachable:" in gone
-    assert "2 printers: 1 converged, 0 not converged, 1 unreachable" in done.stdout
+    assert table["st-current"][0][-2:] == ["at", "pin"]
+    assert table["st-gone"][0][-1] == "unknown" and "unreachable:" in done.stdout
+    assert "2 printers: 1 converged, 0 behind the pin, 1 unreachable or unread" in done.stdout
 
 
 def test_bad_inventory_values_are_each_one_line_and_nothing_runs_on_any_pi(farm: RunningFarm, tmp_path: Path) -> None:

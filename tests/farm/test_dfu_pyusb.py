@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import pyinfra_ratos
-from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.sim import farm as sim_farm
 
 from .conftest import RunningFarm, start_farm
@@ -79,7 +79,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
         running.ssh(PI, "python3 -m venv --without-pip ~/venv")
         site = running.ssh(PI, "ls -d ~/venv/lib/python3*/site-packages").stdout.strip()
         _scp_tar(running, Path(usb.__file__).parent.parent, "usb", site)
-        _scp_tar(running, Path(pyinfra_ratos.__file__).parent.parent, "pyinfra_ratos/dfu", site)
+        _scp_tar(running, Path(pyinfra_ratos.__file__).parent.parent, "pyinfra_ratos/firmware/dfu", site)
         yield running
     finally:
         sim_farm.down(state)
@@ -102,7 +102,7 @@ def builds(lab: RunningFarm) -> dict[str, tuple[str, bytes, str]]:
 
 
 def run_client(lab: RunningFarm, *argv: str) -> tuple[int, dict[str, Any], str]:
-    done = lab.ssh(PI, "sudo ~/venv/bin/python -m pyinfra_ratos.dfu " + " ".join(argv) + " 2>/tmp/dfu.err",
+    done = lab.ssh(PI, "sudo ~/venv/bin/python -m pyinfra_ratos.firmware.dfu " + " ".join(argv) + " 2>/tmp/dfu.err",
                    check=False)
     lines = done.stdout.strip().splitlines()
     return done.returncode, json.loads(lines[-1]) if lines else {}, lab.ssh(PI, "cat /tmp/dfu.err").stdout

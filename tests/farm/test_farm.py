@@ -215,7 +215,7 @@ def test_bad_scenario_is_refused_before_anything_starts(tmp_path: Path) -> None:
     scenario = tmp_path / "bad.toml"
     scenario.write_text('[[pi]]\nname = "vcore-01"\nstate = "printin"\n')
     result = subprocess.run(
-        [sys.executable, "-m", "pyinfra_ratos.cli", "sim", "up", str(scenario), "--state", str(tmp_path / "s")],
+        [sys.executable, "-m", "pyinfra_ratos.fleet.cli", "sim", "up", str(scenario), "--state", str(tmp_path / "s")],
         capture_output=True, text=True,
     )
     assert result.returncode == 2
@@ -233,8 +233,8 @@ def test_the_audit_deploy_prints_each_pi_and_board_in_one_command_per_pi(three_p
     before = {p["name"]: _ssh_commands(three_pis, p["name"]) for p in three_pis.info["pis"]}
     out = three_pis.pyinfra(str(deploy)).stdout
     current = three_pis.info["versions"]["current"]["version"]
-    assert re.search(rf"\[vcore-02\] klipper {current}\s+klippy ready\s+busy\s+online", out), out
-    assert re.search(r"\[vminion-01\] klipper \S+\s+klippy error\s+idle\s+offline", out), out
+    assert re.search(rf"\[vcore-02\] klipper {current} \(at pin\)\s+klippy ready\s+busy\s+online", out), out
+    assert re.search(r"\[vminion-01\] klipper \S+ \((at pin|behind)\)\s+klippy error\s+idle\s+offline", out), out
     assert re.search(r"\[vminion-01\]\s+1-1\.1\s+dfu\s+", out), out
     after = {p["name"]: _ssh_commands(three_pis, p["name"]) for p in three_pis.info["pis"]}
     assert all(after[name] - before[name] == 1 for name in before), (before, after)

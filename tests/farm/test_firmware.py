@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.builder import Builder, builds_made
-from pyinfra_ratos.catalog import load_catalog
-from pyinfra_ratos.kconfig import render_fragment
+from pyinfra_ratos.firmware.builder import Builder, builds_made
+from pyinfra_ratos.firmware.catalog import load_catalog
+from pyinfra_ratos.firmware.kconfig import render_fragment
 from pyinfra_ratos.operations import firmware
 from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim.klipper_repo import build_firmware

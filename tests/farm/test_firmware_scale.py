@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyinfra_ratos.builder import builds_made
+from pyinfra_ratos.firmware.builder import builds_made
 from pyinfra_ratos.sim import farm as sim_farm
 
 from .conftest import RunningFarm, start_farm

@@ -38,7 +38,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
         for name, machine_id in MACHINE_IDS.items():
             running.ssh(name, f"echo {machine_id} | sudo tee /etc/machine-id >/dev/null")
         first = ratos_fleet(running, running.inventory, base / "first")
-        assert first.returncode == 0, first.stdout + first.stderr
+        assert first.returncode in (0, 3), first.stdout + first.stderr  # converged, or changes made
         yield running
     finally:
         sim_farm.down(base / "state")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.bundle import BUNDLE_REF, BundleError, klipper_bundle
+from pyinfra_ratos.firmware.bundle import BUNDLE_REF, BundleError, klipper_bundle
 from pyinfra_ratos.operations.klipper import plan_checkout
 from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim.klipper_repo import create_template_repo

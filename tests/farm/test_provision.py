@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.klipper_config import split_save_config
+from pyinfra_ratos.printer.klipper_config import split_save_config
 from pyinfra_ratos.operations import backup
 from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim import pihome

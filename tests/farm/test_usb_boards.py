@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.catalog import load_catalog
+from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.sim import farm as sim_farm
 
 from .conftest import BOOTLOADER_REQUEST, RunningFarm, start_farm

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.catalog import Board, load_catalog
-from pyinfra_ratos.firmware_image import strip_elf
+from pyinfra_ratos.firmware.catalog import Board, load_catalog
+from pyinfra_ratos.firmware.image import strip_elf
 from pyinfra_ratos.sim.klipper_repo import build_firmware, create_template_repo
 
 CATALOG = load_catalog()

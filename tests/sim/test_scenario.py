@@ -74,7 +74,7 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_the_shipped_scenarios_are_valid() -> None:
-    from pyinfra_ratos.catalog import load_catalog
+    from pyinfra_ratos.firmware.catalog import load_catalog
 
     catalog = load_catalog()
     for path in (Path(__file__).parents[2] / "pyinfra_ratos" / "sim" / "scenarios").glob("*.toml"):

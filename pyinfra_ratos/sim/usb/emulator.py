@@ -28,7 +28,7 @@ gi.require_version("UMockdev", "1.0")
 from gi.repository import GLib, UMockdev  # noqa: E402
 
 from .. import pistate  # noqa: E402
-from . import descriptors, dfu  # noqa: E402
+from . import descriptors, dfu, picoboot  # noqa: E402
 from .firmware import Flash, boots, firmware_summary, parse_flash_map  # noqa: E402
 from .spec import BoardSpec, load  # noqa: E402
 
@@ -70,6 +70,7 @@ class Session:
         self.alive = True
         self.leaving = False
         self.dfu: dfu.DfuSe | None = None
+        self.picoboot: BoardBootrom | None = None
         self.baud = 250000
         self.dtr = True  # opening a Linux tty raises DTR
         self.pending: dict[Any, list[int]] = {}
@@ -88,6 +89,8 @@ class Session:
             self.dfu.on_leave = board.on_leave
             self.dfu.on_leave_request = lambda: board.on_leave_request(self)
             self.dfu.corrupt = board.corrupt
+        if mode == "rp2040-boot":
+            self.picoboot = BoardBootrom(board, self)
 
     @property
     def devnode(self) -> str:
@@ -113,6 +116,11 @@ class Session:
             return b""
         if request_type & 0x7F == 0x21 and self.dfu is not None:
             return self.dfu.request(request, value, data, length)[:length]
+        if request_type in (0x41, 0xC1) and self.picoboot is not None:  # PICOBOOT interface requests
+            try:
+                return self.picoboot.control(request_type, request, value, index, data or length)[:length]
+            except OSError:
+                raise dfu.Stall() from None
         if request_type == 0x21 and request == 0x20 and len(data) >= 4:  # CDC SET_LINE_CODING
             self.line_state(baud=int.from_bytes(data[:4], "little"))
             return b""
@@ -187,8 +195,20 @@ class Session:
                     actual = len(raw) - 8  # actual_length never counts the setup packet
             except dfu.Stall:
                 status = -errno.EPIPE
+        elif urb_type == 3 and self.picoboot is not None:  # bulk: PICOBOOT's endpoints 0x03 / 0x84
+            buffer = urb.resolve(16, length) if length else None
+            try:
+                if endpoint & 0x80:
+                    reply = self.picoboot.bulk_in(endpoint, length)
+                    if reply:
+                        buffer.update(0, reply)
+                    actual = len(reply)
+                else:
+                    actual = self.picoboot.bulk_out(endpoint, bytes(buffer.retrieve()) if buffer else b"")
+            except OSError:
+                status = -errno.EPIPE
         else:
-            return -1, errno.EIO  # no bulk/interrupt data path is emulated
+            return -1, errno.EIO  # no other bulk/interrupt data path is emulated
         urb.update(4, struct.pack("i", status))
         urb.update(28, struct.pack("i", actual))
         self.pending.setdefault(client, []).append(urb.client_addr)
@@ -243,6 +263,35 @@ class Session:
                 self.line_state(baud=baud)
             return ret, err
         return None  # forward to the pty
+
+
+class BoardBootrom(picoboot.Bootrom):
+    """The PICOBOOT side of an RP2040 in BOOTSEL, writing the board's own flash file; after REBOOT
+    the board boots what it holds (``no-return-after-leave``: it never comes back)."""
+
+    def __init__(self, board: Board, session: Session) -> None:
+        super().__init__(faults=tuple(board.faults()), flash=bytearray())
+        self.board, self.session = board, session
+
+    def read(self, address: int, size: int) -> bytes:
+        return self.board.flash.read(address, size)
+
+    def erase(self, address: int, length: int) -> None:
+        for at in range(address, address + length, picoboot.SECTOR):
+            found = self.board.flash.sector_at(at)
+            if found is not None:
+                self.board.flash.erase(found[0])
+
+    def program(self, address: int, data: bytes) -> str | None:
+        return self.board.flash.program(address, data)
+
+    def on_reboot(self) -> None:
+        self.board.log("picoboot-reboot")
+        if "no-return-after-leave" in self.faults:
+            self.board.log("no-reenumerate")
+            self.board.bus.later(0.5, self.board.bus.unplug, self.board)
+            return
+        self.board.bus.later(0.5, self.board.unplug_then, "app", self.session)
 
 
 class Board:

@@ -6,13 +6,17 @@ Stdlib only (the emulator runs under Debian's python3).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 MODES = ("klipper", "dfu", "katapult", "can-bridge", "rp2040-boot", "absent")
 FAULTS = (
     "dfu-exit-74", "dfu-exit-251", "no-reenumerate", "stuck-dfu",
     "ignore-bootloader-request", "slow-erase", "corrupt-write",
+    "no-return-after-leave",  # RP2040 BOOTSEL: the REBOOT is accepted, the board never comes back
 )
+# RP2040 BOOTSEL: the N-th PICOBOOT WRITE (from 1) fails with a flash error
+TRANSFER_ERROR = re.compile(r"transfer-error-block-[1-9][0-9]*")
 
 # alt-0 string and wTransferSize of the ROM DFU, by MCU prefix (longest prefix wins)
 ROM_DFU = {
@@ -65,7 +69,7 @@ def board_from_dict(raw: dict) -> BoardSpec:
     mode = raw.get("mode", "klipper")
     faults = list(raw.get("faults", []))
     for value, allowed, what in ((mode, MODES, "mode"),) + tuple((f, FAULTS, "fault") for f in faults):
-        if value not in allowed:
+        if value not in allowed and not (what == "fault" and TRANSFER_ERROR.fullmatch(value)):
             raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
     bootloader = raw.get("bootloader")
     return BoardSpec(

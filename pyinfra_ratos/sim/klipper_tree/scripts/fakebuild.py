@@ -16,6 +16,8 @@ Image layout (at the application address APP), shared with the USB board emulato
   the emulator checks to tell whether an image starts where it was flashed.
   The filler never contains the bytes 78 DA nor "KRST", so the first zlib header in a file is the
   dict's and the only handler mark is the real one.
+A Linux build is an ELF for the compiler's CPU: CROSS_PREFIX (arm-linux-gnueabihf-: ARM ELF32
+hard-float; aarch64-linux-gnu-: AArch64 ELF64), else the machine's own (`uname -m`).
 klipper.elf carries debug strings naming the build directories (as -ggdb3 does) after its
 segments, and a Linux build a GNU build id computed over the whole file (as Debian's ld does):
 two builds of one tree and config in different directories differ there and only there.
@@ -216,38 +218,65 @@ def build_image(config, config_text, dict_bytes, app):
     return image + b"\0" * (-len(image) % 8), app + handler + 1
 
 
-def write_elf(path, machine, flags, entry, segments, debug=b"", build_id=False):
-    """ELF32: the segments, then a GNU build-id note (if asked) and the debug strings, with a
-    section table naming .debug_str as a linker writes it."""
-    header_size, phdr_size, shdr_size = 52, 32, 40
+def write_elf(path, machine, flags, entry, segments, debug=b"", build_id=False, elf_class=1):
+    """ELF32 or ELF64 (``elf_class`` 2): the segments, then a GNU build-id note (if asked) and the
+    debug strings, with a section table naming .debug_str as a linker writes it."""
+    wide = elf_class == 2
+    header_size, phdr_size, shdr_size = (64, 56, 64) if wide else (52, 32, 40)
+    phdr = (lambda t, off, addr, size, fl, al: struct.pack("<IIQQQQQQ", t, fl, off, addr, addr, size, size, al)) \
+        if wide else (lambda t, off, addr, size, fl, al: struct.pack("<IIIIIIII", t, off, addr, addr, size, size, fl, al))
+    shdr = (lambda name, t, fl, off, size, al: struct.pack("<IIQQQQIIQQ", name, t, fl, 0, off, size, 0, 0, al, 1 if fl else 0)) \
+        if wide else (lambda name, t, fl, off, size, al: struct.pack("<IIIIIIIIII", name, t, fl, 0, off, size, 0, 0, al, 1 if fl else 0))
     phnum = len(segments) + (1 if build_id else 0)
     offset = header_size + phdr_size * phnum
     phdrs, payload = b"", b""
     for address, data in segments:
-        phdrs += struct.pack("<IIIIIIII", 1, offset + len(payload), address, address,
-                             len(data), len(data), 5, 4)
+        phdrs += phdr(1, offset + len(payload), address, len(data), 5, 4)
         payload += data + b"\0" * (-len(data) % 4)
     note_at = offset + len(payload)
     note = struct.pack("<III", 4, 20, 3) + b"GNU\0" + b"\0" * 20 if build_id else b""
     if build_id:
-        phdrs += struct.pack("<IIIIIIII", 4, note_at, 0, 0, len(note), len(note), 4, 4)
+        phdrs += phdr(4, note_at, 0, len(note), 4, 4)
     debug += b"\0" * (-len(debug) % 4)
     names = b"\0.debug_str\0.shstrtab\0"
     names += b"\0" * (-len(names) % 4)
     debug_at = note_at + len(note)
     names_at = debug_at + len(debug)
     shoff = names_at + len(names)
-    sections = b"\0" * shdr_size
-    sections += struct.pack("<IIIIIIIIII", 1, 1, 0x30, 0, debug_at, len(debug), 0, 0, 1, 1)
-    sections += struct.pack("<IIIIIIIIII", 12, 3, 0, 0, names_at, len(names), 0, 0, 1, 0)
-    ident = b"\x7fELF" + bytes([1, 1, 1, 0]) + b"\0" * 8
-    header = struct.pack("<16sHHIIIIIHHHHHH", ident, 2, machine, 1, entry, header_size, shoff, flags,
+    shoff += -shoff % 8
+    sections = b"\0" * shdr_size + shdr(1, 1, 0x30, debug_at, len(debug), 1) + shdr(12, 3, 0, names_at, len(names), 1)
+    ident = b"\x7fELF" + bytes([elf_class, 1, 1, 0]) + b"\0" * 8
+    layout = "<16sHHIQQQIHHHHHH" if wide else "<16sHHIIIIIHHHHHH"
+    header = struct.pack(layout, ident, 2, machine, 1, entry, header_size, shoff, flags,
                          header_size, phdr_size, phnum, shdr_size, 3, 2)
-    data = bytearray(header + phdrs + payload + note + debug + names + sections)
+    body = header + phdrs + payload + note + debug + names
+    data = bytearray(body + b"\0" * (shoff - len(body)) + sections)
     if build_id:
         data[note_at + 16:note_at + 36] = hashlib.sha1(bytes(data)).digest()
     with open(path, "wb") as handle:
         handle.write(bytes(data))
+
+
+# What a Linux build's compiler makes: CROSS_PREFIX (Klipper's Makefile: CC=$(CROSS_PREFIX)gcc)
+# names Debian's cross compiler; without it the machine's own gcc builds for `uname -m`.
+# (load address, e_machine, ELF class, e_flags)
+LINUX_TARGETS = {
+    "arm-linux-gnueabihf-": (LINUX_LOAD_ADDRESS, 40, 1, 0x05000400),
+    "aarch64-linux-gnu-": (0x400000, 183, 2, 0),
+    "x86_64-linux-gnu-": (0x400000, 62, 2, 0),
+}
+NATIVE_PREFIX = {"armv7l": "arm-linux-gnueabihf-", "armv8l": "arm-linux-gnueabihf-",
+                 "aarch64": "aarch64-linux-gnu-", "x86_64": "x86_64-linux-gnu-"}
+
+
+def linux_target():
+    prefix = os.environ.get("CROSS_PREFIX", "")
+    if not prefix:
+        machine = _output(["uname", "-m"]) or os.uname().machine  # a virtual Pi's stand-in answers
+        prefix = NATIVE_PREFIX.get(machine, "")
+    if prefix not in LINUX_TARGETS:
+        raise BuildError("%sgcc: not found" % (prefix or "gcc for %s " % os.uname().machine))
+    return LINUX_TARGETS[prefix]
 
 
 def read_elf_segments(path):
@@ -286,8 +315,9 @@ def cmd_link(config_path, dict_path, elf_path):
     with open(dict_path, "rb") as handle:
         dict_bytes = handle.read()
     arch = arch_of(config)
+    elf_class = 1
     if arch == "linux":
-        app, machine, flags = LINUX_LOAD_ADDRESS, 40, 0x05000400
+        app, machine, elf_class, flags = linux_target()
     elif arch == "avr":
         app, machine, flags = 0, 83, 0
     else:
@@ -299,8 +329,8 @@ def cmd_link(config_path, dict_path, elf_path):
         segment = (RP2040_FLASH_BASE, stage2() + b"\0" * (app - RP2040_FLASH_BASE - 256) + image)
     # what -ggdb3 leaves in the ELF: the compilation directory and the output directory
     debug = ("DW_AT_comp_dir=%s\0DW_AT_name=%s\0" % (os.getcwd(), os.path.abspath(elf_path))).encode()
-    write_elf(elf_path, machine, flags, reset if machine == 40 else 0, [segment], debug,
-              build_id=arch == "linux")
+    write_elf(elf_path, machine, flags, reset if arch != "avr" else 0, [segment], debug,
+              build_id=arch == "linux", elf_class=elf_class)
 
 
 def cmd_bin(elf_path, bin_path):
