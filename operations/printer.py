@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
+from copy import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -236,6 +237,12 @@ def covers(files: Mapping[str, Any] | None, query: Mapping[str, Sequence[str]]) 
             and all(target in files.get("includes", {}) for target in query.get("includes", ())))
 
 
+def _printer_data() -> dict[str, Any]:
+    """The current host's printer keys (one pass over its data, not one lookup per key)."""
+    data = host.data.dict()
+    return {key: copy(data[key]) for key in pm.DATA_KEYS if data.get(key) is not None}
+
+
 def config_files_query(
     printer: Mapping[str, Any] | None = None, generated_file: str = "RatOS.cfg", user_file: str = "printer.cfg",
     templates: str | None = None, catalog: Mapping[str, Board] | None = None,
@@ -243,8 +250,7 @@ def config_files_query(
     """What :func:`config` will read for the host (``PrinterFiles`` arguments), so that a caller
     can read it in one fact shared with other operations; None when the host's printer data or
     templates do not render (the operation, reading for itself, reports why)."""
-    data = dict(printer) if printer is not None else {k: host.data.get(k) for k in pm.DATA_KEYS
-                                                     if host.data.get(k) is not None}
+    data = dict(printer) if printer is not None else _printer_data()
     try:
         spec = pm.parse_printer_data(host.name, data, catalog if catalog is not None else load_catalog())
         # the includes do not depend on the serial paths: render with a stand-in, reading no USB
@@ -335,8 +341,7 @@ def config(
         if "/" in name or not name.endswith(".cfg") or kc.value_problem(name):
             raise OperationValueError(f"{label}={name!r}: a plain file name ending in .cfg")
 
-    data = dict(printer) if printer is not None else {k: host.data.get(k) for k in pm.DATA_KEYS
-                                                     if host.data.get(k) is not None}
+    data = dict(printer) if printer is not None else _printer_data()
     template_dir = templates or data.get("printer_templates")
     try:
         spec = pm.parse_printer_data(host.name, data, catalog if catalog is not None else load_catalog())

@@ -179,7 +179,9 @@ def _fleet(args: argparse.Namespace, execute: bool) -> int:
     logger = logging.getLogger("pyinfra")
     handler = log_handler(out, WIDTH, verbose=args.verbose > 0, diff=getattr(args, "diff", False))
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    # the handler shows nothing below INFO (diffs and -v lines are INFO): a lower level would only
+    # build a record for each of pyinfra's debug lines (16 a printer) for the handler to drop
+    logger.setLevel(logging.INFO)
     propagate, logger.propagate = logger.propagate, False
     progress = Progress(out, total=0) if execute else None
     try:

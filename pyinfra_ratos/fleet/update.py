@@ -35,7 +35,7 @@ from pyinfra.api.state import MAX_PARALLEL, State
 from gevent.lock import Semaphore
 
 from pyinfra_ratos.fleet import report as reports
-from pyinfra_ratos.run import greenlet_state, prefetch, results
+from pyinfra_ratos.run import greenlet_state, prefetch, pyinfra_costs, results
 from pyinfra_ratos.fleet import interrupts, window
 from pyinfra_ratos.firmware.bundle import describe
 from pyinfra_ratos.firmware.catalog import load_catalog
@@ -225,6 +225,7 @@ def run_fleet(
     """
     window_size = max(1, max_in_flight or batch_size or DEFAULT_WINDOW)
     greenlet_state.install()  # one State per printer, several at once
+    pyinfra_costs.install()
     if should_stop is None:
         should_stop = _stop_flag
     override = {"attended_flash": True} if attended_flash else {}
@@ -348,12 +349,14 @@ class _Printer:
         # one printer plans at a time: planning is controller CPU (no greenlet switch is lost) and
         # the firmware builder then sees the artifact an earlier printer built instead of building it again
         self.planning = Semaphore(1)
+        self.fleet_run = results.FleetRun()  # twins seen across the printers' States
 
     def run(self, name: str) -> dict[str, Any]:
         """The report fields of the printer's entry (``status`` included)."""
         started = time.monotonic()
         results.RUN.pop(name, None)
         state = fleet_api.make_state(_printer_inventory(self.inventory, name, self.groups.get(name, [])))
+        state.fleet_run = self.fleet_run  # type: ignore[attr-defined]
         if self.progress is not None:
             state.add_callback_handler(self.progress)
         not_run: dict[str, str] = {}
@@ -454,6 +457,7 @@ def _prefetcher(state: State) -> Callable[[Any], None]:
     def one(host: Any) -> None:
         with ctx_state.use(state), ctx_host.use(host):
             reads = update_reads()  # pure Python: no other greenlet runs meanwhile
+        prefetch.put_reads(host.name, reads)
         for fact, kwargs in reads:
             try:
                 value = get_fact(state, host, fact, kwargs=kwargs)
