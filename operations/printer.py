@@ -15,6 +15,7 @@ Files in the config folder (``~/printer_data/config``), RatOS's split:
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import shlex
 from copy import copy
@@ -237,6 +238,10 @@ def covers(files: Mapping[str, Any] | None, query: Mapping[str, Sequence[str]]) 
             and all(target in files.get("includes", {}) for target in query.get("includes", ())))
 
 
+# the template context (stand-in serials) -> the files the packaged templates include
+_PACKAGED_INCLUDES: dict[str, list[str]] = {}
+
+
 def _printer_data() -> dict[str, Any]:
     """The current host's printer keys (one pass over its data, not one lookup per key)."""
     data = host.data.dict()
@@ -257,11 +262,21 @@ def config_files_query(
         stand_in = {e.mcu_name: "/dev/serial/by-id/stand-in" for e in spec.boards}
         context = {**pm.template_context(spec, stand_in), "generated": generated_file}
         template_dir = templates or data.get("printer_templates")
-        texts = [render(name, context, template_dir) for name in ("RatOS.cfg.j2", "printer.cfg.j2")]
+        # the packaged templates do not change while the process runs: printers with the same
+        # model and boards (most of a farm) include the same files, rendered once
+        key = None if template_dir else json.dumps(context, sort_keys=True, default=str)
+        includes = _PACKAGED_INCLUDES.get(key) if key else None
+        if includes is None:
+            texts = [render(name, context, template_dir) for name in ("RatOS.cfg.j2", "printer.cfg.j2")]
+            includes = [t for text in texts for t in kc.include_targets(text)
+                        if not kc.is_glob(t) and t != generated_file]
+            if key:
+                if len(_PACKAGED_INCLUDES) > 256:
+                    _PACKAGED_INCLUDES.clear()
+                _PACKAGED_INCLUDES[key] = includes
     except (pm.PrinterDataError, TemplateRenderError):
         return None
-    includes = [t for text in texts for t in kc.include_targets(text) if not kc.is_glob(t) and t != generated_file]
-    return files_query(generated_file, user_file, includes)
+    return files_query(generated_file, user_file, list(includes))
 
 
 def printer_busy(url: str, activity: Mapping[str, Any] | None = None) -> bool:

@@ -232,6 +232,7 @@ def run_fleet(
     inventory = fleet_api.load_inventory(inventory_path, limit=limit, override_data=override)
     validate_inventory(fleet_api.host_data(inventory), fleet_api.override_data(inventory), load_catalog(),
                        require=("firmware", "printer", "provision"))
+    pyinfra_costs.freeze_inventory_data(inventory)  # loaded once, read per operation of every printer
     data = fleet_api.host_data(inventory)
     commits = {d.get("klipper_commit") for d in data.values()}
     pinned = commits.pop() if len(commits) == 1 else None
