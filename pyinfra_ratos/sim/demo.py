@@ -34,7 +34,8 @@ def run_demo(main: Callable[[list[str]], int], keep: bool = False) -> int:
         print(f"\n== 3. ratos-fleet plan {inventory}   (changes nothing)", flush=True)
         main(["plan", inventory, "--max-in-flight", "3"])
         report = state / "report"
-        print(f"\n== 4. ratos-fleet update {inventory} --max-in-flight 3 --report {report}", flush=True)
+        # a window of 3 printers in flight; the line continued so that it fits 120 columns
+        print(f"\n== 4. ratos-fleet update {inventory} --max-in-flight 3 \\\n       --report {report}", flush=True)
         code = main(["update", inventory, "--max-in-flight", "3", "--report", str(report)])
         print(f"\n== 5. ratos-fleet status {inventory}   (after the update)", flush=True)
         main(["status", inventory])
