@@ -132,6 +132,15 @@ def provision_run(inventory: Path) -> Run:
     return timed([str(BIN / "pyinfra"), "-y", str(inventory), str(PROVISION)])
 
 
+def _down(state: Path) -> None:
+    """Stop the farm; a Pi whose processes outlive the wait (the machine loaded) costs a warning,
+    not the figures already measured."""
+    try:
+        farm.down(state)
+    except Exception as error:  # noqa: BLE001 - the figures matter more than a slow teardown
+        print(f"warning: farm down: {error}", file=sys.stderr, flush=True)
+
+
 def measure(size: int, tmp: Path) -> dict[str, Any]:
     scenario = tmp / "farm.toml"
     scenario.write_text(scenario_text(size))
@@ -174,7 +183,7 @@ def measure(size: int, tmp: Path) -> dict[str, Any]:
             if run.rc:
                 print(f"warning: {label} exited {run.rc}:\n{run.tail}", file=sys.stderr)
     finally:
-        farm.down(state)
+        _down(state)
     return {
         "pis": size,
         "farm_up_s": round(up_s, 1),
@@ -228,7 +237,7 @@ def throughput(pis: int, window: int, tmp: Path) -> dict[str, Any]:
         try:
             run = fleet_run(state / "inventory.py", window, mode == "barriers", folder / "report")
         finally:
-            farm.down(state)
+            _down(state)
         report = json.loads((folder / "report/report.json").read_text())
         times = sorted(p["duration_s"] for p in report["printers"])
         slow = [p["duration_s"] for p in report["printers"] if int(p["host"].rsplit("-", 1)[1]) % 10 == 5]
@@ -312,21 +321,26 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     flow = None
+    # the machine is shared (other farms, other work): the load average is part of every figure
+    load: dict[str, Any] = {"start": [round(x, 2) for x in os.getloadavg()]}
     if args.throughput:
         # overlayfs refuses ':' ',' and spaces in the state dir: a plain /tmp path
         with tempfile.TemporaryDirectory(prefix="ratos-bench-window-") as tmp:
             flow = throughput(args.throughput, args.window, Path(tmp))
+        load["after_throughput"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(flow), file=sys.stderr, flush=True)
     for size in (int(s) for s in args.sizes.split(",") if s):
         with tempfile.TemporaryDirectory(prefix="ratos-bench-fleet-") as tmp:
             rows.append(measure(size, Path(tmp)))
+        load[f"after_{size}"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if rows:
         print(table(rows))
     if flow:
         print(throughput_table(flow))
+    print(f"load average (1, 5, 15 min): {load}")
     if args.json:
-        args.json.write_text(json.dumps({"sizes": rows, "throughput": flow}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"sizes": rows, "throughput": flow, "load_average": load}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
