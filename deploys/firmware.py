@@ -169,7 +169,7 @@ def _prepare_uploads(steps: list[BoardStep]) -> list[tuple[FlashPlan, str]]:
             if artifacts is None:
                 artifacts = host.get_fact(FirmwareArtifacts)
             firmware.upload(name="Upload the firmware", artifact=built, present=artifacts.get(built.identity.name))
-        if plan.method == "pyusb" and not client_checked:
+        if plan.needs_client and not client_checked:
             client_checked = True
             firmware.dfu_client(name="Install the pyusb DFU client",
                                 present=host.get_fact(FileContents, path=firmware.DFU_CLIENT_STAMP))

@@ -26,7 +26,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
 
-from pyinfra_ratos.firmware import dfu
+from pyinfra_ratos.firmware import dfu, picoboot
 from pyinfra_ratos.firmware import agent as flash_agent
 from pyinfra_ratos.firmware import methods
 from pyinfra_ratos.firmware.builder import DEFAULT_CACHE, BuiltArtifact
@@ -41,15 +41,16 @@ def agent_source() -> str:
     """The printer agent as shipped: ``firmware/agent.py`` with the Pi side (``pi_source``) of every
     registered flash method that brings its own runner, inserted before the agent's entry point."""
     text = Path(flash_agent.__file__).read_text(encoding="utf-8")
-    extra = [Path(method.pi_source).read_text(encoding="utf-8")
-             for method in methods.METHODS.values() if method.pi_source]
+    extra = [Path(source).read_text(encoding="utf-8") for method in methods.METHODS.values()
+             for source in ((method.pi_source,) if isinstance(method.pi_source, str) else method.pi_source or ())]
     if not extra:
         return text
     head, guard, tail = text.rpartition(_MAIN_GUARD)
     return head + "\n\n".join(extra) + "\n\n" + guard + tail
 # the sha256 of the installed client bundle, written last: no stamp, no (complete) client
 DFU_CLIENT_STAMP = f"{DFU_CLIENT_VENV}/pyinfra-ratos-dfu.sha256"
-_CLIENT_INIT = b'"""pyinfra-ratos on a Pi: only the pyusb DFU client (pyinfra_ratos.firmware.dfu) is installed here."""\n'
+_CLIENT_INIT = (b'"""pyinfra-ratos on a Pi: only the pyusb clients (pyinfra_ratos.firmware.dfu, .picoboot) are '
+                b'installed here."""\n')
 
 
 def artifact_path(artifact: BuiltArtifact, name: str | None = None) -> str:
@@ -236,7 +237,8 @@ def dfu_client_bundle() -> tuple[bytes, str]:
     """(tar.gz bytes, sha256) of what the client venv's site-packages must hold.
 
     ``usb/`` is the controller's own pyusb (pure Python; the Pi needs only its libusb) and
-    ``pyinfra_ratos/firmware/dfu/`` the client, under stub package ``__init__.py`` files: nothing on
+    ``pyinfra_ratos/firmware/dfu/`` and ``picoboot/`` the clients (DfuSe, RP2040 PICOBOOT), under
+    stub package ``__init__.py`` files: nothing on
     the Pi is ever fetched from the network. The tar is reproducible (sorted names, no
     timestamps or owners), so its sha256 says whether the Pi already has this exact client.
     """
@@ -244,7 +246,9 @@ def dfu_client_bundle() -> tuple[bytes, str]:
 
     members: list[tuple[str, bytes]] = [("pyinfra_ratos/__init__.py", _CLIENT_INIT),
                                         ("pyinfra_ratos/firmware/__init__.py", _CLIENT_INIT)]
-    for package, prefix in ((Path(usb.__file__).parent, "usb"), (Path(dfu.__file__).parent, "pyinfra_ratos/firmware/dfu")):
+    for package, prefix in ((Path(usb.__file__).parent, "usb"),
+                            (Path(dfu.__file__).parent, "pyinfra_ratos/firmware/dfu"),
+                            (Path(picoboot.__file__).parent, "pyinfra_ratos/firmware/picoboot")):
         members += [(f"{prefix}/{path.relative_to(package).as_posix()}", path.read_bytes())
                     for path in _python_files(package)]
     buffer = io.BytesIO()
@@ -272,7 +276,8 @@ def _dfu_client_tarball() -> tuple[str, str]:
 @operation()
 def dfu_client(present: Sequence[str] | str | None = None):
     """
-    Install the pyusb DFU client (``pyinfra_ratos.firmware.dfu``) in a venv on the Pi, for ``backend="pyusb"``.
+    Install the pyusb clients (``pyinfra_ratos.firmware.dfu`` and ``.picoboot``) in a venv on the Pi, for
+    ``backend="pyusb"`` DFU boards and for RP2040 boards (PICOBOOT).
 
     + present: what the Pi's stamp file holds (``host.get_fact(FileContents, path=DFU_CLIENT_STAMP)``)
 

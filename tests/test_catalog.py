@@ -47,8 +47,20 @@ def test_stm32_usb_boards_keep_their_crystal_and_serial_in_the_fragment() -> Non
         if board.is_stm32 and board.interface == "usb":
             assert "CONFIG_LOW_LEVEL_OPTIONS=y" in board.kconfig
             assert f'CONFIG_USB_SERIAL_NUMBER="{board.id}"' in board.kconfig
-            assert board.usb == {"klipper": "1d50:614e", "dfu": "0483:df11"}
+            katapult = {"katapult": "1d50:6177"} if "katapult" in board.flash_methods else {}
+            assert board.usb == {"klipper": "1d50:614e", "dfu": "0483:df11", **katapult}
             assert board.dfu_flash_map.startswith("@Internal Flash")
+
+
+def test_katapult_variants_start_where_katapult_lets_the_application_start() -> None:
+    # Arksine/katapult src/stm32/Kconfig: 8 KiB on G0, 32 KiB (default) on F4, 128 KiB on H7
+    expected = {"btt-manta-m8p-11-katapult": 0x08002000, "btt-octopus-pro-446-katapult": 0x08008000,
+                "btt-octopus-pro-h723-11-katapult": 0x08020000}
+    for board_id, address in expected.items():
+        board = get_board(board_id)
+        assert (board.app_address, board.flash_methods) == (address, ("katapult", "dfu"))
+        plain = get_board(board_id.removesuffix("-katapult"))
+        assert (board.mcu, board.mcu_part, board.dfu_flash_map) == (plain.mcu, plain.mcu_part, plain.dfu_flash_map)
 
 
 def test_derived_facts_of_known_boards() -> None:

@@ -5,6 +5,7 @@ Tests of design.md section 3 are named after the rule they protect.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from typing import Any
@@ -367,10 +368,18 @@ def test_board_not_on_usb_is_refused(artifact) -> None:
     assert "nothing is attached at USB port 1-1.9" in plan(H723, artifact(H723), port="1-1.9").reason
 
 
-def test_board_in_katapult_is_not_supported_yet(artifact) -> None:
+def test_board_in_katapult_is_flashed_through_katapult(artifact) -> None:
+    katapult = {**klipper_usb(H723), "mode": "katapult", "vid_pid": "1d50:6177"}
+    board = dataclasses.replace(H723, flash_methods=("katapult", "dfu"))
+    result = plan(board, artifact(board), attached={"1-1.3": katapult})
+    assert (result.action, result.method, result.port) == ("flash", "katapult", "1-1.3")
+    assert not any(type(step).__name__ == "RequestBootloader" for step in result.steps)
+
+
+def test_board_without_katapult_found_in_katapult_is_refused(artifact) -> None:
     katapult = {**klipper_usb(H723), "mode": "katapult", "vid_pid": "1d50:6177"}
     result = plan(H723, artifact(H723), attached={"1-1.3": katapult})
-    assert result.refused and "Katapult" in result.reason and "not supported yet" in result.reason
+    assert result.refused and "katapult mode" in result.reason and "is the board id right" in result.reason
 
 
 def test_can_board_is_not_supported_yet(artifact) -> None:
@@ -379,13 +388,57 @@ def test_can_board_is_not_supported_yet(artifact) -> None:
     assert result.refused and "not supported yet" in result.reason
 
 
-def test_rp2040_is_not_supported_yet(artifact) -> None:
+def test_an_rp2040_running_klipper_is_requested_into_bootsel_by_port_and_written_over_picoboot(artifact) -> None:
     pico = CATALOG["rpi-pico"]
     result = plan(pico, artifact(pico), attached={"1-1.3": klipper_usb(pico)})
-    assert result.refused and "RP2040" in result.reason
+    assert (result.action, result.method, result.port) == ("flash", "rp2040", "1-1.3")
+    assert [type(step).__name__ for step in result.steps] == [
+        "EnsureIdle", "StopKlipper", "RequestBootloader", "WaitBootsel", "PicobootWrite", "WaitKlipper"]
+    write = result.steps[4]
+    assert write.port == "1-1.3" and write.image.endswith("klipper.uf2") and write.capture_limit == 2 * 1024 * 1024
+    assert result.needs_client  # the PICOBOOT client runs from the pyusb venv on the Pi
+
+
+@pytest.mark.parametrize("board_id", ["rpi-pico", "btt-skr-pico-10"])
+def test_an_rp2040_found_in_bootsel_is_written_without_a_request(artifact, board_id: str) -> None:
+    board = CATALOG[board_id]
+    bootsel = {**klipper_usb(board), "vid_pid": "2e8a:0003", "mode": "rp2040-boot", "mcu": "rp2040", "tty": None,
+               "by_id": None, "board_id": None}
+    result = plan(board, artifact(board), attached={"1-1.3": bootsel}, port="1-1.3")
+    assert (result.action, result.method) == ("flash", "rp2040"), result.reason
+    assert "RequestBootloader" not in [type(step).__name__ for step in result.steps]
+
+
+def test_an_rp2350_in_bootsel_is_not_taken_for_an_rp2040(artifact) -> None:
+    pico = CATALOG["rpi-pico"]
+    bootsel = {**klipper_usb(pico), "vid_pid": "2e8a:000f", "mode": "rp2040-boot", "mcu": "rp2350", "tty": None}
+    result = plan(pico, artifact(pico), attached={"1-1.3": bootsel}, port="1-1.3")
+    assert result.refused and "rp2350" in result.reason and "wrong board id or port" in result.reason
 
 
 def test_dfu_device_that_looks_like_another_board_is_refused(artifact) -> None:
     attached = {"1-1.3": dfu_usb(EBB, "1-1.3")}
     result = plan(H723, artifact(H723), attached=attached, port="1-1.3")
     assert result.refused and "looks like" in result.reason
+
+
+def test_a_katapult_board_running_klipper_is_requested_into_katapult_by_port(artifact) -> None:
+    board = CATALOG["btt-octopus-pro-h723-11-katapult"]
+    result = plan(board, artifact(board), attached={"1-1.4": klipper_usb(board, "1-1.4")})
+    assert (result.action, result.method, result.port) == ("flash", "katapult", "1-1.4")
+    names = [type(step).__name__ for step in result.steps]
+    assert names == ["EnsureIdle", "StopKlipper", "RequestBootloader", "WaitKatapult", "KatapultWrite", "WaitKlipper"]
+    write = result.steps[4]
+    assert (write.address, write.port, write.mcu) == (0x08020000, "1-1.4", "stm32h723xx")
+
+
+def test_a_katapult_board_found_in_rom_dfu_is_written_over_dfu(artifact) -> None:
+    board = CATALOG["btt-octopus-pro-446-katapult"]
+    result = plan(board, artifact(board), attached={"1-1.3": dfu_usb(board, "1-1.3")}, port="1-1.3")
+    assert (result.action, result.method) == ("flash", "dfu-util")
+
+
+def test_katapult_over_can_is_still_refused_by_name(artifact) -> None:
+    can = CATALOG["btt-ebb36-12-can"]
+    result = plan(can, artifact(can), attached={})
+    assert result.refused and "flashing a can board through katapult is not supported yet" in result.reason

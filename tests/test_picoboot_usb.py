@@ -69,3 +69,22 @@ def test_a_board_that_never_returns_after_the_reboot_is_gone_from_usb(bus, uf2) 
     status, answer, _ = picoboot(running, "flash", "--port", "1-1.3", "--image", path)
     assert status == 0 and answer["read_back_ok"]  # written and read back right: the reboot is what fails
     usb.wait_for_mode(running.state_dir, "1-1.3", "absent")
+
+
+@needs_emulator
+def test_what_a_board_ran_is_read_until_erased_and_written_back_as_a_flat_image(bus, uf2, tmp_path: Path) -> None:
+    path, data, version = uf2
+    running = bus(bootsel("1-1.3"))
+    assert picoboot(running, "flash", "--port", "1-1.3", "--image", path, "--no-reboot")[0] == 0
+    kept = tmp_path / "kept.bin"
+    status, answer, err = picoboot(running, "read", "--port", "1-1.3", "--length", str(2 * 1024 * 1024),
+                                   "--out", str(kept), "--until-erased")
+    _first, flat = image_of(uf2_pages(data))
+    assert status == 0 and answer["length"] == 64 * 1024, (answer, err)  # stopped at the first erased 64 KiB
+    assert kept.read_bytes()[:len(flat)] == flat
+    (tmp_path / "other.bin").write_bytes(b"\0" * 4096)  # something else written over it
+    assert picoboot(running, "flash", "--port", "1-1.3", "--image", str(tmp_path / "other.bin"), "--no-reboot")[0] == 0
+    status, answer, err = picoboot(running, "flash", "--port", "1-1.3", "--image", str(kept))  # the rollback
+    assert status == 0 and answer["read_back_ok"], (answer, err)
+    assert running.flash("1-1.3")[:len(flat)] == flat
+    assert usb.wait_for_mode(running.state_dir, "1-1.3", "klipper")["version"] == version

@@ -242,6 +242,18 @@ def usb_id(port: str) -> tuple[str, str] | None:
         return None
 
 
+# what a board's USB id says of it, in the report's words; methods' Pi sources add their bootloaders
+USB_STATES: dict[tuple[str, str], str] = {KLIPPER_ID: "running Klipper", DFU_ID: "in DFU"}
+
+
+def usb_state(port: str) -> str:
+    """The board's state on ``port`` now: "running Klipper", "in DFU", ..., "not on USB"."""
+    found = usb_id(port)
+    if found is None:
+        return "not on USB"
+    return USB_STATES.get(found, ":".join(found) + " there")
+
+
 def tty_of(port: str) -> str | None:
     """The tty of the Klipper board on ``port`` now (its name changes on every re-enumeration)."""
     base = f"{SYSFS_USB}/{port}"
@@ -338,22 +350,26 @@ class DfuUtil(DfuBackend):
 
 
 class Pyusb(DfuBackend):
+    """A client of the pyusb venv on the Pi (``python -m <module>``): one JSON answer line."""
+
     name = "pyusb"
+    module, label, mode = "pyinfra_ratos.firmware.dfu", "pyusb DFU client", "DFU"
+    read_args: tuple[str, ...] = ()
 
     def client(self, *args: str) -> dict[str, Any]:
         python = os.path.join(self.agent.path(self.step.get("venv", "")), "bin", "python")
         if not os.access(python, os.X_OK):
-            raise StepFailed(f"the pyusb DFU client is not installed on the Pi ({python} is missing): "
+            raise StepFailed(f"the {self.label} is not installed on the Pi ({python} is missing): "
                              "the firmware deploy installs it (operation firmware.dfu_client)")
         # -I: neither the working directory nor PYTHON* variables can shadow the client
-        argv = [python, "-I", "-m", "pyinfra_ratos.firmware.dfu", *args, "--port", self.step["port"],
+        argv = [python, "-I", "-m", self.module, *args, "--port", self.step["port"],
                 "--address", f"{self.step['address']:#010x}", "--name", self.agent.board_label]
         try:
             done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                                   timeout=DOWNLOAD_TIMEOUT_S, cwd="/")
         except subprocess.TimeoutExpired:
-            raise StepFailed(f"the pyusb DFU client did not finish within {DOWNLOAD_TIMEOUT_S} s; the board "
-                             "is probably left in DFU") from None
+            raise StepFailed(f"the {self.label} did not finish within {DOWNLOAD_TIMEOUT_S} s; the board "
+                             f"is probably left in {self.mode}") from None
         self.exit, self.output = done.returncode, done.stdout + done.stderr
         answer = client_answer(done.stdout)
         answer.setdefault("stderr", (done.stderr.strip().splitlines() or ["no output"])[-1])
@@ -362,19 +378,21 @@ class Pyusb(DfuBackend):
     def read(self, length: int, dest: str) -> None:
         if os.path.exists(dest):
             os.unlink(dest)  # never judge a read by a file a former run left
-        answer = self.client("read", "--length", str(length), "--out", dest)
+        answer = self.client("read", "--length", str(length), "--out", dest, *self.read_args)
         if self.exit != 0 or answer.get("ok") is not True:
-            raise StepFailed(f"pyusb DFU client could not read the old firmware (exit {self.exit}): "
+            raise StepFailed(f"{self.label} could not read the old firmware (exit {self.exit}): "
                              f"{answer.get('error') or answer['stderr']}")
 
+    def write_args(self) -> tuple[str, ...]:
+        return ("--protect-below", f"{self.step.get('protect_below', self.step['address']):#010x}")
+
     def write_verified(self, image: str) -> bool:
-        answer = self.client("flash", "--image", image,
-                             "--protect-below", f"{self.step.get('protect_below', self.step['address']):#010x}")
+        answer = self.client("flash", "--image", image, *self.write_args())
         self.agent.read_back = answer.get("read_back_ok")
         if answer.get("failure") == "verify":
             return False
         if self.exit != 0 or answer.get("ok") is not True:
-            raise StepFailed(f"pyusb DFU client failed ({answer.get('failure') or 'no JSON result'}, exit "
+            raise StepFailed(f"{self.label} failed ({answer.get('failure') or 'no JSON result'}, exit "
                              f"{self.exit}): {answer.get('error') or answer['stderr']}")
         return True
 
@@ -405,22 +423,11 @@ class DfuRunner(Runner):
         steps = {step["step"]: step for step in board["steps"]}
         port = board.get("port")
         write = next(steps[k] for k in BACKENDS if k in steps)
-        agent.enter_dfu(port, float(steps.get("WaitDfu", {"timeout": 10})["timeout"]),
-                        (steps.get("RequestBootloader") or {}).get("tty"))
+        agent.enter_mode(port, DFU_ID, "DFU", float(steps.get("WaitDfu", {"timeout": 10})["timeout"]),
+                         (steps.get("RequestBootloader") or {}).get("tty"))
         backend = BACKENDS[write["step"]](agent, write)
         record["backend"] = backend.name
-        length = int(write.get("capture_length") or 0)
-        if length:
-            dest = agent.scratch(f"{port}.bin")
-            backend.read(length, dest)
-            with open(dest, "rb") as handle:
-                kept = trimmed(handle.read())
-            if kept:
-                with open(dest, "wb") as handle:
-                    handle.write(kept)
-                record["capture"] = dest
-            else:
-                os.unlink(dest)  # a blank board: nothing worth restoring
+        agent.keep_firmware(backend, port, int(write.get("capture_length") or 0), record)
         record["written"] = True
         agent.write_with_retry(backend, agent.path(write["image"]), record)
         agent.wait_klipper(port, float(steps.get("WaitKlipper", {"timeout": 30})["timeout"]))
@@ -432,15 +439,12 @@ class DfuRunner(Runner):
                     f"{port}, or fix the fault and rerun")
         write = next(step for step in board["steps"] if step["step"] in BACKENDS)
         try:
-            agent.enter_dfu(port, 10.0)
+            agent.enter_mode(port, DFU_ID, "DFU", 10.0)
             agent.write_with_retry(BACKENDS[write["step"]](agent, write), record["capture"], {"notes": []})
             agent.wait_klipper(port, 30.0)
         except (StepFailed, Interrupted) as failed:
-            state = usb_id(port)
-            where = ("in DFU" if state == DFU_ID else "running Klipper" if state == KLIPPER_ID
-                     else "not on USB")
-            return (f"{board['board']} on USB port {port} is {where} and could not be given back its old firmware "
-                    f"({failed}): power-cycle the printer's board, then rerun the update")
+            return (f"{board['board']} on USB port {port} is {usb_state(port)} and could not be given back its "
+                    f"old firmware ({failed}): power-cycle the printer's board, then rerun the update")
         return None
 
 
@@ -597,21 +601,39 @@ class Agent:
             os.close(fd)
         self.log.append(f"bootloader request sent on {tty}")
 
-    def enter_dfu(self, port: str, timeout: float, tty: str | None = None) -> None:
+    def enter_mode(self, port: str, wanted: tuple[str, str], what: str, timeout: float,
+                   tty: str | None = None) -> None:
+        """Send a board running Klipper to its bootloader (``wanted``, called ``what``) and wait for it."""
         if usb_id(port) == KLIPPER_ID:
             self.request_bootloader(port, tty)
-        if not self.wait_usb(port, DFU_ID, timeout):
-            found = usb_id(port)
-            now = ("it still runs Klipper: the bootloader request was ignored" if found == KLIPPER_ID
-                   else (":".join(found) if found else "nothing") + " there")
-            raise StepFailed(f"the board did not enter DFU on USB port {port} within {timeout:g} s ({now})")
+        if not self.wait_usb(port, wanted, timeout):
+            now = usb_state(port)
+            if now == "running Klipper":
+                now = "it still runs Klipper: the bootloader request was ignored"
+            raise StepFailed(f"the board did not enter {what} on USB port {port} within {timeout:g} s ({now})")
 
     def wait_klipper(self, port: str, timeout: float) -> None:
         if not self.wait_usb(port, KLIPPER_ID, timeout):
-            found = usb_id(port)
-            now = "still in DFU" if found == DFU_ID else (":".join(found) + " there" if found else "nothing there")
+            now = usb_state(port)
+            now = "still " + now if now.startswith("in ") else now
             raise StepFailed(f"the board did not come back as Klipper on its USB port {port} within "
                              f"{timeout:g} s ({now})")
+
+    def keep_firmware(self, backend: DfuBackend, port: str, length: int, record: dict[str, Any]) -> None:
+        """Read up to ``length`` bytes of what the board runs and keep them (``record["capture"]``),
+        without the erased tail; nothing is kept of a blank board."""
+        if not length:
+            return
+        dest = self.scratch(f"{port}.bin")
+        backend.read(length, dest)
+        with open(dest, "rb") as handle:
+            kept = trimmed(handle.read())
+        if kept:
+            with open(dest, "wb") as handle:
+                handle.write(kept)
+            record["capture"] = dest
+        else:
+            os.unlink(dest)  # a blank board: nothing worth restoring
 
     def flash_board(self, board: dict[str, Any], record: dict[str, Any]) -> None:
         """One board, by the runner of its plan's method; keeps what it ran (``record["capture"]``)."""

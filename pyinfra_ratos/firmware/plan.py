@@ -157,10 +157,12 @@ def plan_flash(
     if method.modes:
         entry, missing = locate_board(board, attached, port)
         if entry is None:
-            later = unsupported_reason(board.flash_methods[0])
+            later = unsupported_reason(board.flash_methods[0], board)
             if later:  # e.g. a CAN toolboard: normally reached through Katapult, on USB only in DFU
                 missing = f"{later} (and it is not on USB as {method.name} needs: {missing})"
             return _refuse(board, missing or "not found", before_version=before)
+        found = method_for(board, entry.get("mode"))  # e.g. a Katapult board left in ROM DFU: dfu
+        method = method if isinstance(found, str) else found
         refusal = mode_refusal(board, entry, method)
         if refusal:
             return _refuse(board, refusal, before_version=before, port=entry.get("port"))

@@ -14,7 +14,8 @@ from pyinfra_ratos.firmware.identity import FirmwareIdentity
 from pyinfra_ratos.firmware.image import ImageInfo
 
 BACKENDS = ("dfu-util", "pyusb")
-# the venv holding pyusb and pyinfra_ratos.firmware.dfu on the Pi, relative to the SSH user's home
+# the venv holding pyusb and the pyusb clients (pyinfra_ratos.firmware.dfu, .picoboot) on the Pi,
+# relative to the SSH user's home
 DFU_CLIENT_VENV = ".local/share/pyinfra-ratos/venv"
 LINUX_MCU_BINARY = "/usr/local/bin/klipper_mcu"
 LINUX_MCU_SERVICE = "klipper-mcu"
@@ -130,7 +131,7 @@ class FlashPlan:
     action: str                      # "skip" | "refuse" | "flash"
     board_id: str
     reason: str
-    method: str | None = None        # "dfu-util" | "pyusb" | "linux" when flashing
+    method: str | None = None        # the agent runner's name when flashing: a DfuSe backend or a method
     port: str | None = None
     steps: tuple[Step, ...] = ()
     finally_steps: tuple[Step, ...] = ()
@@ -145,6 +146,11 @@ class FlashPlan:
     ship: bool = False
     # what a person must do, step by step, when no tool writes the board
     procedure: tuple[str, ...] = ()
+
+    @property
+    def needs_client(self) -> bool:
+        """A step runs a client of the pyusb venv on the Pi (``operations.firmware.dfu_client``)."""
+        return any(hasattr(step, "venv") for step in self.steps)
 
     @property
     def skip(self) -> bool:

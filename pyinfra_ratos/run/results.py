@@ -10,17 +10,16 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pyinfra_ratos.firmware import methods as flash_methods
+from pyinfra_ratos.firmware import methods
 from pyinfra_ratos.firmware.plan import FlashPlan
 from pyinfra_ratos.firmware.steps import BACKENDS
 
 ACTIONS = ("flashed", "skipped", "failed", "refused", "planned")
-METHODS = ("dfu-util", "pyusb", "linux")  # the agent's runner names before the methods registry
 
 
-def known_method(name: str) -> bool:
-    """A plan's ``method``: a DfuSe backend or any registered flash method (one module each)."""
-    return name in BACKENDS or name in METHODS or name in flash_methods.METHODS
+def known_methods() -> tuple[str, ...]:
+    """What a record's ``method`` may say: the DfuSe backends and every registered method's name."""
+    return tuple(dict.fromkeys((*BACKENDS, *methods.METHODS)))
 
 # plan action -> record action before anything ran
 _PLAN_ACTIONS = {"skip": "skipped", "refuse": "refused", "flash": "planned"}
@@ -45,9 +44,8 @@ class FlashRecord:
         # a typo here would silently vanish from the summary counts
         if self.action not in ACTIONS:
             raise ValueError(f"action {self.action!r} is not one of {', '.join(ACTIONS)}")
-        if self.method is not None and not known_method(self.method):
-            known = sorted({*BACKENDS, *METHODS, *flash_methods.METHODS})
-            raise ValueError(f"method {self.method!r} is not one of {', '.join(known)}")
+        if self.method is not None and self.method not in known_methods():
+            raise ValueError(f"method {self.method!r} is not one of {', '.join(known_methods())}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

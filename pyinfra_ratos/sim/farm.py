@@ -173,6 +173,17 @@ def _chip_serial(pi: str, board: BoardSpec) -> str:
     return hashlib.sha256(f"{pi}/{board.port}".encode()).hexdigest()[:24].upper()
 
 
+def _bootloader(spec: Any, entry: Any) -> str:
+    """Where the board's 1200-baud request leads: the scenario's choice, or Katapult when the
+    catalog board has it (a Katapult variant), else its ROM: BOOTSEL when the catalog knows the
+    board's ``rp2040_boot`` id, else DFU."""
+    if spec.bootloader != "auto":
+        return spec.bootloader
+    if spec.mode == "katapult" or "katapult" in entry.flash_methods:
+        return "katapult"
+    return "rp2040-boot" if "rp2040_boot" in entry.usb else "dfu"
+
+
 def _firmware_record(build_dir: Path | None) -> dict[str, Any] | None:
     if build_dir is None:
         return None
@@ -257,19 +268,26 @@ def prepare_pi(
         elif entry.interface == "can":
             pass  # behind a CAN bus: not on this Pi's USB
         else:
-            pi_image = None
+            pi_image, image_address = None, None
             if image is not None and (image / "klipper.bin").exists():
                 images.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(image / "klipper.bin", images / f"{spec.firmware}-{spec.board}.bin")
+                pi_image = f"/var/lib/ratos-sim/images/{spec.firmware}-{spec.board}.bin"
+            elif image is not None and (image / "klipper.uf2").exists():  # RP2040: the pages the UF2 writes
+                from pyinfra_ratos.firmware.picoboot.protocol import image_of, uf2_pages
+                image_address, flat = image_of(uf2_pages((image / "klipper.uf2").read_bytes()))
+                images.mkdir(parents=True, exist_ok=True)
+                (images / f"{spec.firmware}-{spec.board}.bin").write_bytes(flat)
                 pi_image = f"/var/lib/ratos-sim/images/{spec.firmware}-{spec.board}.bin"
             mode = "can-bridge" if entry.interface == "usbcan" and spec.mode == "klipper" else spec.mode
             usb_boards.append({
                 "port": spec.port, "board": spec.board, "mcu": entry.mcu, "mode": mode,
                 "serial": board["serial"], "app_address": entry.app_address,
-                "dfu_flash_map": entry.dfu_flash_map, "image": pi_image,
+                "dfu_flash_map": entry.dfu_flash_map, "image": pi_image, "image_address": image_address,
                 "bootloader": f"{entry.name} bootloader", "faults": list(spec.faults),
                 "mcu_name": spec.mcu_name,
-                "bootloader_request": "katapult" if spec.mode == "katapult" else "dfu",
+                "bootloader_request": _bootloader(spec, entry),
+                "katapult_start": spec.katapult_start,
             })
         mcus.append(mcu)
     _write(upper / "var" / "lib" / "ratos-sim" / "usb-spec.json", json.dumps({"boards": usb_boards}, indent=1) + "\n")

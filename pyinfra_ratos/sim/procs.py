@@ -85,7 +85,7 @@ def pid_namespace(pid: int) -> str | None:
         return None
 
 
-def wait_namespaces_empty(namespaces: set[str], timeout: float = 10.0) -> None:
+def wait_namespaces_empty(namespaces: set[str], timeout: float = 30.0) -> None:
     """Wait until no process (zombies included) is left in these PID namespaces."""
     deadline = time.monotonic() + timeout
     while namespaces:

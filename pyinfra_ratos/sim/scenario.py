@@ -17,6 +17,8 @@
     mode = "klipper"             # bootloader state at start
     firmware = "old"             # old|current|blank
     faults = []
+    bootloader = "auto"          # where the 1200-baud request leads: auto|dfu|katapult
+    katapult_start = "0x08008000"   # optional: the application start Katapult reports
 
 Every error names the Pi, the key and the allowed values, so a typo is fixed in one go.
 ``state``, ``klipper``, ``klippy``, ``moonraker_fault`` and ``moonraker_hang_seconds`` are also
@@ -50,7 +52,10 @@ FAULTS = (
     "corrupt-write",
     "no-return-after-leave",  # RP2040 BOOTSEL: REBOOT accepted, never back on USB
     # and "transfer-error-block-N" (RP2040 BOOTSEL: the N-th PICOBOOT WRITE fails)
+    "katapult-transfer-error",  # also katapult-transfer-error@N: the block that breaks (default 3)
+    "katapult-wrong-start",
 )
+BOOTLOADERS = ("auto", "dfu", "katapult")  # where Klipper's 1200-baud request leads
 SERVICE_STATES = ("active", "inactive")
 KLIPPER_STATES = ("active", "inactive", "activating", "deactivating")  # systemd ActiveState
 KLIPPY_STATES = ("ready", "shutdown")
@@ -76,6 +81,8 @@ class BoardSpec:
     mcu_name: str = "mcu"  # Klipper's object name: "mcu" or the name after "mcu " (e.g. "toolboard_t0")
     port: str = ""  # USB port path, e.g. "1-1.3"
     serial: str = ""  # USB serial string; "" -> a chip-UID style serial
+    bootloader: str = "auto"  # auto: katapult when the catalog board has Katapult (flash_methods), else dfu
+    katapult_start: int | None = None  # the application start Katapult reports; None: the board's
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,8 @@ def _board(
 ) -> BoardSpec:
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: each [[pi.boards]] entry must be a table")
-    _check_keys(where, raw, ("board", "mode", "firmware", "faults", "mcu_name", "port", "serial"))
+    _check_keys(where, raw, ("board", "mode", "firmware", "faults", "mcu_name", "port", "serial", "bootloader",
+                             "katapult_start"))
     board = raw.get("board")
     if not isinstance(board, str) or not board:
         raise ScenarioError(f"{where}: key 'board' is required (a RatOS board id)")
@@ -152,8 +160,17 @@ def _board(
     if not isinstance(faults, list):
         raise ScenarioError(f"{where}: key 'faults' must be a list; allowed values: {', '.join(FAULTS)}")
     for fault in faults:
-        if not re.fullmatch(r"transfer-error-block-[1-9][0-9]*", str(fault)):
-            _check(where, "faults", fault, FAULTS)
+        name, at, block = fault.partition("@") if isinstance(fault, str) else (fault, "", "")
+        if at and not (name == "katapult-transfer-error" and block.isdigit()):
+            raise ScenarioError(f"{where}: fault {fault!r}: only katapult-transfer-error takes @<block number>")
+        if not re.fullmatch(r"transfer-error-block-[1-9][0-9]*", str(name)):
+            _check(where, "faults", name, FAULTS)
+    start = raw.get("katapult_start")
+    try:
+        katapult_start = None if start is None else int(start, 0) if isinstance(start, str) else int(start)
+    except ValueError:
+        raise ScenarioError(f"{where}: key 'katapult_start' is {start!r}; use an address such as "
+                            "'0x08008000'") from None
     mcu_name = raw.get("mcu_name", "mcu" if index == 0 else f"toolboard_t{index - 1}")
     if not isinstance(mcu_name, str) or not MCU_NAME_RE.match(mcu_name):
         raise ScenarioError(f"{where}: key 'mcu_name' is {mcu_name!r}; use letters, digits and _")
@@ -171,6 +188,8 @@ def _board(
         mcu_name=mcu_name,
         port=port,
         serial=serial,
+        bootloader=_check(where, "bootloader", raw.get("bootloader", "auto"), BOOTLOADERS),
+        katapult_start=katapult_start,
     )
 
 

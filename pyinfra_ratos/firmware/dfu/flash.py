@@ -120,14 +120,45 @@ def load_device_module() -> Any:
     return device
 
 
+def _reported(result: FlashResult, who: str | None, work: Callable[[], None]) -> FlashResult:
+    """Run ``work``; a failure goes into ``result`` (never a traceback instead of the JSON line)."""
+    began = time.monotonic()
+    try:
+        work()
+    except DfuFailure as failure:
+        result.failed(failure)
+    except Exception as exc:  # report, never a traceback instead of the JSON line
+        result.failed(DfuFailure(f"{who}: unexpected {type(exc).__name__}: {exc}"))
+    result.duration_s = round(time.monotonic() - began, 3)
+    return result
+
+
+def _open(device: Any, result: FlashResult, port: str | None, serial: str | None, name: str | None,
+          wait_s: float, write: bool) -> tuple[Any, str, Any]:
+    """(the device found, its label, its DFU functional descriptor), refusing a board whose DFU
+    interface cannot read back (or, to ``write``, cannot download): no verified flash possible."""
+    found = device.find_device(port, serial, wait_s)
+    result.port, result.serial = found.port, found.serial
+    board = found.label(name)
+    fn = found.functional
+    if fn is None or fn.transfer_size <= 0:
+        raise PlanRefused(f"{board}: no usable DFU functional descriptor (wTransferSize)")
+    if not fn.can_upload or (write and not fn.can_download):
+        cannot = "download" if write and not fn.can_download else "upload"
+        raise PlanRefused(f"{board}: the DFU interface cannot {cannot} "
+                          f"(bmAttributes {fn.attributes:#04x}): "
+                          + ("no verified flash possible" if write else "the old firmware cannot be read"))
+    return found, board, fn
+
+
 def flash(image_path: str, address: int, protect_below: int | None = None, port: str | None = None,
           serial: str | None = None, name: str | None = None, leave: bool = True, wait_s: float = 0.0,
           leave_timeout_s: float = LEAVE_TIMEOUT_S, log: Callable[[str], None] | None = None) -> FlashResult:
     """Find the board over pyusb and flash it; never raises for a flash failure (see ``result.error``)."""
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     result = FlashResult(port=port, serial=serial, address=address)
-    began = time.monotonic()
-    try:
+
+    def work() -> None:
         try:
             with open(image_path, "rb") as handle:
                 image = handle.read()
@@ -135,30 +166,18 @@ def flash(image_path: str, address: int, protect_below: int | None = None, port:
             raise PlanRefused(f"{name or port or serial}: cannot read the image {image_path}: {exc.strerror}") from None
         result.bytes, result.sha256 = len(image), hashlib.sha256(image).hexdigest()
         device = load_device_module()
-        found = device.find_device(port, serial, wait_s)
-        result.port, result.serial = found.port, found.serial
-        board = found.label(name)
+        found, board, fn = _open(device, result, port, serial, name, wait_s, write=True)
         memory = found.memory_map(0)
-        fn = found.functional
-        if fn is None or fn.transfer_size <= 0:
-            raise PlanRefused(f"{board}: no usable DFU functional descriptor (wTransferSize)")
-        if not fn.can_upload or not fn.can_download:
-            raise PlanRefused(f"{board}: the DFU interface cannot {'upload' if fn.can_download else 'download'} "
-                              f"(bmAttributes {fn.attributes:#04x}): no verified flash possible")
         protect = address if protect_below is None else protect_below
         sectors_to_erase(memory, address, len(image), protect, board)  # refuse before claiming
-        log(f"{board}: {memory.name}, wTransferSize {fn.transfer_size}")
+        say(f"{board}: {memory.name}, wTransferSize {fn.transfer_size}")
         with device.Claimed(found) as transport:
             dfuse = DfuSe(transport, board, fn.transfer_size, found.interface)
             flash_image(dfuse, memory, image, address, protect, result, leave,
                         lambda: device.wait_left(str(found.port), found.dev.address, leave_timeout_s),
-                        leave_timeout_s, log)
-    except DfuFailure as failure:
-        result.failed(failure)
-    except Exception as exc:  # report, never a traceback instead of the JSON line
-        result.failed(DfuFailure(f"{name or port or serial}: unexpected {type(exc).__name__}: {exc}"))
-    result.duration_s = round(time.monotonic() - began, 3)
-    return result
+                        leave_timeout_s, say)
+
+    return _reported(result, name or port or serial, work)
 
 
 def read(dest: str, address: int, length: int, port: str | None = None, serial: str | None = None,
@@ -166,15 +185,10 @@ def read(dest: str, address: int, length: int, port: str | None = None, serial: 
     """Read ``length`` bytes of flash from ``address`` into ``dest`` (DfuSe UPLOAD); the board stays
     in DFU. The agent keeps what a board ran this way before writing over it, to restore it."""
     result = FlashResult(port=port, serial=serial, address=address)
-    began = time.monotonic()
-    try:
+
+    def work() -> None:
         device = load_device_module()
-        found = device.find_device(port, serial, wait_s)
-        result.port, result.serial = found.port, found.serial
-        board = found.label(name)
-        fn = found.functional
-        if fn is None or fn.transfer_size <= 0 or not fn.can_upload:
-            raise PlanRefused(f"{board}: the DFU interface cannot upload: the old firmware cannot be read")
+        found, board, fn = _open(device, result, port, serial, name, wait_s, write=False)
         with device.Claimed(found) as transport:
             dfuse = DfuSe(transport, board, fn.transfer_size, found.interface)
             dfuse.ensure_idle()
@@ -182,9 +196,5 @@ def read(dest: str, address: int, length: int, port: str | None = None, serial: 
         with open(dest, "wb") as handle:
             handle.write(data)
         result.ok, result.bytes, result.sha256 = True, len(data), hashlib.sha256(data).hexdigest()
-    except DfuFailure as failure:
-        result.failed(failure)
-    except Exception as exc:  # report, never a traceback instead of the JSON line
-        result.failed(DfuFailure(f"{name or port or serial}: unexpected {type(exc).__name__}: {exc}"))
-    result.duration_s = round(time.monotonic() - began, 3)
-    return result
+
+    return _reported(result, name or port or serial, work)

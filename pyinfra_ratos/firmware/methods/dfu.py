@@ -15,11 +15,8 @@ from typing import Any
 
 from pyinfra_ratos.firmware.catalog import Board
 from pyinfra_ratos.firmware.dfu.memory import parse_memory_map
-from pyinfra_ratos.firmware.methods.base import FlashMethod, Options, register
-from pyinfra_ratos.firmware.steps import (
-    BACKENDS, Artifact, DfuDownload, EnsureIdle, FlashPlan, PyusbDownload, RequestBootloader, StartKlipper,
-    Step, StopKlipper, Verify, WaitDfu, WaitKlipper,
-)
+from pyinfra_ratos.firmware.methods.base import FlashMethod, Options, bootloader_plan, register, usb_preflight
+from pyinfra_ratos.firmware.steps import BACKENDS, Artifact, DfuDownload, FlashPlan, PyusbDownload, Step, WaitDfu
 
 
 def capture_length(board: Board) -> int:
@@ -63,33 +60,16 @@ class DfuSe(FlashMethod):
     verifies = "read-back"
 
     def preflight(self, board: Board, entry: Mapping[str, Any]) -> str | None:
-        mode, port = entry.get("mode"), entry.get("port")
-        if mode == "klipper" and entry.get("mcu") and entry["mcu"] != board.mcu:
-            return (f"the device at USB port {port} runs Klipper for MCU {entry['mcu']}, the catalog says "
-                    f"{board.mcu}: wrong board id or port in the inventory")
         candidates = entry.get("board_candidates") or ()
-        if mode == "dfu" and candidates and board.id not in candidates:
-            return f"the DFU device at USB port {port} looks like {', '.join(candidates)}, not {board.id}"
-        if mode == "klipper" and not entry.get("tty"):
-            return f"the board at USB port {port} has no tty to send the bootloader request to"
-        return None
+        if entry.get("mode") == "dfu" and candidates and board.id not in candidates:
+            return f"the DFU device at USB port {entry.get('port')} looks like {', '.join(candidates)}, not {board.id}"
+        return usb_preflight(board, entry, "is in DFU")
 
     def steps(self, board: Board, entry: Mapping[str, Any] | None, mcu_name: str, artifact: Artifact,
               options: Options) -> FlashPlan:
         assert entry is not None  # modes: the plan found it on USB
         port = entry["port"]
-        body: list[Step] = [EnsureIdle(), StopKlipper()]
-        if entry.get("mode") == "klipper":
-            body.append(RequestBootloader(entry["tty"], port))
-        body += [
-            WaitDfu(port, options.dfu_timeout),
+        return bootloader_plan(
+            board, entry, mcu_name, artifact, options, options.backend, WaitDfu(port, options.dfu_timeout),
             download_step(options.backend, port, board.app_address, artifact.path, capture_length(board)),
-            WaitKlipper(port, options.klipper_timeout),
-        ]
-        return FlashPlan(
-            "flash", board.id,
-            f"{board.id}: flash {artifact.identity.name} at {board.app_address:#010x} on USB port {port}",
-            method=options.backend, port=port, steps=tuple(body), finally_steps=(StartKlipper(),),
-            verify_steps=(Verify(mcu_name, artifact.identity.version),),
-            expected_version=artifact.identity.version, image_sha256=artifact.image.sha256,
-        )
+            f"at {board.app_address:#010x}")

@@ -18,13 +18,19 @@ Board-spec file (JSON), ``{"boards": [...]}`` or a bare list, one object per boa
      "dfu_flash_map": "@Internal Flash   /0x08000000/8*128Kg",   # default by MCU family
      "dfu_transfer_size": 1024,      # default by MCU family (F4: 2048)
      "image": "/path/klipper.bin",   # flashed at app_address at first start; null = blank
+     "image_address": null,          # where the image starts instead (an RP2040 flat image: 0x10000000)
      "bootloader": "BTT-BOOTLOADER", # text pattern repeated below app_address; null = erased
      "faults": [],                   # dfu-exit-74 dfu-exit-251 no-reenumerate stuck-dfu
                                      # ignore-bootloader-request slow-erase corrupt-write
                                      # (corrupt-write: once per emulator run, the first byte of
                                      # the 3rd block programmed after the first erase is inverted)
      "mcu_name": "mcu",              # pistate "mcus" entry kept in sync; null = none
-     "bootloader_request": "dfu"}    # where the 1200-baud request leads: dfu | katapult
+     "bootloader_request": "dfu",    # where the 1200-baud request leads: dfu | katapult | rp2040-boot
+     "katapult_start": null,         # the application start Katapult reports (null: app_address)
+     "katapult_version": "v0.0.1-110-gb0bf421"}   # Katapult's software version (CONNECT)
+
+In ``katapult`` mode the board's tty speaks Katapult's serial protocol (``sim/usb/katapult.py``);
+faults ``katapult-transfer-error[@N]`` and ``katapult-wrong-start`` act there.
 
 State directory (``<state_dir>``)::
 

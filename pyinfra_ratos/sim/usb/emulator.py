@@ -14,6 +14,7 @@ import grp
 import json
 import os
 import shutil
+import select
 import signal
 import struct
 import sys
@@ -28,7 +29,7 @@ gi.require_version("UMockdev", "1.0")
 from gi.repository import GLib, UMockdev  # noqa: E402
 
 from .. import pistate  # noqa: E402
-from . import descriptors, dfu, picoboot  # noqa: E402
+from . import descriptors, dfu, katapult, picoboot  # noqa: E402
 from .firmware import Flash, boots, firmware_summary, parse_flash_map  # noqa: E402
 from .spec import BoardSpec, load  # noqa: E402
 
@@ -56,6 +57,7 @@ RESET, GET_SPEED = _ioc(0, 20, 0), _ioc(0, 31, 0)
 TIOCMGET, TIOCMBIS, TIOCMBIC, TIOCMSET = 0x5415, 0x5416, 0x5417, 0x5418
 TCSETS = (0x5402, 0x5403, 0x5404)
 TCSETS2 = (0x402C542B, 0x402C542C, 0x402C542D)
+TCGETS2 = 0x802C542A  # struct termios2: 4 flags, c_line, c_cc[19], c_ispeed at 36, c_ospeed at 40
 TIOCM_DTR, CBAUD, BOTHER, B1200 = 0x002, 0o10017, 0o10000, 0o11
 
 
@@ -75,6 +77,9 @@ class Session:
         self.dtr = True  # opening a Linux tty raises DTR
         self.pending: dict[Any, list[int]] = {}
         self.pty: str | None = None  # the pty slave behind the tty node
+        self.katapult: katapult.KatapultDevice | None = None  # the bootloader's protocol, in katapult mode
+        self.master: int | None = None  # the pty master the bootloader reads and answers on
+        self.custom_baud: int | None = None  # a BOTHER speed set with TCSETS2
         if board is None:
             assert hub is not None
             self.identity, self.busnum = hub
@@ -245,6 +250,8 @@ class Session:
         if request == TIOCMGET:
             arg.resolve(0, 4).update(0, struct.pack("i", 0x100 | (TIOCM_DTR if self.dtr else 0)))
             return 0, 0
+        if request == TCGETS2 or (request in TCSETS2 and self.custom_baud_only(request)):
+            return self.termios2(request, arg)
         if request in TCSETS or request in TCSETS2:
             size = 36 if request in TCSETS else 44
             termios = bytes(arg.resolve(0, size).retrieve())
@@ -263,6 +270,40 @@ class Session:
                 self.line_state(baud=baud)
             return ret, err
         return None  # forward to the pty
+
+    def custom_baud_only(self, request: int) -> bool:
+        return True  # the host's pty has no termios2: a CDC-ACM tty's custom speeds are answered here
+
+    def termios2(self, request: int, arg: Any) -> tuple[int, int]:
+        """TCGETS2/TCSETS2 (pyserial's custom baud rates, e.g. flashtool's 250000) on a pty that has
+        only termios: flags go to the pty, the speed is kept here as a CDC-ACM driver keeps it."""
+        if not self.pty:
+            return -1, errno.ENOTTY
+        fd = os.open(self.pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            attrs = termios.tcgetattr(fd)
+            if request == TCGETS2:
+                cflag = (attrs[2] & ~CBAUD) | (BOTHER if self.custom_baud else attrs[2] & CBAUD)
+                cc = bytes(c if isinstance(c, int) else ord(c) for c in attrs[6][:19])
+                speed = self.custom_baud or self.baud
+                raw = struct.pack("=IIIIB19sII", attrs[0], attrs[1], cflag, attrs[3], 0, cc, speed, speed)
+                arg.resolve(0, 44).update(0, raw)
+                return 0, 0
+            iflag, oflag, cflag, lflag, _line, cc, _ispeed, ospeed = struct.unpack(
+                "=IIIIB19sII", bytes(arg.resolve(0, 44).retrieve()))
+            speed = cflag & CBAUD
+            self.custom_baud = ospeed if speed == BOTHER else None
+            attrs[0], attrs[1], attrs[3] = iflag, oflag, lflag
+            attrs[2] = (cflag & ~CBAUD) | (termios.B38400 if speed == BOTHER else speed)
+            attrs[6] = [cc[i] if i in (termios.VMIN, termios.VTIME) else bytes([cc[i]]) for i in range(19)] \
+                + attrs[6][19:]
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except (OSError, termios.error) as error:
+            return -1, getattr(error, "errno", None) or errno.EINVAL
+        finally:
+            os.close(fd)
+        self.line_state(baud=self.custom_baud if self.custom_baud else 1200 if speed == B1200 else -1)
+        return 0, 0
 
 
 class BoardBootrom(picoboot.Bootrom):
@@ -305,12 +346,13 @@ class Board:
             if spec.image:
                 with open(spec.image, "rb") as handle:
                     image = handle.read()
-            self.flash.create(spec.bootloader, spec.app_address, image)
+            self.flash.create(spec.bootloader, spec.app_address, image, spec.image_address)
         self.session: Session | None = None
         self.corrupt = dfu.CorruptWrite() if "corrupt-write" in spec.faults else None
         self.tty: str | None = None
         self.firmware: dict[str, Any] | None = None
         self.mode = "absent"
+        self.katapult_errors = 0  # command errors katapult-transfer-error gave (it breaks one transfer)
 
     def log(self, event: str, **fields: Any) -> None:
         self.bus.log(self.spec.port, event, **fields)
@@ -339,6 +381,24 @@ class Board:
         session.leaving = True
         self.log("bootloader-request")
         self.bus.later(UNPLUG_S, self.unplug_then, self.spec.bootloader_request)
+
+    def katapult_device(self) -> katapult.KatapultDevice:
+        spec = self.spec
+
+        def spend() -> None:
+            self.katapult_errors += 1
+
+        return katapult.KatapultDevice(
+            self.flash, spec.katapult_app_start, spec.mcu, spec.katapult_version, katapult.BLOCK_SIZE,
+            self.faults, self.log, self.on_katapult_complete,
+            lambda: self.katapult_errors >= katapult.ERROR_TRIES, spend)
+
+    def on_katapult_complete(self) -> None:
+        """Katapult jumps to the application 100 ms after COMPLETE's ACK."""
+        session = self.session
+        if session is not None:
+            session.leaving = True
+            self.bus.later(katapult.COMPLETE_S, self.unplug_then, "app", session)
 
     def on_leave(self) -> None:
         session = self.session
@@ -512,10 +572,48 @@ class Bus:
                 os.symlink(f"../../{board.tty}", path)
             for node in [f"/dev/{board.tty}"] + [f"/dev/{link}" for link in links]:
                 self._attach(node, session.tty_ioctl)
+            if mode == "katapult":
+                self._serve_katapult(board, session)
         if mode == "klipper":
             board.firmware = board.booted_dictionary()
         self.log(spec.port, "mode", mode=mode, devnum=session.devnum, tty=board.tty)
         self.publish(board)
+
+    def _serve_katapult(self, board: Board, session: Session) -> None:
+        """Answer Katapult's protocol on the master side of the board's tty (the host has the slave)."""
+        session.katapult = board.katapult_device()
+        session.master = self.testbed.get_dev_fd(f"/dev/{board.tty}")
+        if session.master is None or session.master < 0:
+            sys.stderr.write(f"usb emulator: no pty master for {board.tty}: Katapult does not answer\n")
+            return
+        if session.pty:
+            _raw_tty(session.pty)
+        os.set_blocking(session.master, False)
+
+        def serve(fd: int) -> None:
+            # a thread of its own, polling: a pty master reads EIO while no host holds the tty
+            while session.alive:
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if not ready:
+                    continue
+                try:
+                    data = os.read(fd, 4096)
+                except BlockingIOError:
+                    continue
+                except OSError:  # EIO: no host has the tty open (yet, or any more)
+                    time.sleep(0.02)
+                    continue
+                with self.lock:
+                    if not session.alive or session.katapult is None:
+                        return
+                    answer = session.katapult.feed(data)
+                if answer:
+                    try:
+                        os.write(fd, answer)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=serve, args=(session.master,), daemon=True).start()
 
     def unplug(self, board: Board) -> None:
         session = board.session
@@ -671,6 +769,23 @@ def _as_serial_tty(pty: str) -> None:
         os.chmod(pty, 0o660)
     except PermissionError:
         pass  # not root (standalone tests): the pty stays its creator's
+
+
+def _raw_tty(pty: str) -> None:
+    """The board's end of the line starts raw, as a CDC-ACM tty's data is: no echo into the protocol."""
+    try:
+        fd = os.open(pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        attrs = termios.tcgetattr(fd)
+        attrs[0] = attrs[1] = attrs[3] = 0
+        attrs[2] = termios.CS8 | termios.CREAD | termios.CLOCAL | (attrs[2] & termios.CBAUD)
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    except termios.error:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove_stale_bus(bus_dir: str) -> None:

@@ -63,15 +63,16 @@ class Flash:
         self.base = sectors[0].address
         self.size = sectors[-1].end - self.base
 
-    def create(self, bootloader: bytes, app_address: int, image: bytes | None) -> None:
-        """Write the initial contents: bootloader pattern below the app, the image at the app address."""
+    def create(self, bootloader: bytes, app_address: int, image: bytes | None, image_address: int | None = None) -> None:
+        """Write the initial contents: bootloader pattern below the app, the image at ``image_address``
+        (default: the app address; an RP2040's flat image starts with boot stage 2 below it)."""
         data = bytearray([ERASED]) * self.size
         below = app_address - self.base
         if bootloader and below > 0:
             repeated = (bootloader * (below // len(bootloader) + 1))[:below]
             data[:below] = repeated
         if image:
-            start = app_address - self.base
+            start = (app_address if image_address is None else image_address) - self.base
             data[start : start + len(image)] = image
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with open(self.path, "wb") as handle:

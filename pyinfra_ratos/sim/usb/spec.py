@@ -14,9 +14,16 @@ FAULTS = (
     "dfu-exit-74", "dfu-exit-251", "no-reenumerate", "stuck-dfu",
     "ignore-bootloader-request", "slow-erase", "corrupt-write",
     "no-return-after-leave",  # RP2040 BOOTSEL: the REBOOT is accepted, the board never comes back
+    "katapult-transfer-error", "katapult-wrong-start",
 )
 # RP2040 BOOTSEL: the N-th PICOBOOT WRITE (from 1) fails with a flash error
 TRANSFER_ERROR = re.compile(r"transfer-error-block-[1-9][0-9]*")
+
+
+def fault_name(fault: str) -> str:
+    """A fault without its argument (``katapult-transfer-error@5`` -> ``katapult-transfer-error``)."""
+    name, _, arg = fault.partition("@")
+    return name if name == "katapult-transfer-error" and (arg == "" or arg.isdigit()) else fault
 
 # alt-0 string and wTransferSize of the ROM DFU, by MCU prefix (longest prefix wins)
 ROM_DFU = {
@@ -50,9 +57,16 @@ class BoardSpec:
     dfu_transfer_size: int
     image: str | None
     bootloader: bytes
+    image_address: int | None = None  # where ``image`` starts in flash (None: app_address)
     faults: list[str] = field(default_factory=list)
     mcu_name: str | None = None
-    bootloader_request: str = "dfu"  # what the 1200-baud request leads to: "dfu" or "katapult"
+    bootloader_request: str = "dfu"  # what the 1200-baud request leads to: "dfu", "katapult" or "rp2040-boot"
+    katapult_start: int | None = None  # the application start Katapult reports (None: app_address)
+    katapult_version: str = "v0.0.1-110-gb0bf421"
+
+    @property
+    def katapult_app_start(self) -> int:
+        return self.app_address if self.katapult_start is None else self.katapult_start
 
     @property
     def busnum(self) -> int:
@@ -68,7 +82,7 @@ def board_from_dict(raw: dict) -> BoardSpec:
     flash_map, transfer = _rom_defaults(mcu)
     mode = raw.get("mode", "klipper")
     faults = list(raw.get("faults", []))
-    for value, allowed, what in ((mode, MODES, "mode"),) + tuple((f, FAULTS, "fault") for f in faults):
+    for value, allowed, what in ((mode, MODES, "mode"),) + tuple((fault_name(f), FAULTS, "fault") for f in faults):
         if value not in allowed and not (what == "fault" and TRANSFER_ERROR.fullmatch(value)):
             raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
     bootloader = raw.get("bootloader")
@@ -82,10 +96,13 @@ def board_from_dict(raw: dict) -> BoardSpec:
         dfu_flash_map=raw.get("dfu_flash_map") or flash_map,
         dfu_transfer_size=_int(raw.get("dfu_transfer_size") or transfer),
         image=raw.get("image"),
+        image_address=_int(raw["image_address"]) if raw.get("image_address") is not None else None,
         bootloader=bootloader.encode() if isinstance(bootloader, str) else b"",
         faults=faults,
         mcu_name=raw.get("mcu_name"),
         bootloader_request=raw.get("bootloader_request", "dfu"),
+        katapult_start=_int(raw["katapult_start"]) if raw.get("katapult_start") is not None else None,
+        katapult_version=raw.get("katapult_version") or "v0.0.1-110-gb0bf421",
     )
 
 

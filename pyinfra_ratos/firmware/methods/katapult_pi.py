@@ -1,0 +1,132 @@
+# The katapult method's Pi side (pyinfra_ratos.firmware.methods.katapult): appended to the printer
+# agent after the protocol client (pyinfra_ratos/firmware/katapult.py); it uses the agent's Runner,
+# RUNNERS, USB_STATES, usb_state, StepFailed, usb_id, tty_of and Agent helpers. Stdlib only.
+
+KATAPULT_ID = ("1d50", "6177")
+KATAPULT_RESTORE_TIMEOUT_S = 10.0
+USB_STATES[KATAPULT_ID] = "in its Katapult bootloader"
+
+
+def katapult_needs_prime(port):
+    """flashtool primes STM32s with double-buffered USB (not F2/F4/H7) with an invalid command."""
+    try:
+        with open(f"{SYSFS_USB}/{port}/product", encoding="ascii") as handle:
+            product = handle.read().strip().lower()
+    except OSError:
+        return False
+    return product.startswith("stm32") and product[5:7] not in ("f2", "f4", "h7")
+
+
+class KatapultRunner(Runner):
+    """Katapult over USB: request it, check its application start, keep a read of the old
+    application, write and read back (flashtool's SHA-1 compare, one retry), leave, wait for Klipper."""
+
+    def enter(self, agent, port, timeout, tty=None):
+        agent.enter_mode(port, KATAPULT_ID, "Katapult", timeout, tty)
+        deadline = time.monotonic() + 2.0  # the tty appears just after the device itself
+        while not tty_of(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tty = tty_of(port)
+        if not tty:
+            raise StepFailed(f"Katapult on USB port {port} has no tty")
+        client = KatapultSerial(tty, agent.log)
+        try:
+            client.open()
+            if katapult_needs_prime(port):
+                client.prime()
+            info = client.connect()
+        except KatapultError as error:
+            client.close()
+            raise StepFailed(f"Katapult on USB port {port}: {error}") from None
+        agent.log.append("Katapult {} (protocol {}) on {}: {} bytes per block, applications at {:#010x}".format(
+            info["version"], info["protocol"], info["mcu"], info["block_size"], info["start"]))
+        return client
+
+    def leave(self, agent, client, port, timeout):
+        try:
+            client.complete()
+        except KatapultError as error:
+            raise StepFailed(f"Katapult on USB port {port} did not take COMPLETE: {error}") from None
+        finally:
+            client.close()
+        agent.wait_klipper(port, timeout)
+
+    def write(self, agent, client, image, record):
+        """Write and read back; one more write when the read-back differs (as every method)."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            sent = client.write(image)
+            try:
+                client.verify(image, sent)
+            except KatapultError as error:
+                record["read_back"] = False
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                record["notes"].append(f"the first write read back wrong ({error}); wrote it again")
+                continue
+            record["read_back"] = True
+            return
+
+    def flash(self, agent, board, record):
+        steps = {step["step"]: step for step in board["steps"]}
+        write = steps["KatapultWrite"]
+        port = board.get("port") or write["port"]
+        wait_klipper = float(steps.get("WaitKlipper", {"timeout": 30})["timeout"])
+        record["backend"] = "katapult"
+        client = self.enter(agent, port, float(steps.get("WaitKatapult", {"timeout": 10})["timeout"]),
+                            (steps.get("RequestBootloader") or {}).get("tty"))
+        info = client.info
+        wrong = None
+        if info["start"] != write["address"]:
+            wrong = ("Katapult on USB port {} starts applications at {:#010x}, the image is linked for {:#010x} "
+                     "(a Katapult built for another offset; writing would overwrite the bootloader or not boot)"
+                     .format(port, info["start"], write["address"]))
+        elif info["mcu"] and write.get("mcu") and info["mcu"] != write["mcu"]:
+            wrong = f"Katapult on USB port {port} is for MCU {info['mcu']}, the image for {write['mcu']}"
+        if wrong:
+            record["notes"].append("refused before writing anything; the board was sent back to its firmware")
+            try:
+                self.leave(agent, client, port, wait_klipper)
+            except StepFailed as failed:
+                wrong += f"; then {failed}"
+            raise StepFailed(wrong)
+        try:
+            if write.get("capture_length"):
+                kept = client.read_application(int(write["capture_length"]))
+                if kept:
+                    dest = agent.scratch(f"{port}.bin")
+                    with open(dest, "wb") as handle:
+                        handle.write(kept)
+                    record["capture"] = dest
+            with open(agent.path(write["image"]), "rb") as handle:
+                image = handle.read()
+            record["written"] = True
+            self.write(agent, client, image, record)
+        except KatapultError as error:
+            client.close()
+            raise StepFailed(f"Katapult on USB port {port}: {error}") from None
+        except BaseException:
+            client.close()
+            raise
+        self.leave(agent, client, port, wait_klipper)
+
+    def restore(self, agent, board, record):
+        port = board.get("port")
+        if not record.get("capture"):
+            return (f"no copy of the firmware {board['board']} ran could be read: flash it by hand through Katapult "
+                    f"on USB port {port} (it is {usb_state(port)}), or fix the fault and rerun")
+        try:
+            client = self.enter(agent, port, KATAPULT_RESTORE_TIMEOUT_S)
+            try:
+                with open(record["capture"], "rb") as handle:
+                    self.write(agent, client, handle.read(), {"notes": []})
+            except KatapultError as error:
+                client.close()
+                raise StepFailed(str(error)) from None
+            self.leave(agent, client, port, 30.0)
+        except (StepFailed, Interrupted) as failed:
+            return (f"{board['board']} on USB port {port} is {usb_state(port)} and could not be given back its "
+                    f"old firmware ({failed}): power-cycle the printer's board, then rerun the update")
+        return None
+
+
+RUNNERS["katapult"] = KatapultRunner()
