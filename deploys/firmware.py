@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from pyinfra.operations import python
 from pyinfra_ratos.run import results
 from pyinfra_ratos.printer import gate
 from pyinfra_ratos.firmware.builder import BuildError, BuiltArtifact, shared_builder
+from pyinfra_ratos.firmware.can import can_attached, flash_order
 from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.run.connection import set_nodelay
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
@@ -73,12 +74,15 @@ def plan_firmware(audit: FleetAuditDict, commit: str | None = None) -> list[Boar
         why = klipper.get("git_error") or "no Klipper checkout at ~/klipper"
         return [BoardStep("Firmware", "", refusal=f"cannot tell which Klipper the Pi runs: {why}")]
     mcus = audit["mcu_firmware"].get("mcus", {})
+    # CAN toolboards first, the USB-to-CAN bridge last (its reset takes the bus down)
+    targets = flash_order(settings.targets, lambda target: target.board.interface)
     if settings.build_on == "pi":
         moving = commit is not None and commit != klipper.get("commit")
-        return [_pi_build_step(target, mcus.get(target.mcu_name), klipper, moving) for target in settings.targets]
+        return [_pi_build_step(target, mcus.get(target.mcu_name), klipper, moving) for target in targets]
+    attached = attached_boards(audit, targets)
     builder = shared_builder(settings.klipper_source, settings.cache, settings.allow_unclean)
     steps = []
-    for target in settings.targets:
+    for target in targets:
         title = f"Firmware {target.mcu_name} ({target.board.id})"
         try:
             built = builder.build(commit or klipper["commit"], target.board, target.fragment, klipper.get("arch"))
@@ -92,14 +96,23 @@ def plan_firmware(audit: FleetAuditDict, commit: str | None = None) -> list[Boar
                 "checkout on the Pi?): not flashing firmware that would never match it")))
             continue
         plan = plan_flash(
-            target.board, audit["boards"], mcus.get(target.mcu_name), audit["activity"],
+            target.board, attached, mcus.get(target.mcu_name), audit["activity"],
             Artifact(built.identity, built.image, firmware.artifact_path(built), built.resolved_config),
             mcu_name=target.mcu_name, port=target.port, attended_flash=settings.attended_flash,
-            backend=settings.backend, host_arch=klipper.get("arch") or None,
+            backend=settings.backend, host_arch=klipper.get("arch") or None, canbus_uuid=target.canbus_uuid,
         )
         results.note_board(host.name, results.record_for_plan(host.name, target.mcu_name, plan))
         steps.append(BoardStep(title, target.mcu_name, built=built, plan=plan))
     return steps
+
+
+def attached_boards(audit: Mapping[str, Any], targets: Sequence[FirmwareTarget]) -> dict[str, Any]:
+    """The Pi's USB devices and its CAN nodes (``<interface>/<uuid>``), where the plan finds boards."""
+    wanted = [(t.canbus_uuid, t.mcu_name, "can0") for t in targets if t.canbus_uuid and t.board.interface == "can"]
+    # a bus on a USB-to-CAN bridge runs at the bridge firmware's speed: Linux's bitrate says nothing
+    bridged = any(t.board.interface == "usbcan" for t in targets) or any(
+        (device or {}).get("mode") == "can-bridge" for device in audit["boards"].values())
+    return {**audit["boards"], **can_attached(audit.get("can") or {}, wanted, bridged)}
 
 
 def preparation_failures(steps: list[BoardStep]) -> list[str]:
@@ -123,7 +136,9 @@ def apply_firmware(steps: list[BoardStep], move: dict[str, str] | None = None) -
     """
     failures = preparation_failures(steps)
     if failures:
-        firmware.refuse(name="Prepare the firmware", reason="not flashing, nothing was changed: " + "; ".join(failures))
+        reason = "not flashing, nothing was changed: " + "; ".join(failures)
+        results.note(host.name, unprepared=reason)  # plan says "will fail", not "held"
+        firmware.refuse(name="Prepare the firmware", reason=reason)
         return
     for step in steps:
         if step.plan is not None and step.plan.refused:
@@ -259,10 +274,10 @@ def _plan_pi_built(build_meta: Any, target: FirmwareTarget, audit: Mapping[str, 
     built = BuiltArtifact(identity, local, target.board.firmware_file,
                           inspect_image(data, target.board.firmware_file.rsplit(".", 1)[1]), resolved)
     plan = plan_flash(
-        target.board, audit["boards"], audit["mcu_firmware"].get("mcus", {}).get(target.mcu_name),
+        target.board, attached_boards(audit, [target]), audit["mcu_firmware"].get("mcus", {}).get(target.mcu_name),
         audit["activity"], Artifact(identity, built.image, firmware.artifact_path(built), resolved),
         mcu_name=target.mcu_name, port=target.port, attended_flash=attended_flash, backend=backend,
-        host_arch=audit["klipper"].get("arch") or None,
+        host_arch=audit["klipper"].get("arch") or None, canbus_uuid=target.canbus_uuid,
     )
     if plan.refused and not plan.hold:
         return plan.reason

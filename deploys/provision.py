@@ -54,7 +54,7 @@ from pyinfra_ratos.facts.provision_state import ProvisionState, SystemStateDict
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
 from pyinfra_ratos.run.planned import add_if_needed, added_while_executing
-from pyinfra_ratos.printer.provision_settings import ProvisionSettings, provision_settings
+from pyinfra_ratos.printer.provision_settings import ProvisionSettings, provision_settings, user_config_mode
 
 BASE_PACKAGES = ("dfu-util", "python3-venv", "git")
 TOOLCHAIN = ("gcc-arm-none-eabi", "binutils-arm-none-eabi", "libnewlib-arm-none-eabi")
@@ -145,8 +145,7 @@ def printer_configuration(settings: ProvisionSettings, config: Mapping[str, Any]
     """printer.config and moonraker.pins; ``files``/``attached``/``activity``: the Pi's PrinterFiles,
     AttachedBoards and PrinterActivity the caller already read (see ``facts.config_state``), else
     each op reads its own."""
-    # RatOS's initial printer.cfg holds nothing of the user's: replace it, don't adopt it
-    user_config = "regenerate" if config.get("initial") and not config.get("save_config") else settings.user_config
+    user_config = user_config_mode(settings, config)
     # given everything they read, an operation with nothing to do is left out (see planned)
     given = files is not None and activity is not None
 

@@ -6,7 +6,8 @@
 - ``printer.PrinterActivity``: the job state and the ``busy`` flag disruptive operations obey
 - ``network.NetworkReachability``: route, DNS, git remote and Moonraker reachability
 - ``firmware.FirmwareArtifacts``: firmware builds on the Pi, identified by their own bytes
-- ``audit.FleetAudit``: the first five in one SSH command, for fleet audits
+- ``can.CanBus``: the CAN interface, the nodes the printer's config expects, whether each answers
+- ``audit.FleetAudit``: the first five and CanBus in one SSH command, for fleet audits
 
 All run the stdlib-only probe ``remote.py`` on the Pi (see ``probe.py``) and parse its JSON with
 pure ``parse_*`` functions.

@@ -9,6 +9,7 @@ from pyinfra.api import FactBase, StringCommand
 from typing_extensions import override
 
 from .boards import BoardInfo, parse_attached_boards
+from .can import CanBusDict, can_args, parse_can_bus
 from .klipper import DEFAULT_LOG, DEFAULT_URL, KlipperHostDict, McuFirmwareDict, parse_klipper_host, parse_mcu_firmware
 from .network import NetworkReachabilityDict, parse_network_reachability
 from .printer import PrinterActivityDict, parse_printer_activity
@@ -21,6 +22,7 @@ class FleetAuditDict(TypedDict):
     mcu_firmware: McuFirmwareDict  # = McuFirmware(moonraker_url, klippy_log)
     activity: PrinterActivityDict  # = PrinterActivity(moonraker_url)
     network: NetworkReachabilityDict  # = NetworkReachability(hosts, klipper_path, moonraker_url)
+    can: CanBusDict  # = CanBus(): {} shapes on a printer without CAN
 
 
 def parse_fleet_audit(raw: Mapping[str, Any]) -> FleetAuditDict:
@@ -32,6 +34,7 @@ def parse_fleet_audit(raw: Mapping[str, Any]) -> FleetAuditDict:
         "mcu_firmware": parse_mcu_firmware(moonraker),
         "activity": parse_printer_activity(moonraker),
         "network": parse_network_reachability(as_dict(raw.get("network"))),
+        "can": parse_can_bus(as_dict(raw.get("can"))),
     }
 
 
@@ -70,7 +73,7 @@ class FleetAudit(FactBase[FleetAuditDict]):
                    timeout: float) -> dict[str, Any]:
         """The probe's ``audit`` arguments (shared with the facts that bundle an audit)."""
         return {"klipper_path": klipper_path, "moonraker_url": moonraker_url, "klippy_log": klippy_log,
-                "hosts": expand_hosts(hosts), "timeout": float(timeout)}
+                "hosts": expand_hosts(hosts), "timeout": float(timeout), "can": can_args()}
 
     @override
     def process(self, output: list[str]) -> FleetAuditDict:

@@ -17,11 +17,14 @@ from typing import Any
 
 from pyinfra.api import QuoteString, StringCommand
 
+from pyinfra_ratos.firmware import canbus
+
 
 def _load_source() -> str:
     # Comment-only lines are dropped: the script travels in every SSH command. The script has no
     # multi-line string whose lines start with "#", so this never changes what it does.
-    text = (Path(__file__).with_name("remote.py")).read_text(encoding="utf-8")
+    # the CAN code (pyinfra_ratos/firmware/canbus.py, stdlib) goes first: probe_can uses it
+    text = Path(canbus.__file__).read_text(encoding="utf-8") + "\n" + (Path(__file__).with_name("remote.py")).read_text(encoding="utf-8")
     return "\n".join(line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")) + "\n"
 
 

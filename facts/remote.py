@@ -756,13 +756,100 @@ def probe_audit(args):
     """Everything a fleet audit needs, in one process: boards, checkout, MCUs, activity, network."""
     klipper = _guarded(probe_klipper, args["klipper_path"])
     remote = (klipper.get("remote_url") or {}).get("out", "") if isinstance(klipper, dict) else ""
+    moonraker = _guarded(probe_moonraker, args["moonraker_url"], args["klippy_log"])
     return {
         "boards": _guarded(probe_boards),
         "klipper": klipper,
-        "moonraker": _guarded(probe_moonraker, args["moonraker_url"], args["klippy_log"]),
+        "moonraker": moonraker,
+        "can": _guarded(probe_can, args.get("can") or {}, moonraker) if isinstance(moonraker, dict) else {},
         "network": _guarded(probe_reachability, remote, args.get("hosts", []), args["moonraker_url"],
                             args.get("timeout", 3.0)),
     }
+
+
+# ------------------------------------------------------------------------------ CAN
+# canbus.py (pyinfra_ratos.firmware) precedes this file in the shipped probe (facts.probe.SOURCE)
+
+
+def _config_sections(config_dir):
+    """{section: {option: value}} of printer.cfg and the files it includes (one level, no globs)."""
+    base = os.path.expanduser(config_dir)
+    sections, files = {}, ["printer.cfg"]
+    seen = set()
+    while files:
+        name = files.pop(0)
+        path = os.path.normpath(os.path.join(base, name))
+        if path in seen or not path.startswith(base.rstrip("/") + "/") or len(seen) > 32:
+            continue
+        seen.add(path)
+        text = _read(path, 1024 * 1024) or ""
+        current = None
+        for line in text.split("\n"):
+            stripped = line.split("#", 1)[0].strip()
+            if stripped.startswith("[") and stripped.endswith("]"):
+                current = " ".join(stripped[1:-1].split())
+                if current.startswith("include ") and not any(c in current for c in "*?["):
+                    files.append(current[8:].strip())
+                    current = None
+                else:
+                    sections.setdefault(current, {})
+            elif current and ":" in stripped and not line[:1].isspace():
+                key, _, value = stripped.partition(":")
+                sections[current][key.strip()] = value.strip()
+    return sections
+
+
+def _can_busy(moonraker):
+    """Printing, paused or not positively idle: no query on the bus (the gate's rule, kept simple)."""
+    query = moonraker.get("query") or {}
+    status = ((query.get("body") or {}).get("result") or {}).get("status") if query.get("status") == 200 else None
+    if not isinstance(status, dict):
+        return moonraker.get("klipper_service") not in ("inactive", "failed")
+    job = (status.get("print_stats") or {}).get("state")
+    return job in ("printing", "paused") or (status.get("idle_timeout") or {}).get("state") == "Printing"
+
+
+def probe_can(args, moonraker):
+    """The printer's CAN: its interface, the nodes its config expects, which of them klippy talks
+    to, and (only when it is safe: can_discovery_refusal) which unassigned nodes answer a query."""
+    nodes = []
+    for section, options in sorted(_config_sections(args.get("config_dir", "~/printer_data/config")).items()):
+        uuid = options.get("canbus_uuid", "").lower()
+        if (section == "mcu" or section.startswith("mcu ")) and uuid:
+            nodes.append({"section": section, "uuid": uuid,
+                          "interface": options.get("canbus_interface") or args.get("interface") or "can0"})
+    for extra in args.get("uuids") or []:
+        if extra.lower() not in [n["uuid"] for n in nodes]:
+            nodes.append({"section": None, "uuid": extra.lower(), "interface": args.get("interface") or "can0"})
+    if not nodes:
+        return {}
+    names = sorted(set(n["interface"] for n in nodes))
+    result = {"interfaces": dict((name, can_interface(name)) for name in names), "nodes": nodes}
+    query = moonraker.get("query") or {}
+    status = ((query.get("body") or {}).get("result") or {}).get("status") if query.get("status") == 200 else {}
+    status = status if isinstance(status, dict) else {}
+    for node in nodes:
+        node["mcu_version"] = (status.get(node["section"] or "") or {}).get("mcu_version")
+    result["queries"] = {}
+    for name in names:
+        unaccounted = [n["uuid"] for n in nodes if n["interface"] == name and not n["mcu_version"]]
+        if not unaccounted:
+            continue
+        refusal = can_discovery_refusal(_can_busy(moonraker), unaccounted)
+        if refusal is None and result["interfaces"][name].get("state") != "up":
+            refusal = "the interface is not up"
+        entry = {"sent": refusal is None, "refusal": refusal, "found": []}
+        if refusal is None:
+            try:
+                bus = CanBus(can_open(name))
+                try:
+                    entry["found"] = bus.query_unassigned(float(args.get("window", 1.0)))
+                finally:
+                    bus.close()
+            except (CanError, OSError) as failure:
+                entry.update(sent=False, refusal="the bus could not be opened: %s" % failure)
+        result["queries"][name] = entry
+    return result
 
 
 def probe_reachability(remote_url, hosts, moonraker_url, timeout):
@@ -836,6 +923,8 @@ def main(argv):
         result = probe_artifacts(args["directory"])
     elif probe == "audit":
         result = probe_audit(args)
+    elif probe == "can":
+        result = probe_can(args["can"], probe_moonraker(args["moonraker_url"], args.get("klippy_log", "")))
     elif probe == "config":
         result = probe_config_state(args)
     elif probe == "update":

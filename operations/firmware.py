@@ -41,8 +41,12 @@ def agent_source() -> str:
     """The printer agent as shipped: ``firmware/agent.py`` with the Pi side (``pi_source``) of every
     registered flash method that brings its own runner, inserted before the agent's entry point."""
     text = Path(flash_agent.__file__).read_text(encoding="utf-8")
-    extra = [Path(source).read_text(encoding="utf-8") for method in methods.METHODS.values()
-             for source in ((method.pi_source,) if isinstance(method.pi_source, str) else method.pi_source or ())]
+    sources: list[str] = []  # each file once, in order (two methods may ship one client)
+    for method in methods.METHODS.values():
+        for source in (method.pi_source,) if isinstance(method.pi_source, str) else method.pi_source or ():
+            if source not in sources:
+                sources.append(source)
+    extra = [Path(source).read_text(encoding="utf-8") for source in sources]
     if not extra:
         return text
     head, guard, tail = text.rpartition(_MAIN_GUARD)

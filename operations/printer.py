@@ -115,6 +115,100 @@ def unified_diff(name: str, old: str | None, new: str) -> list[str]:
         fromfile=f"a/{name}" if old is not None else "/dev/null", tofile=f"b/{name}")]
 
 
+def render_config(spec: pm.PrinterSpec, attached: Mapping[str, Any], previous: Mapping[str, str],
+                  generated_file: str, template_dir: str | None) -> tuple[str, str, list[str]]:
+    """``(generated text, rendered user file, notes)`` with each board's serial path chosen from
+    what is attached (and what the generated file named before). Raises TemplateRenderError."""
+    notes, serials = [], {}
+    for entry in spec.boards:
+        choice = pm.choose_serial(entry, attached, previous.get(entry.section))
+        serials[entry.mcu_name] = choice.path
+        if choice.note:
+            notes.append(choice.note)
+    context = {**pm.template_context(spec, serials), "generated": generated_file}
+    return render("RatOS.cfg.j2", context, template_dir), render("printer.cfg.j2", context, template_dir), notes
+
+
+def needs_usb(spec: pm.PrinterSpec) -> bool:
+    """Whether choosing the boards' serial paths needs the Pi's attached USB devices."""
+    return any(e.serial is None and e.board.interface not in ("linux", "can") for e in spec.boards)
+
+
+@dataclass(frozen=True)
+class ConfigDecision:
+    """What :func:`config` does with a printer's config folder: the one answer ``plan``, ``update``
+    and ``status`` give to "is the configuration converged?"."""
+
+    writes: tuple[FileWrite, ...] = ()
+    failure: str | None = None  # nothing may be written (invalid data, template or rendering): why
+    notes: tuple[str, ...] = ()  # told to the operator (a serial kept, a user file left alone)
+    pending: bool = False  # a Klipper restart owed since an earlier run found the printer busy
+
+    @property
+    def converged(self) -> bool:
+        return self.failure is None and not self.writes and not self.pending
+
+
+def decide_files(spec: pm.PrinterSpec, attached: Mapping[str, Any], files: Mapping[str, Any], user_config: str,
+                 generated_file: str, user_file: str, template_dir: str | None) -> ConfigDecision:
+    """The writes that converge the folder ``files`` (a ``PrinterFiles`` value covering
+    :func:`files_query`) to the rendering of ``spec``; pure."""
+    current = files["files"]
+    try:
+        generated_text, user_rendered, notes = render_config(
+            spec, attached, pm.previous_serials(current[generated_file]["text"]), generated_file, template_dir)
+    except TemplateRenderError as error:
+        return ConfigDecision(failure=f"{error}. Nothing was written.")
+
+    def present(target: str) -> bool:
+        return target == generated_file or files["includes"].get(target, False)
+
+    errors = [f"{generated_file} (from RatOS.cfg.j2) {p}" for p in
+              kc.validate(generated_text) + kc.missing_includes(generated_text, present)]
+    user_text, user_note, user_errors = plan_user_file(
+        user_config, current[user_file]["text"], current[user_file]["exists"], generated_file, generated_text,
+        user_rendered)
+    errors += [f"{user_file}: {e}" for e in user_errors]
+    if user_text is not None:
+        # the user's own quirks (klippy tolerates duplicates, say) are theirs: report what we add
+        problems = new_problems(current[user_file]["text"] if user_config == "adopt" else None, user_text)
+        # includes the user wrote are theirs too: check only those our template asked for
+        problems += kc.missing_includes(user_text, lambda t: files["includes"].get(t, True) or t == generated_file)
+        source = "adopted" if user_config == "adopt" and current[user_file]["exists"] else "from printer.cfg.j2"
+        errors += [f"{user_file} ({source}) {p}" for p in problems]
+    if errors:
+        return ConfigDecision(failure="invalid configuration, nothing was written:\n" +
+                              "\n".join(f"  - {e}" for e in errors))
+    if user_note and user_text is None:
+        notes.append(f"{user_file}: {user_note}")
+    writes = tuple(w for w in (
+        file_write(generated_file, generated_text, current[generated_file], "generated"),
+        file_write(user_file, user_text, current[user_file], user_note or "") if user_text is not None else None,
+    ) if w is not None)
+    return ConfigDecision(writes=writes, notes=tuple(notes), pending=bool(current[restart_marker("klipper")]["exists"]))
+
+
+def decide_config(host_name: str, printer: Mapping[str, Any], files: Mapping[str, Any] | None,
+                  attached: Mapping[str, Any] | None, user_config: str = "adopt", generated_file: str = "RatOS.cfg",
+                  user_file: str = "printer.cfg", templates: str | None = None,
+                  catalog: Mapping[str, Board] | None = None) -> ConfigDecision | None:
+    """:func:`config`'s decision from what a caller already read (e.g. ``ratos-fleet status``):
+    ``files`` a ``PrinterFiles`` value read with :func:`config_files_query`'s arguments, ``attached``
+    the Pi's ``AttachedBoards``; None when they do not answer what it needs (then :func:`config`
+    would read more). Pure: reads nothing, writes nothing."""
+    try:
+        spec = pm.parse_printer_data(host_name, printer, catalog if catalog is not None else load_catalog())
+    except pm.PrinterDataError as error:
+        return ConfigDecision(failure=str(error))
+    if files is not None and not files:
+        return ConfigDecision(failure="the config folder does not exist on the Pi: is this a RatOS Pi (printer_data)?")
+    query = config_files_query(printer, generated_file, user_file, templates, catalog, host_name)
+    if files is None or query is None or not covers(files, query) or (needs_usb(spec) and attached is None):
+        return None
+    return decide_files(spec, attached or {}, files, user_config, generated_file, user_file,
+                        templates or printer.get("printer_templates"))
+
+
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -250,14 +344,14 @@ def _printer_data() -> dict[str, Any]:
 
 def config_files_query(
     printer: Mapping[str, Any] | None = None, generated_file: str = "RatOS.cfg", user_file: str = "printer.cfg",
-    templates: str | None = None, catalog: Mapping[str, Board] | None = None,
+    templates: str | None = None, catalog: Mapping[str, Board] | None = None, host_name: str | None = None,
 ) -> dict[str, tuple[str, ...]] | None:
     """What :func:`config` will read for the host (``PrinterFiles`` arguments), so that a caller
     can read it in one fact shared with other operations; None when the host's printer data or
     templates do not render (the operation, reading for itself, reports why)."""
     data = dict(printer) if printer is not None else _printer_data()
     try:
-        spec = pm.parse_printer_data(host.name, data, catalog if catalog is not None else load_catalog())
+        spec = pm.parse_printer_data(host_name or host.name, data, catalog if catalog is not None else load_catalog())
         # the includes do not depend on the serial paths: render with a stand-in, reading no USB
         stand_in = {e.mcu_name: "/dev/serial/by-id/stand-in" for e in spec.boards}
         context = {**pm.template_context(spec, stand_in), "generated": generated_file}
@@ -364,24 +458,13 @@ def config(
         yield fail_command(str(error))
         return
 
-    needs_usb = any(e.serial is None and e.board.interface not in ("linux", "can") for e in spec.boards)
-    if not needs_usb:
+    if not needs_usb(spec):
         attached: Mapping[str, Any] = {}
     else:
         attached = attached_boards if attached_boards is not None else host.get_fact(AttachedBoards)
 
-    def render_both(previous: Mapping[str, str]) -> tuple[str, str, list[str]]:
-        notes, serials = [], {}
-        for entry in spec.boards:
-            choice = pm.choose_serial(entry, attached, previous.get(entry.section))
-            serials[entry.mcu_name] = choice.path
-            if choice.note:
-                notes.append(choice.note)
-        context = {**pm.template_context(spec, serials), "generated": generated_file}
-        return render("RatOS.cfg.j2", context, template_dir), render("printer.cfg.j2", context, template_dir), notes
-
     try:
-        generated_text, user_rendered, notes = render_both({})
+        generated_text, user_rendered, _ = render_config(spec, attached, {}, generated_file, template_dir)
     except TemplateRenderError as error:
         yield fail_command(f"{host.name}: {error}. Nothing was written.")
         return
@@ -395,46 +478,14 @@ def config(
         yield fail_command(f"{host.name}: {config_dir} does not exist on the Pi. Nothing was written; "
                            "is this a RatOS Pi (printer_data)?")
         return
-    current = files["files"]
-    previous = pm.previous_serials(current[generated_file]["text"])
-    if previous:
-        # a board that is not running Klipper right now keeps the serial it has
-        try:
-            generated_text, user_rendered, notes = render_both(previous)
-        except TemplateRenderError as error:
-            yield fail_command(f"{host.name}: {error}. Nothing was written.")
-            return
-
-    def present(target: str) -> bool:
-        return target == generated_file or files["includes"].get(target, False)
-
-    errors = [f"{generated_file} (from RatOS.cfg.j2) {p}" for p in
-              kc.validate(generated_text) + kc.missing_includes(generated_text, present)]
-    user_text, user_note, user_errors = plan_user_file(
-        user_config, current[user_file]["text"], current[user_file]["exists"], generated_file, generated_text,
-        user_rendered)
-    errors += [f"{user_file}: {e}" for e in user_errors]
-    if user_text is not None:
-        # the user's own quirks (klippy tolerates duplicates, say) are theirs: report what we add
-        problems = new_problems(current[user_file]["text"] if user_config == "adopt" else None, user_text)
-        # includes the user wrote are theirs too: check only those our template asked for
-        problems += kc.missing_includes(user_text, lambda t: files["includes"].get(t, True) or t == generated_file)
-        source = "adopted" if user_config == "adopt" and current[user_file]["exists"] else "from printer.cfg.j2"
-        errors += [f"{user_file} ({source}) {p}" for p in problems]
-    if errors:
-        yield fail_command(f"{host.name}: invalid configuration, nothing was written:\n" +
-                           "\n".join(f"  - {e}" for e in errors))
+    # a board that is not running Klipper right now keeps the serial the generated file names
+    decision = decide_files(spec, attached, files, user_config, generated_file, user_file, template_dir)
+    if decision.failure:
+        yield fail_command(f"{host.name}: {decision.failure}")
         return
-    for note in notes:
+    for note in decision.notes:
         host.log(note, logger.warning)
-    if user_note and user_text is None:
-        host.log(f"{user_file}: {user_note}", logger.warning)
-
-    writes = [w for w in (
-        file_write(generated_file, generated_text, current[generated_file], "generated"),
-        file_write(user_file, user_text, current[user_file], user_note or "") if user_text is not None else None,
-    ) if w is not None]
-    pending = current[restart_marker("klipper")]["exists"]
+    writes, pending = list(decision.writes), decision.pending
     if not writes and not pending:
         host.noop(f"{generated_file} and {user_file} are up to date")
         return

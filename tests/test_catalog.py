@@ -97,6 +97,11 @@ def test_a_user_folder_adds_and_overrides_boards(tmp_path: Path) -> None:
         ({"CONFIG_STM32_CLOCK_REF_25M=y": "CONFIG_STM32_CLOCK_REF_8M=y"}, "kconfig", "CLOCK_REF_25M"),
         ({"unattended_flash = true": "unattended_flash = false"}, "unattended_reason", "unattended_reason ="),
         ({'dfu = "0483:df11"': 'dfu = "0483:DF11"'}, "usb.dfu", "1d50:614e"),
+        ({'interface = "usb"': 'interface = "usbcan"'}, "can_bitrate", "can_bitrate = 1000000"),
+        ({'interface = "usb"': 'interface = "usbcan"\ncan_bitrate = 250000'}, "can_bitrate", "1000000, 500000"),
+        ({'interface = "usb"': 'interface = "usbcan"\ncan_bitrate = 500000'}, "kconfig",
+         "CONFIG_CANBUS_FREQUENCY=500000"),
+        ({'interface = "usb"': 'interface = "usb"\ncan_bitrate = 500000'}, "can_bitrate", "remove the key"),
     ],
 )
 def test_a_bad_board_file_names_the_file_the_key_and_the_fix(tmp_path: Path, changes: dict[str, str], key: str, fix: str) -> None:
@@ -107,6 +112,19 @@ def test_a_bad_board_file_names_the_file_the_key_and_the_fix(tmp_path: Path, cha
     assert str(path) in message
     assert f"key '{key}'" in message
     assert fix in message
+
+
+def test_can_boards_state_their_bus_speed_in_data_and_in_their_fragment() -> None:
+    catalog = load_catalog()
+    can = [b for b in catalog.values() if b.interface in ("can", "usbcan")]
+    assert {b.id for b in can} >= {"btt-ebb36-12-can", "btt-ebb42-12-can", "btt-octopus-pro-h723-11-canbridge",
+                                   "btt-octopus-11-canbridge", "btt-manta-m8p-11-canbridge",
+                                   "btt-manta-m8p-20-canbridge"}
+    for board in can:
+        assert f"CONFIG_CANBUS_FREQUENCY={board.can_bitrate}" in board.kconfig
+        expected = ["katapult-can", "dfu"] if board.interface == "can" else ["can-bridge"]
+        assert list(board.flash_methods) == expected, board.id
+        assert board.dfu_flash_map and board.usb.get("dfu") == "0483:df11"
 
 
 def test_an_id_that_differs_from_the_file_name_is_refused(tmp_path: Path) -> None:

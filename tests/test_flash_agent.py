@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -239,20 +238,22 @@ def test_dfu_util_writes_without_leaving_reads_back_then_leaves(monkeypatch, tmp
     image.write_bytes(b"\x01" * 64)
     calls: list[list[str]] = []
 
-    def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def run(argv: list[str], timeout: float, on_output: Any, **kwargs: Any) -> tuple[int, str, str]:
+        argv = argv[2:] if argv[0].endswith("stdbuf") else argv
         calls.append(argv)
         if "-U" in argv:
             Path(argv[argv.index("-U") + 1]).write_bytes(b"\x01" * 63 + b"\x00")  # one bad byte
-        return subprocess.CompletedProcess(argv, 0, "File downloaded successfully\n", "")
+        return 0, "File downloaded successfully\n", ""
 
-    monkeypatch.setattr(flash_agent.subprocess, "run", run)
+    monkeypatch.setattr(flash_agent, "run_streaming", run)
     backend = flash_agent.DfuUtil(agent([]), {"port": "1-1.3", "address": 0x08020000})
     assert backend.write_verified(str(image)) is False
     assert [c[c.index("-s") + 1] for c in calls] == ["0x08020000", "0x08020000:64"]  # no leave after a bad read
     calls.clear()
-    monkeypatch.setattr(flash_agent.subprocess, "run", lambda argv, **k: (
-        calls.append(argv), Path(argv[argv.index("-U") + 1]).write_bytes(b"\x01" * 64) if "-U" in argv else None,
-        subprocess.CompletedProcess(argv, 0, "File downloaded successfully\n", ""))[-1])
+    monkeypatch.setattr(flash_agent, "run_streaming", lambda argv, timeout, on_output, **k: (
+        calls.append(argv[2:] if argv[0].endswith("stdbuf") else argv),
+        Path(argv[argv.index("-U") + 1]).write_bytes(b"\x01" * 64) if "-U" in argv else None,
+        (0, "File downloaded successfully\n", ""))[-1])
     assert backend.write_verified(str(image)) is True
     assert calls[-1][-2:] == ["-s", "0x08020000:leave"]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pyinfra_ratos.firmware.can import can_attached, flash_order
 from pyinfra_ratos.firmware.catalog import Board, load_catalog
 from pyinfra_ratos.firmware.image import inspect_image
 from pyinfra_ratos.firmware.plan import (
@@ -382,10 +383,10 @@ def test_board_without_katapult_found_in_katapult_is_refused(artifact) -> None:
     assert result.refused and "katapult mode" in result.reason and "is the board id right" in result.reason
 
 
-def test_can_board_is_not_supported_yet(artifact) -> None:
+def test_can_board_without_its_uuid_is_refused_with_the_fix(artifact) -> None:
     can = CATALOG["btt-ebb36-12-can"]
     result = plan(can, artifact(can), attached={})
-    assert result.refused and "not supported yet" in result.reason
+    assert result.refused and "set its canbus_uuid in the inventory" in result.reason
 
 
 def test_an_rp2040_running_klipper_is_requested_into_bootsel_by_port_and_written_over_picoboot(artifact) -> None:
@@ -438,7 +439,78 @@ def test_a_katapult_board_found_in_rom_dfu_is_written_over_dfu(artifact) -> None
     assert (result.action, result.method) == ("flash", "dfu-util")
 
 
-def test_katapult_over_can_is_still_refused_by_name(artifact) -> None:
-    can = CATALOG["btt-ebb36-12-can"]
-    result = plan(can, artifact(can), attached={})
-    assert result.refused and "flashing a can board through katapult is not supported yet" in result.reason
+# ---------------------------------------------------------------- CAN toolboards and bridges
+
+UUID_T0, UUID_BRIDGE = "65efaa4cf65d", "90a4ae022dfc"
+EBB_CAN = CATALOG["btt-ebb36-12-can"]
+BRIDGE = CATALOG["btt-octopus-pro-h723-11-canbridge"]
+
+
+def can_fact(answers: bool | None, app: str | None = "Klipper", state: str = "up") -> dict[str, Any]:
+    return {"interfaces": {"can0": {"present": state != "absent", "state": state, "bitrate": 1000000,
+                                    "txqueuelen": 128}},
+            "nodes": {UUID_T0: {"uuid": UUID_T0, "mcu_name": "toolboard_t0", "interface": "can0", "app": app,
+                                "answers": answers, "mcu_version": None, "why_unknown": "3 nodes may be unassigned"}}}
+
+
+def test_a_can_toolboard_is_flashed_through_katapult_over_can_by_its_uuid(artifact) -> None:
+    result = plan(EBB_CAN, artifact(EBB_CAN), attached=can_attached(can_fact(True)), canbus_uuid=UUID_T0)
+    assert (result.action, result.method, result.port) == ("flash", "katapult-can", f"can0/{UUID_T0}")
+    assert [type(step).__name__ for step in result.steps] == [
+        "EnsureIdle", "StopKlipper", "CanEnterKatapult", "KatapultCanWrite"]
+    write = result.steps[3]
+    assert (write.interface, write.uuid, write.address, write.mcu) == ("can0", UUID_T0, 0x08002000, "stm32g0b1xx")
+
+
+def test_a_silent_can_node_is_refused_by_name_and_nothing_is_stopped(artifact) -> None:
+    result = plan(EBB_CAN, artifact(EBB_CAN), attached=can_attached(can_fact(False, None)), canbus_uuid=UUID_T0)
+    assert result.refused and not result.hold and not result.steps
+    assert f"CAN node toolboard_t0 ({UUID_T0}) does not answer on can0" in result.reason
+
+
+@pytest.mark.parametrize("fact,words", [
+    (can_fact(None, None), "cannot tell whether CAN node toolboard_t0"),
+    (can_fact(True, state="down"), "can0 is down"),
+    ({}, "not in the printer's config yet"),
+])
+def test_a_can_node_that_cannot_be_reached_now_is_refused_with_why(artifact, fact, words) -> None:
+    attached = can_attached(fact, [(UUID_T0, "toolboard_t0", "can0")])
+    result = plan(EBB_CAN, artifact(EBB_CAN), attached=attached, canbus_uuid=UUID_T0)
+    assert result.refused and words in result.reason
+
+
+def test_a_bridge_is_asked_for_its_bootloader_over_can_then_written_over_dfu(artifact) -> None:
+    bridge = {**klipper_usb(BRIDGE, "1-1.1"), "vid_pid": "1d50:606f", "mode": "can-bridge", "tty": None}
+    result = plan(BRIDGE, artifact(BRIDGE), attached={"1-1.1": bridge}, canbus_uuid=UUID_BRIDGE)
+    assert (result.action, result.method, result.port) == ("flash", "can-bridge", "1-1.1")
+    assert [type(step).__name__ for step in result.steps] == [
+        "EnsureIdle", "StopKlipper", "CanRequestBridgeBootloader", "WaitDfu", "DfuDownload", "WaitKlipper",
+        "WaitCanUp"]
+    assert (result.steps[2].uuid, result.steps[2].port) == (UUID_BRIDGE, "1-1.1")
+    no_uuid = plan(BRIDGE, artifact(BRIDGE), attached={"1-1.1": bridge})
+    assert no_uuid.refused and "set its canbus_uuid" in no_uuid.reason
+
+
+def test_a_bridge_with_katapult_is_written_through_katapult_after_the_can_request(artifact) -> None:
+    board = CATALOG["btt-manta-m8p-11-katapult-canbridge"]
+    bridge = {**klipper_usb(board, "1-1.1"), "vid_pid": "1d50:606f", "mode": "can-bridge", "tty": None}
+    result = plan(board, artifact(board), attached={"1-1.1": bridge}, canbus_uuid=UUID_BRIDGE)
+    assert (result.action, result.method) == ("flash", "can-bridge")
+    assert [type(step).__name__ for step in result.steps] == [
+        "EnsureIdle", "StopKlipper", "CanRequestBridgeBootloader", "WaitKatapult", "KatapultWrite", "WaitKlipper",
+        "WaitCanUp"]
+
+
+def test_an_image_for_another_bus_speed_is_refused_unless_a_bridge_sets_the_speed(artifact) -> None:
+    slow = can_fact(True)
+    slow["interfaces"]["can0"]["bitrate"] = 500000
+    result = plan(EBB_CAN, artifact(EBB_CAN), attached=can_attached(slow), canbus_uuid=UUID_T0)
+    assert result.refused and "runs the CAN bus at 1000000 bit/s but can0 is at 500000 bit/s" in result.reason
+    bridged = plan(EBB_CAN, artifact(EBB_CAN), attached=can_attached(slow, bridged=True), canbus_uuid=UUID_T0)
+    assert bridged.action == "flash"
+
+
+def test_toolboards_are_flashed_before_usb_boards_and_the_bridge_last() -> None:
+    boards = [BRIDGE, H723, EBB_CAN, RPI, CATALOG["btt-ebb42-12-can"]]
+    assert [b.id for b in flash_order(boards, lambda b: b.interface)] == [
+        "btt-ebb36-12-can", "btt-ebb42-12-can", "btt-octopus-pro-h723-11", "rpi", "btt-octopus-pro-h723-11-canbridge"]

@@ -185,6 +185,28 @@ def test_a_can_board_needs_its_uuid() -> None:
     assert [f for f, _ in found] == ["boards[1].canbus_uuid"]
 
 
+@pytest.mark.parametrize("entry,field,words", [
+    ({"board": "btt-octopus-pro-h723-11-canbridge"}, "boards[0].canbus_uuid", "USB-to-CAN bridge"),
+    ({"board": "btt-ebb36-12-can", "canbus_uuid": "A1B2C3D4E5F6"}, "boards[1].canbus_uuid", "lower-case hex"),
+    ({"board": "btt-ebb36-12-can", "canbus_uuid": "a1b2c3d4e5"}, "boards[1].canbus_uuid", "12 lower-case hex"),
+    ({"board": "btt-ebb36-12-can", "canbus_uuid": "a1b2c3d4e5f6", "port": "1-1.2"}, "boards[1].port",
+     "remove port"),
+    ({"board": "btt-ebb36-12", "canbus_uuid": "a1b2c3d4e5f6"}, "boards[1].canbus_uuid", "not a CAN node"),
+])
+def test_a_bad_canbus_uuid_is_named_with_its_field_and_fix(entry: dict, field: str, words: str) -> None:
+    boards = [entry] if "canbridge" in entry["board"] else [{"board": OCTOPUS}, entry]
+    entries, found = parse_boards(boards, CATALOG)
+    assert field in [f for f, _ in found], found
+    text = dict(found)[field]
+    assert words in text and "Fix:" in text
+
+
+def test_two_nodes_with_one_uuid_are_refused() -> None:
+    boards = [{"board": "btt-octopus-pro-h723-11-canbridge", "canbus_uuid": "a1b2c3d4e5f6"},
+              {"board": "btt-ebb36-12-can", "canbus_uuid": "a1b2c3d4e5f6"}]
+    assert [f for f, _ in parse_boards(boards, CATALOG)[1]] == ["boards[1].canbus_uuid"]
+
+
 def test_the_example_inventories_are_valid(tmp_path: Path) -> None:
     # loaded by pyinfra's own inventory code, in a child: pyinfra_cli patches the stdlib for gevent
     (tmp_path / ".git").mkdir()

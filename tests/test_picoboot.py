@@ -78,6 +78,14 @@ def test_a_flash_erases_writes_reads_back_and_the_flash_holds_the_image() -> Non
     assert not rom.rebooted  # only once the caller asks
 
 
+def test_a_flash_says_its_bytes_written_for_the_agents_progress() -> None:
+    said: list[str] = []
+    Picoboot(Bootrom()).flash(image(), progress=said.append)
+    written = [line for line in said if line.startswith("progress download ")]
+    assert len(written) == 40 and written[-1] == "progress download 10240 10240"  # one per percent at most
+    assert "progress verify 0 10240" in said
+
+
 def test_a_transfer_error_in_block_n_names_the_page_and_the_device_status() -> None:
     rom = Bootrom(faults=("transfer-error-block-7",))
     with pytest.raises(PicobootError, match=r"WRITE at 0x10000600 failed: .*invalid address \(code 4\)"):

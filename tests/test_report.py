@@ -182,14 +182,15 @@ def test_status_rows_compare_each_mcu_and_the_host_with_the_pin() -> None:
     up = {"version": NEW, "connected": True, "matches_host": True}
     behind = {"version": OLD, "connected": True, "matches_host": False}
     stopped = {"version": NEW, "connected": False, "matches_host": None}  # read from klippy.log
-    good = status_rows(boards, fact(audit({"mcu": up, "toolboard_t0": stopped})), COMMIT, None)
+    good = status_rows(boards, fact(audit({"mcu": up, "toolboard_t0": stopped})), COMMIT, None, config=UP_TO_DATE)
     assert good["converged"] and [b["firmware"] for b in good["boards"]] == ["at pin", "at pin"]
-    late = status_rows(boards, fact(audit({"mcu": behind}, busy=True, online=False)), COMMIT, NEW)
+    late = status_rows(boards, fact(audit({"mcu": behind}, busy=True, online=False)), COMMIT, NEW,
+                       config=WILL_WRITE)
     assert [b["firmware"] for b in late["boards"]] == ["behind", "unknown"]
     assert (late["converged"], late["busy"], late["network"], late["boards"][1]["mode"]) == (False, True, "offline", "absent")
     old_host = audit({"mcu": behind, "toolboard_t0": behind})
     old_host["mcu_firmware"]["host_version"] = old_host["klipper"]["version"] = OLD
-    matched = status_rows(boards, fact(old_host), COMMIT, NEW)  # MCUs match their host, both behind the pin
+    matched = status_rows(boards, fact(old_host), COMMIT, NEW, config=UP_TO_DATE)  # MCUs match their host, behind
     assert (matched["klipper"], matched["converged"]) == ("behind", False)
     gone = status_rows(boards, fact(None, "unreachable", "Could not connect"), COMMIT)
     assert (gone["reachable"], gone["converged"], gone["busy"]) == (False, False, None)
@@ -197,8 +198,26 @@ def test_status_rows_compare_each_mcu_and_the_host_with_the_pin() -> None:
     lines = table.splitlines()
     assert max(len(line) for line in lines) <= 120
     assert lines[0] == f"fleet pinned to Klipper {NEW}"
-    assert lines[1].split() == ["PRINTER", "NETWORK", "KLIPPY", "BUSY", "KLIPPER", "AT", "PIN"]
-    assert lines[3].split() == ["p1", "online", "ready", "no", NEW, "at", "pin"]
+    assert lines[1].split() == ["PRINTER", "NETWORK", "KLIPPY", "BUSY", "KLIPPER", "AT", "PIN", "CONFIG"]
+    assert lines[3].split() == ["p1", "online", "ready", "no", NEW, "at", "pin", "up", "to", "date"]
     assert lines[4].split()[:3] == ["mcu", "btt-octopus-pro-h723-11", "1-1.1"] and lines[4].endswith("at pin")
-    assert "4 printers: 1 converged, 2 behind the pin, 1 unreachable or unread, 1 busy" in table
+    assert "4 printers: 1 converged, 2 behind the pin, 1 with configuration to write, 1 unreachable or unread, " \
+           "1 busy" in table
     assert "behind the pin: p2, p4" in table
+    assert "configuration not as update writes it: p2 (will write)" in table
+    assert "      update would write printer.cfg (adopted)" in table  # the reason, under its printer
+
+
+UP_TO_DATE = {"state": "up to date", "converged": True, "files": [], "reason": ""}
+WILL_WRITE = {"state": "will write", "converged": False, "files": ["printer.cfg"],
+              "reason": "update would write printer.cfg (adopted)"}
+
+
+def test_a_printer_at_the_pin_whose_configuration_would_be_rewritten_is_not_converged() -> None:
+    boards, _ = parse_boards([{"board": "btt-octopus-pro-h723-11", "port": "1-1.1"}], load_catalog())
+    up = {"mcu": {"version": NEW, "connected": True, "matches_host": True}}
+    pinned = status_rows(boards, fact(audit(up)), COMMIT, NEW, config=WILL_WRITE)
+    assert (pinned["at_pin"], pinned["converged"]) == (True, False)
+    unread = status_rows(boards, fact(audit(up)), COMMIT, NEW)  # the configuration not read: never "converged"
+    assert (unread["at_pin"], unread["converged"], unread["config"]["state"]) == (True, False, "unknown")
+    assert status_rows(boards, fact(audit(up)), COMMIT, NEW, config=UP_TO_DATE)["converged"] is True

@@ -34,7 +34,7 @@ BOARD_RULES: dict[str, Rule] = {
     "mcu_name": Rule(text(r"[a-z0-9_]{1,32}", "a Klipper MCU name"),
                      "lower-case letters, digits and '_' (e.g. toolboard_t0)", optional=True),
     "canbus_uuid": Rule(text(r"[0-9a-f]{12}", "a CAN UUID"),
-                        "set the 12 hex digits reported by Katapult's flashtool -q (e.g. \"a1b2c3d4e5f6\")",
+                        "set the 12 lower-case hex digits of canbus_query.py or Katapult's flashtool -q (e.g. \"a1b2c3d4e5f6\")",
                         optional=True),
 }
 # boards that share one of these are the same board, twice
@@ -112,9 +112,15 @@ def parse_boards(raw: Any, catalog: Mapping[str, Board]) -> tuple[list[BoardSpec
         if board is None:
             continue
         toolboards += board.toolboard
-        if board.interface == "can" and serial is None and uuid is None:
-            problems.append((f"{where}.canbus_uuid",
-                             f"missing for a CAN board. Fix: {BOARD_RULES['canbus_uuid'].fix}"))
+        if board.interface in ("can", "usbcan") and uuid is None:
+            what = "a CAN board" if board.interface == "can" else "a USB-to-CAN bridge (it is a node of its bus)"
+            problems.append((f"{where}.canbus_uuid", f"missing for {what}. Fix: {BOARD_RULES['canbus_uuid'].fix}"))
+        if board.interface == "can" and port is not None:
+            problems.append((f"{where}.port", f"{board.id} is on CAN, not USB: it is found by its canbus_uuid. "
+                                              "Fix: remove port"))
+        if board.interface not in ("can", "usbcan") and uuid is not None:
+            problems.append((f"{where}.canbus_uuid", f"{board.id} is a {board.interface} board, not a CAN node. "
+                                                     "Fix: remove canbus_uuid (or use the board's CAN variant)"))
         if len(problems) > count:
             continue
         try:

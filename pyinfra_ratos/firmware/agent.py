@@ -18,8 +18,11 @@ Stdlib only, no other project module: it runs with the Pi's own python3 (3.7 on 
 :func:`judge_activity` is also what the controller's ``PrinterActivity`` fact decides with, so
 the plan and the re-check on the Pi can never disagree about what "idle" means.
 
-Output: one ``RATOS-RESULT {json}`` line per board (the board's record, as before) and one
-``RATOS-TXN {json}`` line for the whole printer::
+Output: while it works, ``RATOS-PROGRESS {json}`` lines as each phase starts (``{"phase": "stop" |
+"flash" | "checkout" | "start" | "verify" | "rollback", "text": str}``, a flash's also ``"mcu"``,
+``"board"``, and for a write ``"done"``, ``"total"`` bytes and ``"percent"``, at most one per 10%
+and per second: :class:`Throttle`); at the end one ``RATOS-RESULT {json}`` line per board (the
+board's record, as before) and one ``RATOS-TXN {json}`` line for the whole printer::
 
     {"outcome": "done" | "pending" | "failed" | "rolled-back" | "attention" | "nothing",
      "reason": str, "todo": str,              # todo: what the operator must do ("" when nothing)
@@ -31,6 +34,7 @@ Exit status: 0 done (or nothing to do), 75 pending (not idle or locked: nothing 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -49,6 +53,7 @@ from typing import Any
 
 RESULT_PREFIX = "RATOS-RESULT "
 SUMMARY_PREFIX = "RATOS-TXN "
+PROGRESS_PREFIX = "RATOS-PROGRESS "
 EXIT_DONE, EXIT_FAILED, EXIT_PENDING = 0, 1, 75
 DFU_ID = ("0483", "df11")
 KLIPPER_ID = ("1d50", "614e")
@@ -224,6 +229,106 @@ def judge_dfu_result(exit_code: int, output_text: str, came_back: bool, reported
     note = f" (dfu-util exit {exit_code} after a complete download is a known false alarm)" if exit_code else ""
     return True, f"flashed and verified: the board runs {expected_version}{note}"
 
+# ------------------------------------------------------------------------------ live progress
+
+class Throttle:
+    """Which of a transfer's progress reports to pass on: one per ``step`` percent at most, never
+    two within ``interval`` seconds, and always the last (100%). A whole-flash write gives at most
+    11 lines, a slow one at most one a second."""
+
+    def __init__(self, step: int = 10, interval: float = 1.0, clock: Any = time.monotonic) -> None:
+        self.step, self.interval, self.clock = step, interval, clock
+        self.percent = 0
+        self.at = clock()
+        self.finished = False
+
+    def due(self, done: int, total: int) -> int | None:
+        """The percent to report for ``done`` of ``total`` bytes now, or None."""
+        if total <= 0 or self.finished:
+            return None
+        percent = max(0, min(100, done * 100 // total))
+        now = self.clock()
+        if percent >= 100:
+            self.finished = True
+        elif percent // self.step <= self.percent // self.step or now - self.at < self.interval:
+            return None
+        self.percent, self.at = percent, now
+        return percent
+
+
+def parse_dfu_progress(text: str) -> list[tuple[str, int, int]]:
+    """``(what, percent, bytes)`` of each progress report in a piece of dfu-util's output, which
+    redraws its bar with a carriage return: ``\\rDownload\\t[=====    ]  45%        12345 bytes``."""
+    found = []
+    for part in text.replace("\r", "\n").split("\n"):
+        words = part.replace("[", " [ ").replace("]", " ] ").split()
+        if "]" not in words or len(words) < 4 or words[-1] != "bytes":
+            continue
+        after = words[words.index("]") + 1:]
+        if len(after) == 3 and after[0].endswith("%") and after[0][:-1].isdigit() and after[1].isdigit():
+            found.append((words[0], int(after[0][:-1]), int(after[1])))
+    return found
+
+
+def parse_client_progress(text: str) -> list[tuple[str, int, int]]:
+    """``(what, done, total)`` of each ``progress <what> <done> <total>`` line of the pyusb client."""
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 4 and words[0] == "progress" and words[2].isdigit() and words[3].isdigit():
+            found.append((words[1], int(words[2]), int(words[3])))
+    return found
+
+
+def run_streaming(argv: list[str], timeout: float, on_output: Any, merge: bool = False,
+                  cwd: str | None = None) -> tuple[int, str, str]:
+    """Run ``argv``, handing each piece of its output to ``on_output(text)`` as it comes (for live
+    progress); ``(exit status, stdout, stderr)`` at the end (``merge``: stderr into stdout).
+    Raises :class:`subprocess.TimeoutExpired` (the process killed) after ``timeout`` seconds."""
+    import selectors
+
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=cwd,
+                               stderr=subprocess.STDOUT if merge else subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    texts: dict[int, list[bytes]] = {1: [], 2: []}
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ, 1)
+        if not merge:
+            selector.register(process.stderr, selectors.EVENT_READ, 2)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                process.kill()
+                process.wait()
+                raise subprocess.TimeoutExpired(argv, timeout)
+            for key, _ in selector.select(min(left, 1.0)):
+                chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                texts[key.data].append(chunk)
+                with contextlib.suppress(Exception):  # progress is a courtesy: it never fails a flash
+                    on_output(chunk.decode("utf-8", "replace"))
+    status = process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+    return status, b"".join(texts[1]).decode("utf-8", "replace"), b"".join(texts[2]).decode("utf-8", "replace")
+
+
+def file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # the step that reads it says what is wrong
+
+
+def unbuffered(argv: list[str]) -> list[str]:
+    """dfu-util redraws its bar without a newline or a flush: into a pipe it would arrive at the
+    end, so it runs with an unbuffered stdout (coreutils' stdbuf) when the Pi has it."""
+    stdbuf = shutil.which("stdbuf")
+    return [stdbuf, "-o0", *argv] if stdbuf else argv
+
 
 class StepFailed(Exception):
     pass
@@ -304,21 +409,31 @@ class DfuBackend:
 class DfuUtil(DfuBackend):
     name = "dfu-util"
 
-    def dfu(self, *args: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> str:
+    def dfu(self, *args: str, timeout: float = DOWNLOAD_TIMEOUT_S, total: int = 0) -> str:
+        """Run dfu-util on the step's port; ``total``: the bytes a download writes (its progress
+        is passed on as it comes, :meth:`Agent.transfer`)."""
         argv = ["dfu-util", "-p", self.step["port"], "-a", str(self.step.get("alt", 0)), *args]
+        pending = [""]  # dfu-util's last report, until the next carriage return completes it
+
+        def seen(text: str) -> None:
+            whole, cut = pending[0] + text, max((pending[0] + text).rfind("\r"), (pending[0] + text).rfind("\n"))
+            pending[0] = whole[cut + 1:] if cut >= 0 else whole
+            for what, percent, count in parse_dfu_progress(whole[:cut + 1] if cut >= 0 else ""):
+                if what == "Download" and total:
+                    self.agent.transfer("write", count, total)
+
         try:
-            done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
-                                  timeout=timeout)
+            code, out, _ = run_streaming(unbuffered(argv) if total else argv, timeout, seen, merge=True)
         except FileNotFoundError:
             raise StepFailed("dfu-util is not installed on the Pi (apt install dfu-util)") from None
         except subprocess.TimeoutExpired:
             raise StepFailed(f"dfu-util did not finish within {timeout:g} s; the board is probably left in DFU") \
                 from None
-        self.exit, self.output = done.returncode, done.stdout
+        self.exit, self.output = code, out
         for needle, why in DFU_FAILURES:
-            if needle in done.stdout:
-                raise StepFailed(f"dfu-util failed (exit {done.returncode}): {why}")
-        return done.stdout
+            if needle in out:
+                raise StepFailed(f"dfu-util failed (exit {code}): {why}")
+        return out
 
     def read(self, length: int, dest: str) -> None:
         if os.path.exists(dest):
@@ -330,13 +445,16 @@ class DfuUtil(DfuBackend):
 
     def write_verified(self, image: str) -> bool:
         address = f"{self.step['address']:#010x}"
-        out = self.dfu("-s", address, "-D", image)
+        size = file_size(image)
+        self.agent.transfer("write", 0, size, start=True)
+        out = self.dfu("-s", address, "-D", image, total=size)
         if DFU_DOWNLOADED not in out:
             last = (out.strip().splitlines() or ["no output"])[-1]
             raise StepFailed(f"dfu-util did not report a complete download (exit {self.exit}): {last}")
         with open(image, "rb") as handle:
             wanted = handle.read()
         back = self.agent.scratch("read-back.bin")
+        self.agent.note_phase("read back and compare")
         self.read(len(wanted), back)
         with open(back, "rb") as handle:
             same = handle.read() == wanted
@@ -364,15 +482,25 @@ class Pyusb(DfuBackend):
         # -I: neither the working directory nor PYTHON* variables can shadow the client
         argv = [python, "-I", "-m", self.module, *args, "--port", self.step["port"],
                 "--address", f"{self.step['address']:#010x}", "--name", self.agent.board_label]
+        pending = [""]  # the client's last stderr line, until its newline arrives
+
+        def seen(text: str) -> None:
+            whole = pending[0] + text
+            complete, _, pending[0] = whole.rpartition("\n")
+            for what, count, total in parse_client_progress(complete):
+                if what == "download":
+                    self.agent.transfer("write", count, total)
+                elif what == "verify" and count == 0:
+                    self.agent.note_phase("read back and compare")
+
         try:
-            done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                                  timeout=DOWNLOAD_TIMEOUT_S, cwd="/")
+            code, out, err = run_streaming(argv, DOWNLOAD_TIMEOUT_S, seen, cwd="/")
         except subprocess.TimeoutExpired:
             raise StepFailed(f"the {self.label} did not finish within {DOWNLOAD_TIMEOUT_S} s; the board "
                              f"is probably left in {self.mode}") from None
-        self.exit, self.output = done.returncode, done.stdout + done.stderr
-        answer = client_answer(done.stdout)
-        answer.setdefault("stderr", (done.stderr.strip().splitlines() or ["no output"])[-1])
+        self.exit, self.output = code, out + err
+        answer = client_answer(out)
+        answer.setdefault("stderr", (err.strip().splitlines() or ["no output"])[-1])
         return answer
 
     def read(self, length: int, dest: str) -> None:
@@ -387,6 +515,7 @@ class Pyusb(DfuBackend):
         return ("--protect-below", f"{self.step.get('protect_below', self.step['address']):#010x}")
 
     def write_verified(self, image: str) -> bool:
+        self.agent.transfer("write", 0, file_size(image), start=True)
         answer = self.client("flash", "--image", image, *self.write_args())
         self.agent.read_back = answer.get("read_back_ok")
         if answer.get("failure") == "verify":
@@ -430,6 +559,7 @@ class DfuRunner(Runner):
         agent.keep_firmware(backend, port, int(write.get("capture_length") or 0), record)
         record["written"] = True
         agent.write_with_retry(backend, agent.path(write["image"]), record)
+        agent.note_phase(f"waiting for Klipper on USB port {port}")
         agent.wait_klipper(port, float(steps.get("WaitKlipper", {"timeout": 30})["timeout"]))
 
     def restore(self, agent: Agent, board: dict[str, Any], record: dict[str, Any]) -> str | None:
@@ -460,7 +590,10 @@ class LinuxRunner(Runner):
             shutil.copy2(install["dest"], keep)
             record["capture"] = keep
         record["written"] = True
+        size = file_size(agent.path(install["source"]))
+        agent.transfer("write", 0, size, start=True)
         agent.run(["install", "-m", "0755", agent.path(install["source"]), install["dest"]])
+        agent.transfer("write", size, size)
         if "RestartService" in steps:
             agent.run(["systemctl", "restart", steps["RestartService"]["name"]])
 
@@ -502,6 +635,38 @@ class Agent:
         self.read_back: bool | None = None
         self.records: list[dict[str, Any]] = []
         self.log: list[str] = []
+        self.board_now: dict[str, Any] = {}  # the board being flashed, named in its progress lines
+        self.throttle = Throttle()
+        self.quiet = False  # the SSH connection is gone: nobody reads progress any more
+
+        # the USB id a board's application enumerates as, when not Klipper's USB serial (a bridge: 1d50:606f)
+        self.app_ids: dict[str, tuple[str, str]] = {}
+
+    # --- live progress -----------------------------------------------------------------------
+
+    def progress(self, phase: str, text: str, **fields: Any) -> None:
+        """One ``RATOS-PROGRESS`` line, now (the controller shows it as it arrives)."""
+        if self.quiet:
+            return
+        try:
+            print(PROGRESS_PREFIX + json.dumps({"phase": phase, "text": text, **fields}, sort_keys=True), flush=True)
+        except OSError:
+            self.quiet = True
+
+    def note_phase(self, text: str) -> None:
+        """A step of the board being flashed."""
+        self.progress("flash", text, **self.board_now)
+
+    def transfer(self, what: str, done: int, total: int, start: bool = False) -> None:
+        """A transfer's bytes so far; passed on when :class:`Throttle` says so (``start``: a new one)."""
+        if start:
+            self.throttle = Throttle()
+            self.note_phase(f"{what} {total} bytes")
+            return
+        percent = self.throttle.due(done, total)
+        if percent is not None:
+            self.progress("flash", f"{what} {percent}% ({done} of {total} bytes)", done=done, total=total,
+                          percent=percent, **self.board_now)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -604,6 +769,7 @@ class Agent:
     def enter_mode(self, port: str, wanted: tuple[str, str], what: str, timeout: float,
                    tty: str | None = None) -> None:
         """Send a board running Klipper to its bootloader (``wanted``, called ``what``) and wait for it."""
+        self.note_phase(f"entering {what} on USB port {port}")
         if usb_id(port) == KLIPPER_ID:
             self.request_bootloader(port, tty)
         if not self.wait_usb(port, wanted, timeout):
@@ -613,10 +779,12 @@ class Agent:
             raise StepFailed(f"the board did not enter {what} on USB port {port} within {timeout:g} s ({now})")
 
     def wait_klipper(self, port: str, timeout: float) -> None:
-        if not self.wait_usb(port, KLIPPER_ID, timeout):
+        app = self.app_ids.get(port, KLIPPER_ID)
+        if not self.wait_usb(port, app, timeout):
             now = usb_state(port)
             now = "still " + now if now.startswith("in ") else now
-            raise StepFailed(f"the board did not come back as Klipper on its USB port {port} within "
+            what = "Klipper" if app == KLIPPER_ID else "Klipper (" + ":".join(app) + ")"
+            raise StepFailed(f"the board did not come back as {what} on its USB port {port} within "
                              f"{timeout:g} s ({now})")
 
     def keep_firmware(self, backend: DfuBackend, port: str, length: int, record: dict[str, Any]) -> None:
@@ -625,6 +793,7 @@ class Agent:
         if not length:
             return
         dest = self.scratch(f"{port}.bin")
+        self.note_phase(f"reading the firmware it ran (up to {length} bytes, kept for a rollback)")
         backend.read(length, dest)
         with open(dest, "rb") as handle:
             kept = trimmed(handle.read())
@@ -638,6 +807,7 @@ class Agent:
     def flash_board(self, board: dict[str, Any], record: dict[str, Any]) -> None:
         """One board, by the runner of its plan's method; keeps what it ran (``record["capture"]``)."""
         self.board_label = board["board"]
+        self.board_now = {"board": board["board"], "mcu": board.get("mcu_name") or ""}
         runner(board).flash(self, board, record)
 
     def write_with_retry(self, backend: DfuBackend, image: str, record: dict[str, Any]) -> None:
@@ -772,18 +942,23 @@ class Agent:
         step = "stopping Klipper"
         try:
             if self.boards or self.klipper:
+                self.progress("stop", "printer idle: stopping Klipper")
                 self.klipper_stopped = True  # a stop that reports failure may still have stopped it
                 self.run(["systemctl", "stop", "klipper"])
             for board, record in zip(self.boards, records):
                 step = f"flashing {board['board']}"
+                self.progress("flash", f"flashing {board['board']} ({board.get('method')})", board=board["board"],
+                              mcu=board.get("mcu_name") or "")
                 self.flash_board(board, record)
                 record["flashed"] = True
             if self.klipper and self.klipper["to"] != self.klipper.get("from"):
                 step = "checking out Klipper"
+                self.progress("checkout", f"{self.klipper['path']} to {self.klipper['to'][:12]}")
                 self.checkout(self.klipper["to"])
                 self.moved = True
                 summary["klipper_after"] = self.klipper["to"]
             step = f"starting {service}"
+            self.progress("start", f"{'starting' if self.klipper_stopped else 'restarting'} {service}")
             self.run(["systemctl", "start" if self.klipper_stopped else "restart", service])
             self.klipper_stopped = False
             if not self.started(service, before):
@@ -791,6 +966,8 @@ class Agent:
                                  "active)")
             summary["restarted"] = True
             step = "verifying"
+            self.progress("verify", "klippy as ready as before" + (", every flashed MCU on its new version"
+                                                                    if self.boards else ""))
             expect = {b["mcu_name"]: b["expected_version"] for b in self.boards if b.get("expected_version")}
             problem = self.verify(klippy_before, expect)
             if problem:
@@ -810,6 +987,7 @@ class Agent:
     def roll_back(self, failure: str, records: list[dict[str, Any]], before: dict[str, str],
                   klippy_before: str) -> dict[str, Any]:
         """Back to the last working pair: the previous commit and the firmware each board ran."""
+        self.progress("rollback", f"rolling back: {failure}")
         todo: list[str] = []
         try:
             self.run(["systemctl", "stop", "klipper"])

@@ -20,6 +20,9 @@ Keys of a board file (all required unless marked optional):
 ``crystal``           int Hz, optional: the external crystal (absent: none / not applicable)
 ``interface``         "usb" | "can" | "usbcan" | "linux"
 ``toolboard``         bool
+``can_bitrate``       int bit/s, required for "can" and "usbcan" boards: the bus speed the build runs
+                      (1000000 or 500000); the Kconfig fragment's ``CONFIG_CANBUS_FREQUENCY`` must say
+                      the same (a host changes both with the board entry's ``kconfig`` override)
 ``usb``               table of "vvvv:pppp" ids by mode: ``klipper`` (the app), ``dfu`` (STM32
                       ROM DFU), ``katapult`` (Katapult bootloader), ``rp2040_boot`` (BOOTSEL ROM);
                       only the modes the board has
@@ -60,6 +63,7 @@ FLASH_METHODS = ("dfu", "katapult", "rp2040", "linux", "manual-sd")
 _METHOD_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 FIRMWARE_FILES = ("klipper.bin", "klipper.uf2", "klipper.elf")
 USB_MODES = ("klipper", "dfu", "katapult", "rp2040_boot")
+CAN_BITRATES = (1000000, 500000)  # Klipper's default and the common vendor one (bootloaders-can.md 2.4)
 
 _USB_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}\Z")
 # STM32 <line, e.g. H723> <pin count> <flash size code> <package> <temperature range>
@@ -81,6 +85,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool, str]] = {
     "crystal": ((int,), False, "set crystal = 25000000 (Hz) or remove the key"),
     "interface": ((str,), True, f"set interface to one of {', '.join(INTERFACES)}"),
     "toolboard": ((bool,), True, "set toolboard = true or false"),
+    "can_bitrate": ((int,), False, "set can_bitrate = 1000000 (or 500000) for a CAN or USB-to-CAN board"),
     "usb": ((dict,), True, 'add a [usb] table, e.g. klipper = "1d50:614e"'),
     "dfu_flash_map": ((str,), False, 'set dfu_flash_map = "@Internal Flash  /0x08000000/..."'),
     "flash_methods": ((list,), True, f"set flash_methods to a list of methods, e.g. {', '.join(FLASH_METHODS)}"),
@@ -115,6 +120,7 @@ class Board:
     ram_top: int | None = None
     mcu_part: str | None = None
     sd_firmware_name: str | None = None
+    can_bitrate: int | None = None
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -173,9 +179,10 @@ def _check_values(path: Path, data: Mapping[str, Any]) -> None:
             raise _fail(path, "mcu_part", f"'{part}' is not an STM32 part number", _SCHEMA["mcu_part"][2])
         if data["mcu"] != f"stm32{match.group(1).lower()}xx":
             raise _fail(path, "mcu_part", f"'{part}' is not a part of {data['mcu']}", _SCHEMA["mcu_part"][2])
-    if "dfu" in methods and not data.get("dfu_flash_map"):
+    by_dfu = "dfu" in methods or "can-bridge" in methods  # a bridge is written in its ROM DFU
+    if by_dfu and not data.get("dfu_flash_map"):
         raise _fail(path, "dfu_flash_map", "missing for a board flashed by DFU", _SCHEMA["dfu_flash_map"][2])
-    if "dfu" in methods and "dfu" not in data["usb"]:
+    if by_dfu and "dfu" not in data["usb"]:
         raise _fail(path, "usb.dfu", "missing for a board flashed by DFU", 'add dfu = "0483:df11" to [usb]')
     sd_name = data.get("sd_firmware_name")
     if "manual-sd" in methods and not sd_name:
@@ -184,7 +191,26 @@ def _check_values(path: Path, data: Mapping[str, Any]) -> None:
         raise _fail(path, "sd_firmware_name", f"{sd_name!r} is not a plain file name", _SCHEMA["sd_firmware_name"][2])
     if not data["unattended_flash"] and not data.get("unattended_reason", "").strip():
         raise _fail(path, "unattended_reason", "required when unattended_flash is false", _SCHEMA["unattended_reason"][2])
+    _check_can_bitrate(path, data)
     _check_kconfig(path, data)
+
+
+def _check_can_bitrate(path: Path, data: Mapping[str, Any]) -> None:
+    bitrate = data.get("can_bitrate")
+    on_can = data["interface"] in ("can", "usbcan")
+    if on_can and bitrate is None:
+        raise _fail(path, "can_bitrate", "missing for a CAN board", _SCHEMA["can_bitrate"][2])
+    if bitrate is None:
+        return
+    if not on_can:
+        raise _fail(path, "can_bitrate", f"set on a {data['interface']} board", "remove the key")
+    if bitrate not in CAN_BITRATES:
+        raise _fail(path, "can_bitrate", f"{bitrate} is not a bus speed RatOS printers run",
+                    f"use one of {', '.join(map(str, CAN_BITRATES))}")
+    found = re.findall(r"^CONFIG_CANBUS_FREQUENCY=(\d+)$", data["kconfig"], re.MULTILINE)
+    if found != [str(bitrate)]:
+        raise _fail(path, "kconfig", f"can_bitrate is {bitrate} but the fragment sets CANBUS_FREQUENCY to "
+                    f"{found or 'nothing'}", f"add the line CONFIG_CANBUS_FREQUENCY={bitrate}")
 
 
 def _check_kconfig(path: Path, data: Mapping[str, Any]) -> None:
@@ -233,6 +259,7 @@ def load_board(path: Path) -> Board:
         unattended_flash=data["unattended_flash"],
         crystal=data.get("crystal"),
         dfu_flash_map=data.get("dfu_flash_map"),
+        can_bitrate=data.get("can_bitrate"),
         unattended_reason=data.get("unattended_reason"),
         ram_top=data.get("ram_top"),
         mcu_part=data.get("mcu_part"),

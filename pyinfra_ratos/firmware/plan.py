@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from pyinfra_ratos.firmware import agent as flash_agent
+from pyinfra_ratos.firmware.can import bitrate_problem
 from pyinfra_ratos.firmware.catalog import Board
 from pyinfra_ratos.firmware.identity import config_sha256
 from pyinfra_ratos.firmware.image import check_image_for_board
@@ -125,6 +126,8 @@ def plan_flash(
     dfu_timeout: float = 10.0,
     klipper_timeout: float = 30.0,
     host_arch: str | None = None,
+    canbus_uuid: str | None = None,
+    can_interface: str = "can0",
 ) -> FlashPlan:
     """Decide what to do with one board.
 
@@ -136,6 +139,9 @@ def plan_flash(
     + port: the board's USB port when the inventory pins it (needed for two boards of one model)
     + attended_flash: the operator's per-run flag for boards never flashed unattended
     + host_arch: the Pi's userland architecture (``KlipperHost`` ``arch``): a host MCU's ELF must run on it
+    + canbus_uuid: the board's CAN node (a CAN toolboard is found by it in ``attached``, under
+      ``<can_interface>/<uuid>``, see :func:`pyinfra_ratos.firmware.can.can_attached`; a USB-to-CAN
+      bridge is asked for its bootloader by it)
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown flash backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -144,11 +150,17 @@ def plan_flash(
     problems = _artifact_problems(board, artifact, host_arch)
     if problems:
         return _refuse(board, "image does not fit the board: " + "; ".join(problems), before_version=before)
+    # a CAN toolboard is where its node is: <interface>/<uuid>
+    if board.interface == "can" and port is None:
+        if not canbus_uuid:
+            return _refuse(board, "a CAN board is found on its bus by its UUID: set its canbus_uuid in the inventory",
+                           before_version=before)
+        port = f"{can_interface}/{canbus_uuid}"
     # 2. nothing to do: skipping disturbs nothing, so it needs no other check
     if _runs_identity(mcu, artifact):
         return FlashPlan("skip", board.id, f"{board.id}: already runs {artifact.identity.version} "
                          f"(identity {artifact.identity.name})", before_version=before,
-                         expected_version=artifact.identity.version)
+                         expected_version=artifact.identity.version, port=port if board.interface == "can" else None)
     method = method_for(board)
     if isinstance(method, str):
         return _refuse(board, method, before_version=before)
@@ -163,6 +175,11 @@ def plan_flash(
             return _refuse(board, missing or "not found", before_version=before)
         found = method_for(board, entry.get("mode"))  # e.g. a Katapult board left in ROM DFU: dfu
         method = method if isinstance(found, str) else found
+        if canbus_uuid:
+            entry = {**entry, "canbus_uuid": canbus_uuid, "can_interface": can_interface}
+        wrong_speed = bitrate_problem(entry, artifact.image.config) if board.interface == "can" else None
+        if wrong_speed:
+            return _refuse(board, wrong_speed, before_version=before, port=entry.get("port"))
         refusal = mode_refusal(board, entry, method)
         if refusal:
             return _refuse(board, refusal, before_version=before, port=entry.get("port"))

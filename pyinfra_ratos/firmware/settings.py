@@ -69,6 +69,7 @@ class FirmwareTarget:
     mcu_name: str
     port: str | None
     overrides: Mapping[str, OverrideValue] = field(default_factory=dict)
+    canbus_uuid: str | None = None  # a CAN toolboard's or a USB-to-CAN bridge's node
 
     @property
     def fragment(self) -> str:
@@ -90,7 +91,7 @@ def parse_targets(errors: list[str], raw: Any, catalog: Mapping[str, Board]) -> 
     # one boards parser for every deploy (the printer configuration reads the same list)
     specs, problems = parse_boards(raw, catalog)
     errors.extend(f"field '{name}': {text}" for name, text in problems)
-    return [FirmwareTarget(s.board, s.mcu_name, s.port, s.kconfig) for s in specs]
+    return [FirmwareTarget(s.board, s.mcu_name, s.port, s.kconfig, s.canbus_uuid) for s in specs]
 
 
 def _is_checkout(folder: str) -> bool:

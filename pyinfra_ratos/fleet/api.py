@@ -181,9 +181,11 @@ def disconnect(state: State) -> None:
             host.disconnect()
 
 
-def gather(state: State, fact: type[FactBase[T]], **kwargs: Any) -> dict[str, HostFact[T]]:
+def gather(state: State, fact: type[FactBase[T]], per_host: Callable[[Host], Mapping[str, Any]] | None = None,
+           **kwargs: Any) -> dict[str, HostFact[T]]:
     """One fact from every host of the state, concurrently: one command per host (connecting
-    first where needed). Never raises for a host: unreachable and failed hosts say so."""
+    first where needed). Never raises for a host: unreachable and failed hosts say so.
+    ``per_host``: each host's own arguments, added to ``kwargs``."""
 
     def one(host: Host) -> HostFact[T]:
         started = time.monotonic()
@@ -194,7 +196,7 @@ def gather(state: State, fact: type[FactBase[T]], **kwargs: Any) -> dict[str, Ho
                     return HostFact(None, "unreachable", _connect_error(state, host), time.monotonic() - started)
                 state.activate_host(host)
             try:
-                value = get_fact(state, host, fact, kwargs=kwargs)
+                value = get_fact(state, host, fact, kwargs={**kwargs, **(per_host(host) if per_host else {})})
             except ConnectError as error:
                 return HostFact(None, "unreachable", str(error), time.monotonic() - started)
             except PyinfraError as error:

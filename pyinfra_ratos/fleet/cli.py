@@ -114,10 +114,14 @@ def _pin(data: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """Validate the inventory (no SSH on bad input), then one FleetAudit command per Pi."""
+    """Validate the inventory (no SSH on bad input), then one command per Pi: the audit and the
+    config folder (``UpdateState``), judged as ``plan`` judges them."""
+    from dataclasses import replace
+
     from pyinfra_ratos.fleet import api as fleet_api
+    from pyinfra_ratos.fleet.config_status import judge_config, status_reads
     from pyinfra_ratos.firmware.catalog import load_catalog
-    from pyinfra_ratos.facts.audit import FleetAudit
+    from pyinfra_ratos.facts.update_state import UpdateState
     from pyinfra_ratos.fleet.hostdata import InventoryError, validate_inventory
     from pyinfra_ratos.fleet.report_text import render_status, status_rows
 
@@ -133,10 +137,12 @@ def _status(args: argparse.Namespace) -> int:
         key = (host_data.get("klipper_commit"), host_data.get("klipper_source"))
         pins[key] = pins.get(key) or _pin(host_data)
     state = fleet_api.make_state(inventory, parallel=args.parallel, connect_timeout=args.connect_timeout)
-    audits = fleet_api.gather(state, FleetAudit)
+    reads = fleet_api.gather(state, UpdateState, per_host=lambda host: status_reads(host.name, data[host.name]))
     fleet_api.disconnect(state)
+    audits = {host: replace(fact, value=(fact.value or {}).get("audit")) for host, fact in reads.items()}
     statuses = {host: status_rows(settings[host].boards, fact,
-                                  *pins[(data[host].get("klipper_commit"), data[host].get("klipper_source"))])
+                                  *pins[(data[host].get("klipper_commit"), data[host].get("klipper_source"))],
+                                  config=judge_config(host, data[host], reads[host].value if fact.ok else None))
                 for host, fact in audits.items()}
     code = _status_code(statuses, args.fail_on_busy)
     shown = {f"{v or (c or '-')[:12]}" for c, v in pins.values()}
@@ -144,9 +150,10 @@ def _status(args: argparse.Namespace) -> int:
         hosts = {host: {"status": fact.status, "error": fact.error, "seconds": round(fact.seconds, 3),
                         "summary": statuses[host], "facts": fact.value} for host, fact in audits.items()}
         print(json.dumps({"inventory": str(args.inventory), "converged": code == EXIT_OK,
-                          "converged_means": "Klipper and every board at the fleet's pin (status does not read "
-                          "the configuration: plan does)", "pins": [list(k) for k in pins.values()],
-                          "behind": [h for h, s in statuses.items() if s["reachable"] and not s["converged"]],
+                          "converged_means": MEANING, "pins": [list(k) for k in pins.values()],
+                          "behind": [h for h, s in statuses.items() if s["reachable"] and not s["at_pin"]],
+                          "config_pending": [h for h, s in statuses.items() if s["config"]["converged"] is False],
+                          "not_converged": [h for h, s in statuses.items() if s["reachable"] and not s["converged"]],
                           "exit_code": code, "hosts": hosts}, indent=1))
     else:
         print(render_status(statuses, pin=", ".join(sorted(shown))), end="")
@@ -168,7 +175,7 @@ def _fleet(args: argparse.Namespace, execute: bool) -> int:
     from pyinfra_ratos.fleet import api as fleet_api
     from pyinfra_ratos.fleet import interrupts
     from pyinfra_ratos.fleet import update as fleet_update
-    from pyinfra_ratos.fleet.progress import Progress, confirm, log_handler
+    from pyinfra_ratos.fleet.progress import Progress, confirm, live, log_handler
     from pyinfra_ratos.fleet.report_text import render_table
 
     report_dir = args.report if execute else None
@@ -185,7 +192,7 @@ def _fleet(args: argparse.Namespace, execute: bool) -> int:
     propagate, logger.propagate = logger.propagate, False
     progress = Progress(out, total=0) if execute else None
     try:
-        with interrupts.graceful():
+        with interrupts.graceful(), live(progress):
             code, report = fleet_update.run_fleet(
                 args.inventory, limit=args.limit, execute=execute, attended_flash=args.attended_flash,
                 max_in_flight=args.max_in_flight, max_failed=args.max_failed, report_dir=report_dir,
@@ -331,9 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the farm running afterwards")
     demo.set_defaults(func=_demo)
     status = commands.add_parser(
-        "status", help="read every printer (one SSH command each) against the fleet's pin", **_help(
+        "status", help="read every printer (one SSH command each) against the pin and its configuration", **_help(
             "Read every printer (one SSH command each): Klipper and every board against the fleet's pin "
-            "(klipper_commit), activity, network. Changes nothing; klipper_source is not needed."))
+            "(klipper_commit), the configuration against what `update` would write (as `plan` decides it), "
+            "activity, network. Changes nothing; klipper_source is not needed."))
     status.add_argument("inventory", help="pyinfra inventory file (group_data/ beside it is read too)")
     status.add_argument("--limit", action="append", metavar="HOST|GROUP|GLOB", help="only these hosts (repeatable)")
     status.add_argument("--json", action="store_true", help="print the facts as JSON instead of the table")

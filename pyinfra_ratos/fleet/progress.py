@@ -2,11 +2,13 @@
 
 pyinfra calls :class:`Progress` (a state callback handler) as each operation starts and ends on
 each host; each becomes one plain line (``[vcore-01] start  Klipper at the fleet's commit``),
-fit for a log file or CI; the fleet run adds a line per finished printer with the window's state
-(``-- [7/20] prod-05: failed in 3.1 s (13 left, 2/10 in flight, 1 failed so far)``). On a terminal
-a one-line bar (printers finished / printers, printers in flight / window) is redrawn
-on stderr under them: a dozen lines of our own rather than a new dependency (rich, tqdm) for one
-line. pyinfra's own warnings (a printer left as it is and why, at default verbosity) are printed
+fit for a log file or CI. The printer agent's own phases on the Pi (stop, flash with bytes and
+percent, checkout, start, verify) arrive as it works (:mod:`pyinfra_ratos.run.stream`) and become
+lines too; the fleet run adds a line per finished printer with the window's state (``-- [7/20]
+prod-05: failed in 3.1 s (13 left, 2/10 in flight, 1 failed so far)``). On a terminal a one-line
+bar (printers finished / printers, printers in flight / window, and the latest transfer's percent,
+which a log gets as lines instead) is redrawn on stderr under them: a few lines of our own
+rather than a new dependency (rich, tqdm) for one line. pyinfra's own warnings (a printer left as it is and why, at default verbosity) are printed
 through :func:`log_handler`, wrapped to the same width. Imported after ``fleet_api`` (it imports
 pyinfra, whose CLI package patches the standard library for gevent).
 """
@@ -14,6 +16,7 @@ pyinfra, whose CLI package patches the standard library for gevent).
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 import sys
 import textwrap
 import time
@@ -56,6 +59,7 @@ class Progress(BaseStateCallback):
         self.in_flight = 0  # printers in flight now (the run keeps it)
         self.started: dict[tuple[str, str], float] = {}
         self.attended: dict[str, list[str]] = {}  # host -> held boards this run flashes (named at DFU time)
+        self.activity = ""  # the latest transfer in flight, shown in the bar on a terminal
 
     def line(self, text: str) -> None:
         self._clear_bar()
@@ -82,17 +86,32 @@ class Progress(BaseStateCallback):
                           f"{f' ({checks})' if checks else ''}")
         self.printers_done(len(printers))
 
+    def agent_progress(self, host: str, record: Mapping[str, Any]) -> None:
+        """A phase of a printer's transaction on the Pi, as it happens (a :mod:`pyinfra_ratos.run.stream`
+        listener); on a terminal a transfer's percent goes to the bar, not to a line of its own."""
+        text = agent_line(host, record)
+        if self.tty and isinstance(record.get("percent"), int) and record["percent"] < 100:
+            self.activity = text
+            self._bar()
+            return
+        self.activity = ""
+        self.line(text)
+
     def _bar(self) -> None:
         if not self.tty or not self.total:
             return
         filled = int(30 * self.done / self.total)
-        window = f", {self.in_flight}/{self.window} in flight" if self.window else ""
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} printers{window}")
+        bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} printers"
+        if self.window:
+            bar += f", {self.in_flight}/{self.window} in flight"
+        if self.activity:
+            bar += "  " + self.activity
+        sys.stderr.write("\r" + bar[: self.width - 1].ljust(self.width - 1))
         sys.stderr.flush()
 
     def _clear_bar(self) -> None:
         if self.tty and self.total:
-            sys.stderr.write("\r" + " " * 80 + "\r")
+            sys.stderr.write("\r" + " " * (self.width - 1) + "\r")
             sys.stderr.flush()
 
     def finish(self) -> None:
@@ -120,6 +139,22 @@ class Progress(BaseStateCallback):
                              max_retries: int = 0) -> None:
         seconds = time.monotonic() - self.started.pop((host.name, op_hash), time.monotonic())
         self.line(f"[{host.name}] {_names(state, op_hash)}: FAILED after {seconds:.1f} s")
+
+
+def live(progress: Progress | None) -> AbstractContextManager[None]:
+    """Within: the printer agents' progress lines reach ``progress`` as they happen (none: nothing)."""
+    from pyinfra_ratos.run.stream import listening
+
+    return listening(progress.agent_progress) if progress is not None else nullcontext()
+
+
+def agent_line(host: str, record: Mapping[str, Any]) -> str:
+    """``[vcore-01] flash mcu (btt-octopus-pro-h723-11): write 45% (12288 of 27304 bytes)``: one line
+    of the printer agent's progress (``RATOS-PROGRESS``), its text sanitised (it came from a Pi)."""
+    phase, text = str(record.get("phase") or "?"), str(record.get("text") or "")
+    if record.get("mcu") or record.get("board"):
+        phase += f" {record.get('mcu') or '?'}" + (f" ({record['board']})" if record.get("board") else "")
+    return sanitise_text(f"[{host}] {phase}: {text}")
 
 
 def _is_diff(record: logging.LogRecord) -> bool:

@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pyinfra_ratos.firmware.can import can_attached
 from pyinfra_ratos.firmware.converged import AT_PIN, MEANING, at_pin, firmware_word
 from pyinfra_ratos.data.hygiene import sanitise_text
 
@@ -204,23 +205,26 @@ def _attached_for(board: Any, attached: Mapping[str, Mapping[str, Any]]) -> Mapp
 
 
 def status_rows(boards: Sequence[Any], fact: Any, pin_commit: str | None = None,
-                pin_version: str | None = None) -> dict[str, Any]:
+                pin_version: str | None = None, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One Pi's status from its inventory boards (:class:`pyinfra_ratos.fleet.hostdata.BoardSpec`), its
     gathered FleetAudit (:class:`pyinfra_ratos.fleet.api.HostFact`) and the fleet's pin::
 
         {"reachable": bool, "error": str, "busy": bool | None, "klippy_state": str,
          "network": "online" | "offline" | "unknown", "host_version": str, "klipper": "at pin" | ...,
-         "converged": bool, "boards": [{"mcu_name", "board", "port", "mode", "version", "firmware"}]}
+         "at_pin": bool, "config": {...}, "converged": bool,
+         "boards": [{"mcu_name", "board", "port", "mode", "version", "firmware"}]}
 
     ``firmware`` and ``klipper`` are :func:`pyinfra_ratos.firmware.converged.firmware_word` against the pin
-    (without a pin: against the host's own version). The configuration is not read here (``plan``
-    does): ``converged`` covers Klipper and firmware.
+    (without a pin: against the host's own version); ``at_pin``: Klipper and every board at the pin.
+    ``config``: :func:`pyinfra_ratos.fleet.config_status.judge_config`'s answer (None: not read).
+    ``converged`` is both: at the pin, and a configuration ``update`` would not rewrite.
     """
     audit = fact.value if fact.value is not None else {}
     reachable = fact.status != "unreachable"
     mcu_firmware = audit.get("mcu_firmware") or {}
     mcus = mcu_firmware.get("mcus") or {}
     attached = audit.get("boards") or {}
+    nodes = can_attached(audit.get("can") or {})
     activity = audit.get("activity") or {}
     network = audit.get("network") or {}
     host_version = mcu_firmware.get("host_version") or (audit.get("klipper") or {}).get("version") or ""
@@ -236,6 +240,9 @@ def status_rows(boards: Sequence[Any], fact: Any, pin_commit: str | None = None,
         port = board.port
         if board.board.interface in ("linux", "can"):
             mode = board.board.interface
+            if board.board.interface == "can" and board.canbus_uuid:  # where its node is, and what the bus said
+                node = nodes.get(f"can0/{board.canbus_uuid}") or {}
+                port, mode = port or f"can0/{board.canbus_uuid}", node.get("mode") or mode
         else:
             device = _attached_for(board, attached)
             mode = device.get("mode", "unknown") if device else "absent"
@@ -251,6 +258,9 @@ def status_rows(boards: Sequence[Any], fact: Any, pin_commit: str | None = None,
                          "firmware": word(version)})
     online = network.get("default_route")
     klipper = word(host_version)
+    pinned = bool(fact.ok and klipper == AT_PIN and all(row["firmware"] == AT_PIN for row in rows))
+    config = dict(config) if config is not None else {"state": "unknown", "converged": None, "files": [],
+                                                       "reason": "not read"}
     return {
         "reachable": reachable,
         "status": fact.status,
@@ -260,12 +270,14 @@ def status_rows(boards: Sequence[Any], fact: Any, pin_commit: str | None = None,
         "network": "unknown" if online is None else "online" if online else "offline",
         "host_version": host_version,
         "klipper": klipper,
-        "converged": bool(fact.ok and klipper == AT_PIN and all(row["firmware"] == AT_PIN for row in rows)),
+        "at_pin": pinned,
+        "config": config,
+        "converged": pinned and config.get("converged") is True,
         "boards": rows,
     }
 
 
-STATUS_HEAD = ("PRINTER", "NETWORK", "KLIPPY", "BUSY", "KLIPPER", "AT PIN")
+STATUS_HEAD = ("PRINTER", "NETWORK", "KLIPPY", "BUSY", "KLIPPER", "AT PIN", "CONFIG")
 STATUS_SUB = ("MCU", "BOARD", "PORT", "MODE", "MCU VERSION", "FIRMWARE")
 
 
@@ -274,26 +286,34 @@ def render_status(statuses: Mapping[str, Mapping[str, Any]], pin: str | None = N
     groups = []
     for host, status in statuses.items():
         if not status["reachable"] or status["status"] == "failed":
-            groups.append(([host, "-", "-", "-", "-", "unknown"], [], [f"{status['status']}: {status['error']}"]))
+            groups.append(([host, "-", "-", "-", "-", "unknown", "unknown"], [],
+                           [f"{status['status']}: {status['error']}"]))
             continue
+        config = status.get("config") or {}
         head = [host, status["network"], status["klippy_state"], status["busy"], status["host_version"],
-                status.get("klipper", "unknown")]
+                status.get("klipper", "unknown"), config.get("state", "unknown")]
         groups.append((head, [[b.get("mcu_name"), b.get("board"), b.get("port"), b.get("mode"), b.get("version"),
-                               b.get("firmware", "unknown")] for b in status["boards"]], []))
+                               b.get("firmware", "unknown")] for b in status["boards"]],
+                       [config["reason"]] if config.get("converged") is False and config.get("reason") else []))
     total = len(statuses)
     converged = [h for h, s in statuses.items() if s["converged"]]
     unreachable = [h for h, s in statuses.items() if not s["reachable"] or s["status"] == "failed"]
-    behind = [h for h in statuses if h not in converged and h not in unreachable]
+    read = [h for h in statuses if h not in unreachable]
+    behind = [h for h in read if not statuses[h].get("at_pin", statuses[h]["converged"])]
+    config = [h for h in read if (statuses[h].get("config") or {}).get("converged") is not True]
     busy = sum(1 for s in statuses.values() if s["busy"])
     lines = [_fit(f"fleet pinned to Klipper {pin or '-'}", width), nested_table(STATUS_HEAD, STATUS_SUB, groups, width),
-             "", f"{total} printers: {len(converged)} converged, {len(behind)} behind the pin, "
-             f"{len(unreachable)} unreachable or unread, {busy} busy"]
+             "", f"{total} printers: {len(converged)} converged, {len(behind)} behind the pin, {len(config)} with "
+             f"configuration to write, {len(unreachable)} unreachable or unread, {busy} busy"]
     if behind:
         lines += textwrap.wrap("behind the pin: " + ", ".join(behind), width, subsequent_indent="  ")
+    if config:
+        lines += textwrap.wrap("configuration not as update writes it: " + ", ".join(
+            f"{h} ({(statuses[h].get('config') or {}).get('state', 'unknown')})" for h in config), width,
+            subsequent_indent="  ")
     if unreachable:
         lines += textwrap.wrap("not read: " + ", ".join(unreachable), width, subsequent_indent="  ")
-    lines += textwrap.wrap(f"({MEANING}; status reads Klipper and firmware, `ratos-fleet plan` the configuration)",
-                           width)
+    lines += textwrap.wrap(f"({MEANING}; status reads all three, as `ratos-fleet plan` decides them)", width)
     return "\n".join(lines) + "\n"
 
 

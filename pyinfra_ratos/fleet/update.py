@@ -177,6 +177,8 @@ def printer_entry(state: State | None, host_name: str, executed: bool) -> dict[s
         status, reason = "failed", next(b["reason"] for b in boards.values() if b.get("action") == "failed")
     elif errors:
         status, reason = "failed", errors[0]
+    elif noted.get("unprepared"):  # plan: a board that cannot be prepared fails the printer, it is not held
+        status, reason = "failed", str(noted["unprepared"])
     elif any(b.get("action") == "refused" for b in boards.values()):
         status = "held"
         reason = next(b["reason"] for b in boards.values() if b.get("action") == "refused")

@@ -215,8 +215,8 @@ def choose_serial(entry: BoardEntry, attached: Mapping[str, Mapping[str, Any]], 
         return SerialChoice(entry.serial)
     if entry.board.interface == "linux":
         return SerialChoice(HOST_MCU_SERIAL)
-    if entry.board.interface == "can":
-        return SerialChoice(None)
+    if entry.board.interface == "can" or (entry.board.interface == "usbcan" and entry.canbus_uuid):
+        return SerialChoice(None)  # found by its canbus_uuid (a USB-to-CAN bridge is a CAN node too)
     candidates = [info for info in attached.values() if entry.port is None or info.get("port") == entry.port]
     exact = [info for info in candidates if info.get("board_id") == entry.board.id
              or info.get("ratos_link") == f"/dev/RatOS/{entry.board.id}"]

@@ -137,3 +137,9 @@ def provision_settings(name: str, data: Mapping[str, Any]) -> tuple[ProvisionSet
         user_config=data.get("printer_user_config", "adopt"), when_busy=data.get("printer_when_busy", "write"),
         file_backups=data.get("printer_backups", 5),
     ), []
+
+
+def user_config_mode(settings: ProvisionSettings, config: Mapping[str, Any]) -> str:
+    """What printer.config does with printer.cfg (``config``: the Pi's ``ConfigBackupState``)."""
+    # RatOS's initial printer.cfg holds nothing of the user's: replace it, don't adopt it
+    return "regenerate" if config.get("initial") and not config.get("save_config") else settings.user_config

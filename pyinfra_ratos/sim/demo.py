@@ -2,7 +2,7 @@
 
 A print farm the morning after a Klipper release (``scenarios/demo.toml``): six virtual Pis, most
 on the previous release, one printing, one Octopus Pro H723 v1.0 (never flashed unattended), one
-offline, one board left in DFU, one already converged. The demo shows the fleet's status, the plan,
+offline, one board left in DFU, one at the pin with only its printer.cfg to adopt. The demo shows the fleet's status, the plan,
 runs the update (canary first, then batches) over real SSH with the real pyinfra API, ends with
 the report (terminal table, report.json, report.html) and tears the farm down.
 """

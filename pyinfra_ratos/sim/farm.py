@@ -28,6 +28,8 @@ PI_UID = PI_GID = 1000
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # .../pyinfra_ratos
 SIM_LIB = "usr/local/lib/ratos-sim"
 INTERNET_STANDIN = "127.0.2.1"
+# each Pi's can0 (sim.can): an administratively scoped group, only ever on the Pi's own loopback
+CAN_GROUP, CAN_PORT = "239.74.163.2", 43113
 USB_BUS_DIR = "/run/usbsim"  # inside each Pi: its emulated USB bus (UMOCKDEV_DIR); short, see sim.usb  # inside an online Pi: where its outside world (git remote) answers  # inside the base layer: the sim code the Pis run
 
 SSHD_CONFIG = """\
@@ -173,14 +175,31 @@ def _chip_serial(pi: str, board: BoardSpec) -> str:
     return hashlib.sha256(f"{pi}/{board.port}".encode()).hexdigest()[:24].upper()
 
 
+def _interface(builds: Any, board: BoardSpec) -> str | None:
+    return builds.catalog[board.board].interface if board.board in builds.catalog else None
+
+
+def _canbus_uuid(pi: str, board: BoardSpec) -> str:
+    return board.canbus_uuid or hashlib.sha256(f"{pi}/{board.port}/can".encode()).hexdigest()[:12]
+
+
+def _pi_image(images: Path, image: Path | None, spec: BoardSpec) -> str | None:
+    """The board's first firmware, copied where the Pi's emulator reads it at its first start."""
+    if image is None or not (image / "klipper.bin").exists():
+        return None
+    images.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(image / "klipper.bin", images / f"{spec.firmware}-{spec.board}.bin")
+    return f"/var/lib/ratos-sim/images/{spec.firmware}-{spec.board}.bin"
+
+
 def _bootloader(spec: Any, entry: Any) -> str:
     """Where the board's 1200-baud request leads: the scenario's choice, or Katapult when the
     catalog board has it (a Katapult variant), else its ROM: BOOTSEL when the catalog knows the
     board's ``rp2040_boot`` id, else DFU."""
     if spec.bootloader != "auto":
         return spec.bootloader
-    if spec.mode == "katapult" or "katapult" in entry.flash_methods:
-        return "katapult"
+    if spec.mode == "katapult" or "katapult" in entry.flash_methods or "katapult" in entry.usb:
+        return "katapult"  # a Katapult variant, or a bridge with Katapult (usb.katapult)
     return "rp2040-boot" if "rp2040_boot" in entry.usb else "dfu"
 
 
@@ -237,7 +256,9 @@ def prepare_pi(
 
     boards = [
         {"board": b.board, "mcu_name": b.mcu_name, "port": b.port, "mode": b.mode,
-         "firmware": b.firmware, "faults": list(b.faults), "serial": b.serial or _chip_serial(pi.name, b)}
+         "firmware": b.firmware, "faults": list(b.faults), "serial": b.serial or _chip_serial(pi.name, b),
+         "canbus_uuid": _canbus_uuid(pi.name, b) if _interface(builds, b) in ("can", "usbcan") else None,
+         "on_usb": _interface(builds, b) != "can"}
         for b in pi.boards
     ]
     pihome.write_home(home, pi.name, pi.model, boards, board_ids, PI_UID, PI_GID, fresh=pi.fresh)
@@ -250,7 +271,8 @@ def prepare_pi(
         owner = (0, 0) if pi.klipper_owner == "root" else (PI_UID, PI_GID)
         _run("chown", "-R", f"{owner[0]}:{owner[1]}", str(home / "klipper"))
 
-    mcus, usb_boards = [], []
+    mcus, usb_boards, can_nodes = [], [], []
+    can_bridge: dict[str, Any] | None = None
     images = upper / "var" / "lib" / "ratos-sim" / "images"
     for spec, board in zip(pi.boards, boards):
         entry = builds.catalog[spec.board]
@@ -265,8 +287,13 @@ def prepare_pi(
         }
         if entry.interface == "linux":
             mcu["service"] = "klipper-mcu"  # the host MCU talks while klipper-mcu runs
-        elif entry.interface == "can":
-            pass  # behind a CAN bus: not on this Pi's USB
+        elif entry.interface == "can":  # behind a CAN bus: a node of the Pi's emulated segment
+            can_nodes.append({
+                "uuid": board["canbus_uuid"], "board": spec.board, "mcu": entry.mcu, "mcu_name": spec.mcu_name,
+                "app_address": entry.app_address, "flash_map": entry.dfu_flash_map,
+                "image": _pi_image(images, image, spec), "mode": spec.mode,
+                "faults": [f for f in spec.faults if f != "bridge-never-back"],
+            })
         else:
             pi_image, image_address = None, None
             if image is not None and (image / "klipper.bin").exists():
@@ -279,6 +306,8 @@ def prepare_pi(
                 images.mkdir(parents=True, exist_ok=True)
                 (images / f"{spec.firmware}-{spec.board}.bin").write_bytes(flat)
                 pi_image = f"/var/lib/ratos-sim/images/{spec.firmware}-{spec.board}.bin"
+            if entry.interface == "usbcan":
+                can_bridge = {"bridge_port": spec.port, "bridge_uuid": board["canbus_uuid"]}
             mode = "can-bridge" if entry.interface == "usbcan" and spec.mode == "klipper" else spec.mode
             usb_boards.append({
                 "port": spec.port, "board": spec.board, "mcu": entry.mcu, "mode": mode,
@@ -290,7 +319,15 @@ def prepare_pi(
                 "katapult_start": spec.katapult_start,
             })
         mcus.append(mcu)
-    _write(upper / "var" / "lib" / "ratos-sim" / "usb-spec.json", json.dumps({"boards": usb_boards}, indent=1) + "\n")
+    usb_spec: dict[str, Any] = {"boards": usb_boards}
+    if can_nodes or can_bridge:
+        # the Pi's can0: a user-space segment in its own network namespace (see sim.can)
+        usb_spec["can"] = {"interface": "can0", "bitrate": 1000000, "txqueuelen": 128, "group": CAN_GROUP,
+                           "port": CAN_PORT, "nodes": can_nodes, **(can_bridge or {"bridge_port": None})}
+        _write(upper / "etc" / "ratos-can" / "can0.json", json.dumps({
+            "transport": "segment", "group": CAN_GROUP, "port": CAN_PORT,
+            "state_file": "/var/lib/ratos-sim/usb/can/can0.json"}, indent=1) + "\n")
+    _write(upper / "var" / "lib" / "ratos-sim" / "usb-spec.json", json.dumps(usb_spec, indent=1) + "\n")
     state = {
         "hostname": pi.name,
         "print_state": pi.state,
@@ -368,7 +405,10 @@ def inventory_text(state_dir: Path, pis: list[dict[str, Any]], port: int, commit
     for group, members in groups.items():
         lines += ["", f"{group} = ["]
         for pi in members:
-            boards = [{"board": b["board"], "mcu_name": b["mcu_name"], "port": b["port"]} for b in pi["boards"]]
+            boards = [{"board": b["board"], "mcu_name": b["mcu_name"], "port": b["port"]}
+                      if not b.get("canbus_uuid") else
+                      {"board": b["board"], "mcu_name": b["mcu_name"], "canbus_uuid": b["canbus_uuid"],
+                       **({"port": b["port"]} if b.get("on_usb") else {})} for b in pi["boards"]]
             lines.append(f'    ("{pi["name"]}", {{**_ssh, "ssh_hostname": "{pi["address"]}", '
                          f'"printer_model": "{pi.get("model", "v-core-3")}", "boards": {boards!r}}}),')
         lines.append("]")

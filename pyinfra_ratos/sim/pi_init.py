@@ -111,6 +111,8 @@ def setup_network(network: str) -> None:
     default route at all: connects fail at once with "Network is unreachable", DNS fails.
     """
     run("ip", "link", "set", "lo", "up")
+    # multicast on lo, for the Pi's user-space CAN segment (sim.can); the group never leaves the Pi
+    run("ip", "route", "add", "224.0.0.0/4", "dev", "lo")
     if network == "online":
         run("ip", "route", "add", "default", "dev", "lo")
 

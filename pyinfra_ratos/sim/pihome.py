@@ -82,7 +82,10 @@ def printer_cfg(name: str, model: str, boards: list[dict[str, Any]]) -> str:
     lines.append("")
     for board in boards:
         section = "mcu" if board["mcu_name"] == "mcu" else f"mcu {board['mcu_name']}"
-        lines += [f"[{section}]", f"serial: /dev/RatOS/{board['board']}", ""]
+        if board.get("canbus_uuid"):  # a CAN toolboard or a USB-to-CAN bridge: found by its node
+            lines += [f"[{section}]", f"canbus_uuid: {board['canbus_uuid']}", ""]
+        else:
+            lines += [f"[{section}]", f"serial: /dev/RatOS/{board['board']}", ""]
     lines += [
         "[printer]",
         "max_velocity: 300",

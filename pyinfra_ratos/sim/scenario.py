@@ -54,6 +54,10 @@ FAULTS = (
     # and "transfer-error-block-N" (RP2040 BOOTSEL: the N-th PICOBOOT WRITE fails)
     "katapult-transfer-error",  # also katapult-transfer-error@N: the block that breaks (default 3)
     "katapult-wrong-start",
+    "can-silent",            # a CAN node that answers nothing (unpowered, a broken wire)
+    "can-bus-off-on-query",  # a CAN node pushed into bus-off by a query two nodes answer at once
+    "bridge-never-back",     # a USB-to-CAN bridge asked for its bootloader resets back into its old
+                             # application, never into the bootloader
 )
 BOOTLOADERS = ("auto", "dfu", "katapult")  # where Klipper's 1200-baud request leads
 SERVICE_STATES = ("active", "inactive")
@@ -83,6 +87,7 @@ class BoardSpec:
     serial: str = ""  # USB serial string; "" -> a chip-UID style serial
     bootloader: str = "auto"  # auto: katapult when the catalog board has Katapult (flash_methods), else dfu
     katapult_start: int | None = None  # the application start Katapult reports; None: the board's
+    canbus_uuid: str = ""  # a CAN toolboard's or a bridge's node; "" -> derived from the Pi and port
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ def _board(
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: each [[pi.boards]] entry must be a table")
     _check_keys(where, raw, ("board", "mode", "firmware", "faults", "mcu_name", "port", "serial", "bootloader",
-                             "katapult_start"))
+                             "katapult_start", "canbus_uuid"))
     board = raw.get("board")
     if not isinstance(board, str) or not board:
         raise ScenarioError(f"{where}: key 'board' is required (a RatOS board id)")
@@ -180,6 +185,9 @@ def _board(
     serial = raw.get("serial", "")
     if not isinstance(serial, str):
         raise ScenarioError(f"{where}: key 'serial' must be a string")
+    uuid = raw.get("canbus_uuid", "")
+    if not isinstance(uuid, str) or not re.fullmatch(r"([0-9a-f]{12})?", uuid):
+        raise ScenarioError(f"{where}: key 'canbus_uuid' is {uuid!r}; use 12 lower-case hex digits")
     return BoardSpec(
         board=board,
         mode=_check(where, "mode", raw.get("mode", "klipper"), BOARD_MODES),
@@ -190,6 +198,7 @@ def _board(
         serial=serial,
         bootloader=_check(where, "bootloader", raw.get("bootloader", "auto"), BOOTLOADERS),
         katapult_start=katapult_start,
+        canbus_uuid=uuid,
     )
 
 

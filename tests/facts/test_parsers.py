@@ -42,7 +42,8 @@ def test_a_board_in_dfu_gets_its_mcu_from_the_flash_layout_alone() -> None:
     board = parse_attached_boards(raw)["1-1.3"]
     assert board["mode"] == "dfu" and board["mcu"] == "stm32f446xx"
     assert board["board_id"] is None
-    assert board["board_candidates"] == ["btt-octopus-11", "btt-octopus-pro-446", "btt-octopus-pro-446-katapult"]
+    assert board["board_candidates"] == ["btt-octopus-11", "btt-octopus-11-canbridge", "btt-octopus-pro-446",
+                                         "btt-octopus-pro-446-katapult"]
 
 
 def test_a_ratos_toolboard_serial_names_its_catalog_board() -> None:

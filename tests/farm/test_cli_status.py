@@ -83,7 +83,7 @@ def rows(stdout: str) -> dict[str, list[list[str]]]:
         if words and words[0] in (*PIS, "st-gone"):
             current = words[0]
             found[current] = [words]
-        elif current and line.startswith("    ") and words:
+        elif current and line.startswith("    ") and not line.startswith("      ") and words:  # not a reason
             found[current].append(words)
         else:
             current = None
@@ -101,7 +101,8 @@ def test_status_shows_every_board_against_the_pin_with_one_ssh_command_per_pi(fa
     current = farm.info["versions"]["current"]["version"]
     old = farm.info["versions"]["old"]["version"]
     assert done.stdout.splitlines()[0] == f"fleet pinned to Klipper {current}"
-    assert table["st-current"][0] == ["st-current", "online", "ready", "no", current, "at", "pin"]
+    # at the pin, but its printer.cfg does not include RatOS.cfg: update would adopt it (as plan says)
+    assert table["st-current"][0] == ["st-current", "online", "ready", "no", current, "at", "pin", "will", "write"]
     assert table["st-current"][1:] == [
         ["mcu", "btt-octopus-pro-h723-11", "1-1.1", "klipper", current, "at", "pin"],
         ["toolboard_t0", "btt-ebb42-12", "1-1.2", "klipper", current, "at", "pin"],
@@ -111,14 +112,26 @@ def test_status_shows_every_board_against_the_pin_with_one_ssh_command_per_pi(fa
     assert behind[1][4:] == [old, "behind"]
     offline = table["st-offline"]
     assert offline[0][1] == "offline" and offline[1][3] == "dfu" and offline[1][-1] == "unknown"
-    assert "3 printers: 1 converged, 2 behind the pin, 0 unreachable or unread, 1 busy" in done.stdout
+    assert "update would write RatOS.cfg (generated), printer.cfg (adopted)" in done.stdout
+    assert "3 printers: 0 converged, 2 behind the pin, 3 with configuration to write, 0 unreachable or unread, " \
+           "1 busy" in done.stdout
     assert "behind the pin: st-behind, st-offline" in done.stdout
 
 
-def test_a_converged_printer_alone_exits_0(farm: RunningFarm) -> None:
+def test_status_and_plan_agree_on_the_configuration_and_an_update_converges_it(farm: RunningFarm,
+                                                                              tmp_path: Path) -> None:
+    assert status(farm, "--limit", "st-current").returncode == 3  # at the pin, configuration to write
+    plan = subprocess.run([str(VENV_BIN / "ratos-fleet"), "plan", str(farm.inventory), "--limit", "st-current",
+                           "--json"], capture_output=True, text=True, timeout=300, check=False)
+    assert plan.returncode == 3 and json.loads(plan.stdout)["printers"][0]["config"]["action"] == "written"
+    update = subprocess.run([str(VENV_BIN / "ratos-fleet"), "update", str(farm.inventory), "--limit", "st-current",
+                             "--report", str(tmp_path)], capture_output=True, text=True, timeout=600, check=False)
+    assert update.returncode == 3, update.stdout + update.stderr  # changes made
     done = status(farm, "--limit", "st-current")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert list(rows(done.stdout)) == ["st-current"]
+    assert list(rows(done.stdout)) == ["st-current"] and rows(done.stdout)["st-current"][0][-3:] == ["up", "to", "date"]
+    found = json.loads(status(farm, "--limit", "st-current", "--json").stdout)
+    assert found["converged"] is True and found["hosts"]["st-current"]["summary"]["config"]["state"] == "up to date"
 
 
 def test_fail_on_busy_makes_a_busy_printer_behind_the_pin_exit_1(farm: RunningFarm) -> None:
@@ -128,6 +141,7 @@ def test_fail_on_busy_makes_a_busy_printer_behind_the_pin_exit_1(farm: RunningFa
 
 
 def test_status_reads_without_the_controllers_klipper_checkout(farm: RunningFarm, tmp_path: Path) -> None:
+    # after the update above: st-current converged, configuration included
     inventory = derived(farm, tmp_path, "pis = [(n, {**d, 'klipper_source': '/nonexistent/klipper-fleet'}) "
                                         "for n, d in pis]")
     done = status(farm, "--limit", "st-current", inventory=inventory)
@@ -141,12 +155,14 @@ def test_json_prints_each_pis_facts_and_its_summary(farm: RunningFarm) -> None:
     found = json.loads(done.stdout)
     assert found["converged"] is False and sorted(found["hosts"]) == ["st-behind", "st-offline"]
     assert found["behind"] == ["st-behind", "st-offline"] and found["exit_code"] == 3
+    assert found["config_pending"] == ["st-behind", "st-offline"] == found["not_converged"]
     behind = found["hosts"]["st-behind"]
     assert behind["status"] == "ok" and behind["error"] == ""
     assert set(behind["facts"]) == {"boards", "klipper", "mcu_firmware", "activity", "network"}
     assert behind["facts"]["activity"]["busy"] is True
     assert behind["summary"]["boards"][0]["firmware"] == "behind"
     assert found["hosts"]["st-offline"]["summary"]["network"] == "offline"
+    assert behind["summary"]["config"]["state"] == "will write" and behind["summary"]["at_pin"] is False
 
 
 def test_an_unreachable_printer_is_reported_not_raised(farm: RunningFarm, tmp_path: Path) -> None:
@@ -155,9 +171,10 @@ def test_an_unreachable_printer_is_reported_not_raised(farm: RunningFarm, tmp_pa
     done = status(farm, inventory=inventory)
     assert done.returncode == 1, done.stdout + done.stderr
     table = rows(done.stdout)
-    assert table["st-current"][0][-2:] == ["at", "pin"]
+    assert table["st-current"][0][-5:] == ["at", "pin", "up", "to", "date"]  # converged by the update above
     assert table["st-gone"][0][-1] == "unknown" and "unreachable:" in done.stdout
-    assert "2 printers: 1 converged, 0 behind the pin, 1 unreachable or unread" in done.stdout
+    assert "2 printers: 1 converged, 0 behind the pin, 0 with configuration to write, 1 unreachable or unread" \
+        in done.stdout
 
 
 def test_bad_inventory_values_are_each_one_line_and_nothing_runs_on_any_pi(farm: RunningFarm, tmp_path: Path) -> None:

@@ -193,7 +193,13 @@ def test_an_attended_flash_names_the_board_before_dfu_and_then_converges(farm: R
     assert done.returncode == 3, done.stdout + done.stderr  # changes made
     assert "op-05: mcu (btt-octopus-pro-h723, port 1-1.1)" in done.stderr  # named before the batch runs
     announced = done.stdout.index("[op-05] ENTERING DFU NOW (attended flash): mcu (btt-octopus-pro-h723")
-    assert announced < done.stdout.index("[op-05] Update Klipper and flash the boards: done")
+    # the agent's phases arrive as they happen, the write with its bytes and percent
+    entering = done.stdout.index("[op-05] flash mcu (btt-octopus-pro-h723): entering DFU on USB port 1-1.1")
+    written = done.stdout.index("[op-05] flash mcu (btt-octopus-pro-h723): write 100% (")
+    verify = done.stdout.index("[op-05] verify: klippy as ready as before, every flashed MCU on its new version")
+    assert announced < entering < written < verify < done.stdout.index("[op-05] Update Klipper and flash the boards: done")
+    percent_lines = [line for line in done.stdout.splitlines() if "[op-05] flash mcu" in line and "% (" in line]
+    assert 1 <= len(percent_lines) <= 11, percent_lines
     status = ratos_fleet("status", str(farm.inventory), "--limit", "op-05")
     assert status.returncode == 0, status.stdout
 

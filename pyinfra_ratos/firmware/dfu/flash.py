@@ -83,11 +83,20 @@ def flash_image(dfuse: DfuSe, memory: MemoryMap, image: bytes, address: int, pro
 
     began = time.monotonic()
     log(f"download {len(image)} bytes at {address:#010x} in blocks of {dfuse.transfer_size}")
-    dfuse.download(address, image)
+    shown = [-1]
+
+    def written(done: int) -> None:
+        # ``progress download DONE TOTAL`` lines (the printer agent passes them on), one per percent
+        if done * 100 // max(1, len(image)) != shown[0]:
+            shown[0] = done * 100 // max(1, len(image))
+            log(f"progress download {done} {len(image)}")
+
+    dfuse.download(address, image, written)
     phase("download", began)
 
     began = time.monotonic()
     log("read back and compare")
+    log(f"progress verify 0 {len(image)}")
     offset, count = first_difference(image, dfuse.upload(address, len(image)))
     phase("verify", began)
     result.read_back_ok = offset is None

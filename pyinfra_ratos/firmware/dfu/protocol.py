@@ -166,8 +166,9 @@ class DfuSe:
         span = WINDOW_BLOCKS * self.transfer_size
         return [(address + start, min(span, length - start)) for start in range(0, length, span)]
 
-    def download(self, address: int, data: bytes) -> None:
-        """Program ``data`` at ``address`` (already erased), one wTransferSize block at a time."""
+    def download(self, address: int, data: bytes, progress: Callable[[int], None] | None = None) -> None:
+        """Program ``data`` at ``address`` (already erased), one wTransferSize block at a time;
+        ``progress`` is told the bytes written so far after each block."""
         size = self.transfer_size
         for base, length in self._windows(address, len(data)):
             self.set_address(base)
@@ -176,6 +177,8 @@ class DfuSe:
                 chunk = data[where - address: where - address + min(size, length - offset)]
                 self._out(DNLOAD, DATA_BLOCK + offset // size, chunk, "write", where)
                 self._complete("write", where)
+                if progress is not None:
+                    progress(where - address + len(chunk))
 
     def upload(self, address: int, length: int) -> bytes:
         """Read ``length`` bytes at ``address`` (DfuSe UPLOAD, blocks of wTransferSize)."""

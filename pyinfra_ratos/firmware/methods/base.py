@@ -16,7 +16,6 @@ from pyinfra_ratos.firmware.steps import (
 UNSUPPORTED: dict[str, str] = {}
 # attached-board modes no registered method writes from yet
 UNSUPPORTED_MODES = {
-    "can-bridge": "the board runs as a USB-to-CAN bridge: flashing bridge boards is not supported yet",
 }
 
 

@@ -54,7 +54,10 @@ class KatapultRunner(Runner):
     def write(self, agent, client, image, record):
         """Write and read back; one more write when the read-back differs (as every method)."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
+            agent.transfer("write", 0, len(image), start=True)
             sent = client.write(image)
+            agent.transfer("write", len(image), len(image))
+            agent.note_phase("read back and compare")
             try:
                 client.verify(image, sent)
             except KatapultError as error:
@@ -91,6 +94,8 @@ class KatapultRunner(Runner):
             raise StepFailed(wrong)
         try:
             if write.get("capture_length"):
+                agent.note_phase(f"reading the firmware it ran (up to {write['capture_length']} bytes, kept for a "
+                                 "rollback)")
                 kept = client.read_application(int(write["capture_length"]))
                 if kept:
                     dest = agent.scratch(f"{port}.bin")

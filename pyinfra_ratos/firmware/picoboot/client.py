@@ -113,9 +113,14 @@ class Picoboot:
         for sector in sectors:
             self.run(FLASH_ERASE, sector, FLASH_SECTOR)
         progress(f"Flashing {len(pages)} pages")
-        for address, page in pages.items():
+        shown = -1
+        for count, (address, page) in enumerate(pages.items(), 1):
             self.run(WRITE, address, FLASH_PAGE, data=page)
+            if count * 100 // len(pages) != shown:  # the printer agent passes these on (one per percent)
+                shown = count * 100 // len(pages)
+                progress(f"progress download {count * FLASH_PAGE} {len(pages) * FLASH_PAGE}")
         progress("Reading back")
+        progress(f"progress verify 0 {len(pages) * FLASH_PAGE}")
         read_bytes = 0
         for sector in sectors:  # one READ per sector: 16 pages a round trip
             wanted = [(a, p) for a, p in pages.items() if sector <= a < sector + FLASH_SECTOR]

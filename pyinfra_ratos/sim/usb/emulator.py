@@ -32,6 +32,7 @@ from .. import pistate  # noqa: E402
 from . import descriptors, dfu, katapult, picoboot  # noqa: E402
 from .firmware import Flash, boots, firmware_summary, parse_flash_map  # noqa: E402
 from .spec import BoardSpec, load  # noqa: E402
+from ..can import Segment, Wire  # noqa: E402
 
 REENUMERATE_S = 0.6     # USB disconnect -> the next mode shows up on the same port
 UNPLUG_S = 0.05         # let the triggering ioctl return before the device vanishes
@@ -442,13 +443,15 @@ class Board:
         self.bus.later(REENUMERATE_S, self.come_back, next_mode)
 
     def come_back(self, next_mode: str) -> None:
-        if next_mode == "app":
-            next_mode = "klipper" if self.booted_dictionary() is not None else "absent"
+        if next_mode == "app":  # a USB-to-CAN bridge's application is the gs_usb device, not a tty
+            app = "can-bridge" if self.bus.is_bridge(self) else "klipper"
+            next_mode = app if self.booted_dictionary() is not None else "absent"
         self.bus.plug(self, next_mode)
 
 
 class Bus:
-    def __init__(self, specs: list[BoardSpec], state_dir: str, bus_dir: str, pistate_path: str | None) -> None:
+    def __init__(self, specs: list[BoardSpec], state_dir: str, bus_dir: str, pistate_path: str | None,
+                 can: dict[str, Any] | None = None) -> None:
         self.state_dir = state_dir
         self.bus_dir = bus_dir
         self.pistate_path = pistate_path
@@ -475,6 +478,35 @@ class Bus:
         self._open_socket("_default")  # every client's preload talks to it, root or not
         self.ttys_used: set[str] = set()
         self.boards = [Board(self, spec) for spec in specs]
+        # the Pi's can0 (sim.can): a user-space segment, down while its USB bridge is off the bus
+        self.segment: Segment | None = None
+        if can:
+            self.segment = Segment(can, state_dir, pistate_path, self.later, self.log)
+            self.segment.on_bridge_request = self._bridge_request
+            self.can_wire = Wire(can.get("group", "239.74.163.2"), can.get("port", 43113))
+            GLib.io_add_watch(self.can_wire.rx.fileno(), GLib.IO_IN, self._can_frames)
+
+    # --- the CAN segment --------------------------------------------------------------------------
+    def is_bridge(self, board: Board) -> bool:
+        return self.segment is not None and board.spec.port == self.segment.bridge_port
+
+    def _can_frames(self, *_: Any) -> bool:
+        with self.lock:
+            frame = self.can_wire.recv()
+            while frame is not None:
+                for can_id, data in self.segment.deliver(*frame):  # type: ignore[union-attr]
+                    self.can_wire.send(can_id, data)
+                frame = self.can_wire.recv()
+        return True
+
+    def _bridge_request(self) -> None:
+        """REQUEST_BOOTLOADER for the bridge's own node: it resets, off USB and the bus with it."""
+        board = next((b for b in self.boards if self.is_bridge(b)), None)
+        if board is None or board.mode != "can-bridge":
+            return
+        board.log("bootloader-request", over="can")
+        never_back = "bridge-never-back" in board.faults()
+        self.later(UNPLUG_S, board.unplug_then, "app" if never_back else board.spec.bootloader_request)
 
     def log(self, port: str, event: str, **fields: Any) -> None:
         line = json.dumps({"t": round(time.time(), 3), "port": port, "event": event, **fields})
@@ -493,9 +525,11 @@ class Bus:
         with self.lock:
             self._plug_hubs()
             for board in self.boards:
-                if board.spec.mode == "klipper":
+                if board.spec.mode in ("klipper", "can-bridge"):
                     board.firmware = board.booted_dictionary()
                 self.plug(board, board.spec.mode)
+            if self.segment is not None:
+                self.segment.publish()
 
     # --- plugging ---------------------------------------------------------------------------------
     def _plug_hubs(self) -> None:
@@ -574,10 +608,12 @@ class Bus:
                 self._attach(node, session.tty_ioctl)
             if mode == "katapult":
                 self._serve_katapult(board, session)
-        if mode == "klipper":
+        if mode in ("klipper", "can-bridge"):
             board.firmware = board.booted_dictionary()
         self.log(spec.port, "mode", mode=mode, devnum=session.devnum, tty=board.tty)
         self.publish(board)
+        if self.is_bridge(board):
+            self.segment.set_up(mode == "can-bridge")  # type: ignore[union-attr]
 
     def _serve_katapult(self, board: Board, session: Session) -> None:
         """Answer Katapult's protocol on the master side of the board's tty (the host has the slave)."""
@@ -638,6 +674,8 @@ class Bus:
         self.log(spec.port, "unplug", mode=session.mode, devnum=session.devnum)
         board.mode = "absent"
         self.publish(board)
+        if self.is_bridge(board):
+            self.segment.set_up(False)  # type: ignore[union-attr]
 
     def _attach(self, node: str, answer: Any) -> None:
         # umockdev binds under its own (random) root, clients connect under the bus dir
@@ -731,7 +769,7 @@ class Bus:
             b.spec.port: {
                 "mode": b.mode, "devnum": b.session.devnum if b.session else None,
                 "tty": b.tty, "board": b.spec.board,
-                "version": (b.firmware or {}).get("version") if b.mode == "klipper" else None,
+                "version": (b.firmware or {}).get("version") if b.mode in ("klipper", "can-bridge") else None,
             }
             for b in self.boards
         }
@@ -743,8 +781,8 @@ class Bus:
             with pistate.update(self.pistate_path) as state:
                 for mcu in state.get("mcus", []):
                     if mcu.get("name") == board.spec.mcu_name:
-                        mcu["present"] = board.mode == "klipper"
-                        if board.mode == "klipper":
+                        mcu["present"] = board.mode in ("klipper", "can-bridge")
+                        if board.mode in ("klipper", "can-bridge"):
                             mcu["firmware"] = firmware_summary(board.firmware) if board.firmware else None
 
     def close(self) -> None:
@@ -817,7 +855,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pistate")
     parser.add_argument("--pid-file")
     args = parser.parse_args(argv)
-    bus = Bus(load(args.spec), args.state_dir, args.bus_dir, args.pistate)
+    with open(args.spec, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    can = raw.get("can") if isinstance(raw, dict) else None
+    bus = Bus(load(args.spec), args.state_dir, args.bus_dir, args.pistate, can)
     loop = GLib.MainLoop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_HIGH, signum, lambda *_: (loop.quit(), False)[1])

@@ -15,6 +15,7 @@ FAULTS = (
     "ignore-bootloader-request", "slow-erase", "corrupt-write",
     "no-return-after-leave",  # RP2040 BOOTSEL: the REBOOT is accepted, the board never comes back
     "katapult-transfer-error", "katapult-wrong-start",
+    "bridge-never-back",  # a USB-to-CAN bridge: its bootloader request resets it back into its application
 )
 # RP2040 BOOTSEL: the N-th PICOBOOT WRITE (from 1) fails with a flash error
 TRANSFER_ERROR = re.compile(r"transfer-error-block-[1-9][0-9]*")
