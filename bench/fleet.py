@@ -1,12 +1,12 @@
 """``ratos-fleet update`` against bare pyinfra on virtual farms of several sizes (root; by hand).
 
-    python bench/fleet.py [--sizes 10,50,100] [--json FILE]
+    python bench/fleet.py [--sizes 10,100,250] [--throughput 100] [--window 10] [--json FILE]
 
 Per size, one farm where every Pi has ``~/klipper`` on the previous release and one board on old
 firmware (3 board types, so 3 distinct firmware identities), then, in this order:
 
 - the baseline: ``pyinfra -y INVENTORY exec -- true`` (best of two runs);
-- a full update (``ratos-fleet update --batch-size <size>``: one pyinfra run for the fleet): wall
+- a full update (``ratos-fleet update --max-in-flight <size>``: the whole fleet in flight): wall
   time, builds made (``builds.jsonl`` of the farm's firmware cache) and their seconds, and the
   ratio of the wall time to (the builds' seconds + the baseline);
 - the update once more (it backs up the config the full update wrote), then a converged update
@@ -18,8 +18,17 @@ firmware (3 board types, so 3 distinct firmware identities), then, in this order
   Pis' work (sshd, the probe, git, Moonraker), which shares this machine's cores with the
   controller here and runs on each Pi's own CPU on a real farm.
 
+- a converged provision (``pyinfra -y INVENTORY deploys/provision.py``, its second run): wall,
+  controller CPU and SSH commands per Pi.
+
 Printed side by side, with each figure per Pi, so its growth from the smallest size to the
 largest shows whether per-Pi cost stays flat.
+
+Throughput (``--throughput N``, before the sizes): two fresh farms of N Pis where one printer in ten
+is slow (three boards, one of each type, each with ``slow-erase``), each fully
+updated once, with the old batches (``barriers``: a batch waits for its slowest printer) and
+once with the rolling window, both of ``--window`` printers. Printed: each fleet time, the median
+printer time of that run and the ideal (printers / window x median printer time), side by side.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,15 +49,25 @@ from pyinfra_ratos.firmware.builder import builds_made
 from pyinfra_ratos.sim import farm
 
 BIN = Path(sys.executable).parent
+PROVISION = Path(__file__).resolve().parents[1] / "deploys" / "provision.py"
 BOARDS = ["btt-octopus-pro-h723-11", "btt-octopus-pro-446", "btt-skr-mini-e3-30"]
 
 
-def scenario_text(pis: int) -> str:
-    return "\n".join(
-        f'[[pi]]\nname = "bench-{i:03d}"\ncheckout = "old"\n'
-        f'[[pi.boards]]\nboard = "{BOARDS[i % len(BOARDS)]}"\nfirmware = "old"\n'
-        for i in range(pis)
-    )
+
+
+def scenario_text(pis: int, slow_every: int = 0) -> str:
+    """Every Pi on the previous release with one board on old firmware; with ``slow_every``, one
+    Pi in that many has three boards instead (one of each type), each with ``slow-erase``."""
+    text = []
+    for i in range(pis):
+        pi = f'[[pi]]\nname = "bench-{i:03d}"\ncheckout = "old"\n'
+        if slow_every and i % slow_every == slow_every // 2:
+            pi += "".join(f'[[pi.boards]]\nboard = "{board}"\nfirmware = "old"\nport = "1-1.{n + 1}"\n'
+                          f'faults = ["slow-erase"]\n' for n, board in enumerate(BOARDS))
+        else:
+            pi += f'[[pi.boards]]\nboard = "{BOARDS[i % len(BOARDS)]}"\nfirmware = "old"\n'
+        text.append(pi)
+    return "\n".join(text)
 
 
 @dataclass
@@ -97,8 +117,28 @@ def per_pi_commands(state: Path, before: dict[str, int]) -> float:
 
 
 def update(inventory: Path, size: int, report: Path) -> Run:
-    return timed([str(BIN / "ratos-fleet"), "update", str(inventory), "--batch-size", str(size),
-                  "--max-failed", "1", "--report", str(report)])
+    return timed([str(BIN / "ratos-fleet"), "update", str(inventory), "--max-in-flight", str(size),
+                  "--max-failed", "100", "--report", str(report)])
+
+
+def fleet_run(inventory: Path, window: int, barriers: bool, report: Path) -> Run:
+    """``run_fleet`` in a child process (``--barriers`` is no CLI option: the old batches exist
+    for this comparison)."""
+    return timed([sys.executable, __file__, "--child-update", str(inventory), str(window),
+                  "barriers" if barriers else "window", str(report)])
+
+
+def provision_run(inventory: Path) -> Run:
+    return timed([str(BIN / "pyinfra"), "-y", str(inventory), str(PROVISION)])
+
+
+def _down(state: Path) -> None:
+    """Stop the farm; a Pi whose processes outlive the wait (the machine loaded) costs a warning,
+    not the figures already measured."""
+    try:
+        farm.down(state)
+    except Exception as error:  # noqa: BLE001 - the figures matter more than a slow teardown
+        print(f"warning: farm down: {error}", file=sys.stderr, flush=True)
 
 
 def measure(size: int, tmp: Path) -> dict[str, Any]:
@@ -133,11 +173,17 @@ def measure(size: int, tmp: Path) -> dict[str, Any]:
         conv_cmds = per_pi_commands(state, before) / 2
         conv_report = json.loads((tmp / "report-converged/report.json").read_text())
         conv_statuses = [p["status"] for p in conv_report["printers"]]
-        for label, run in (("full", full), ("converged", conv)):
+        # provision: the first run on these Pis writes the udev rule (and what else a Pi lacks), the
+        # next ones are converged
+        first_prov = provision_run(inventory)
+        before = ssh_commands(state)
+        prov = min((provision_run(inventory) for _ in range(2)), key=lambda r: r.seconds)
+        prov_cmds = per_pi_commands(state, before) / 2
+        for label, run in (("full", full), ("converged", conv), ("provision", first_prov), ("converged provision", prov)):
             if run.rc:
-                print(f"warning: {label} update exited {run.rc}:\n{run.tail}", file=sys.stderr)
+                print(f"warning: {label} exited {run.rc}:\n{run.tail}", file=sys.stderr)
     finally:
-        farm.down(state)
+        _down(state)
     return {
         "pis": size,
         "farm_up_s": round(up_s, 1),
@@ -164,13 +210,71 @@ def measure(size: int, tmp: Path) -> dict[str, Any]:
         "full_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
         "peak_rss_mb": round(max(full.peak_rss_mb, conv.peak_rss_mb), 1),
         "peak_rss_converged_mb": round(conv.peak_rss_mb, 1),
+        "bare_controller_cpu_ms_per_pi": round(1000 * bare.cpu_s / size, 1),
+        "converged_controller_cpu_ms_per_pi": round(1000 * conv.cpu_s / size, 1),
+        "full_controller_cpu_ms_per_pi": round(1000 * full.cpu_s / size, 1),
+        "provision_converged_s": round(prov.seconds, 2),
+        "provision_converged_ratio": round(prov.seconds / bare.seconds, 2),
+        "provision_ssh_commands_per_pi": round(prov_cmds, 2),
+        "provision_controller_cpu_s": round(prov.cpu_s, 2),
+        "provision_controller_cpu_ratio": round(prov.cpu_s / bare.cpu_s, 2),
+        "provision_farm_cpu_ms_per_pi": round(1000 * prov.farm_cpu_s / size, 1),
+        "provision_peak_rss_mb": round(prov.peak_rss_mb, 1),
+        "provision_first_s": round(first_prov.seconds, 2),
     }
+
+
+def throughput(pis: int, window: int, tmp: Path) -> dict[str, Any]:
+    """The same fleet (one printer in ten slow) fully updated with barriers, then with the window."""
+    figures: dict[str, Any] = {"pis": pis, "max_in_flight": window, "slow": sum(
+        1 for i in range(pis) if i % 10 == 5)}
+    for mode in ("barriers", "window"):
+        folder = tmp / mode
+        folder.mkdir()
+        (folder / "farm.toml").write_text(scenario_text(pis, slow_every=10))
+        state = folder / "state"
+        farm.up(folder / "farm.toml", state)
+        try:
+            run = fleet_run(state / "inventory.py", window, mode == "barriers", folder / "report")
+        finally:
+            _down(state)
+        report = json.loads((folder / "report/report.json").read_text())
+        times = sorted(p["duration_s"] for p in report["printers"])
+        slow = [p["duration_s"] for p in report["printers"] if int(p["host"].rsplit("-", 1)[1]) % 10 == 5]
+        median = statistics.median(times)
+        statuses = [p["status"] for p in report["printers"]]
+        if run.rc:
+            print(f"warning: {mode} update exited {run.rc}:\n{run.tail}", file=sys.stderr)
+        figures[mode] = {
+            "fleet_s": round(run.seconds, 2), "median_printer_s": round(median, 2),
+            "mean_printer_s": round(statistics.fmean(times), 2),
+            "slow_printer_median_s": round(statistics.median(slow), 2) if slow else None,
+            "ideal_s": round(pis / window * median, 2), "ratio_to_ideal": round(run.seconds / (pis / window * median), 2),
+            "peak_in_flight": report.get("window", {}).get("peak_in_flight"),
+            "controller_cpu_s": round(run.cpu_s, 2), "peak_rss_mb": round(run.peak_rss_mb, 1),
+            "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+        }
+    return figures
+
+
+def throughput_table(t: dict[str, Any]) -> str:
+    lines = [f"throughput: {t['pis']} Pis, {t['slow']} slow (one in ten), window/batch of {t['max_in_flight']}",
+             f"{'mode':>9} {'fleet s':>8} {'median s':>9} {'mean s':>7} {'slow s':>7} {'ideal s':>8} {'x ideal':>8} "
+             f"{'peak':>5} {'ctl cpu s':>9}"]
+    for mode in ("barriers", "window"):
+        r = t[mode]
+        lines.append(f"{mode:>9} {r['fleet_s']:>8.1f} {r['median_printer_s']:>9.2f} {r['mean_printer_s']:>7.2f} "
+                     f"{r['slow_printer_median_s'] or 0:>7.2f} {r['ideal_s']:>8.1f} {r['ratio_to_ideal']:>8.2f} "
+                     f"{r['peak_in_flight'] or 0:>5} {r['controller_cpu_s']:>9.2f}")
+    lines.append(f"window / barriers fleet time: {t['window']['fleet_s'] / t['barriers']['fleet_s']:.2f}")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'pis':>4} {'bare s':>7} {'conv s':>7} {'ratio':>6} {'ssh/pi':>6} {'full s':>7} {'builds':>6} "
             f"{'ids':>4} {'build s':>7} {'ratio':>6} {'rss MiB':>8} {'conv ms/pi':>10} {'full ms/pi':>10} {'KiB/pi':>7} "
-            f"{'ctl cpu x':>9} {'farm cpu ms/pi':>14}")
+            f"{'ctl cpu x':>9} {'farm cpu ms/pi':>14} {'ctl ms/pi':>13} {'prov ssh/pi':>11} {'prov s':>7} "
+            f"{'prov ctl x':>10}")
     lines = [head]
     for r in rows:
         lines.append(
@@ -179,7 +283,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['build_s']:>7.1f} {r['full_update_ratio']:>6.2f} {r['peak_rss_mb']:>8.1f} "
             f"{1000 * r['converged_s'] / r['pis']:>10.0f} {1000 * r['full_update_s'] / r['pis']:>10.0f} "
             f"{1024 * r['peak_rss_mb'] / r['pis']:>7.0f} {r['controller_cpu_ratio']:>9.2f} "
-            f"{r['bare_farm_cpu_ms_per_pi']:>6.1f} / {r['converged_farm_cpu_ms_per_pi']:<6.1f}")
+            f"{r['bare_farm_cpu_ms_per_pi']:>6.1f} / {r['converged_farm_cpu_ms_per_pi']:<6.1f} "
+            f"{r['bare_controller_cpu_ms_per_pi']:>5.1f} / {r['converged_controller_cpu_ms_per_pi']:<5.1f} "
+            f"{r['provision_ssh_commands_per_pi']:>11.1f} {r['provision_converged_s']:>7.1f} "
+            f"{r['provision_controller_cpu_ratio']:>10.2f}")
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         grow = b["pis"] / a["pis"]
@@ -187,24 +294,53 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"growth {a['pis']} -> {b['pis']} Pis (x{grow:g}): converged time x{b['converged_s'] / a['converged_s']:.2f}, "
             f"bare exec x{b['bare_exec_s'] / a['bare_exec_s']:.2f}, full update x{b['full_update_s'] / a['full_update_s']:.2f}, "
             f"ssh/pi {a['ssh_commands_per_pi']:g} -> {b['ssh_commands_per_pi']:g}, builds {a['builds']} -> {b['builds']}, "
-            f"peak RSS x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}")
+            f"peak RSS x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}, controller CPU per Pi converged "
+            f"{a['converged_controller_cpu_ms_per_pi']:g} -> {b['converged_controller_cpu_ms_per_pi']:g} ms "
+            f"(bare exec {a['bare_controller_cpu_ms_per_pi']:g} -> {b['bare_controller_cpu_ms_per_pi']:g})")
     return "\n".join(lines)
 
 
+def child_update(argv: list[str]) -> int:
+    from pyinfra_ratos.fleet import api as fleet_api  # noqa: F401  first: gevent's patching
+    from pyinfra_ratos.fleet.update import run_fleet
+
+    inventory, window, mode, report = argv
+    code, _ = run_fleet(inventory, max_in_flight=int(window), barriers=mode == "barriers", max_failed=1.0,
+                        report_dir=report, out=sys.stdout)
+    return code
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--child-update"]:
+        sys.exit(child_update(sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10,50,100")
-    parser.add_argument("--json", type=Path, help="write the figures, one object per size, to this file")
+    parser.add_argument("--sizes", default="10,100,250", help="farm sizes ('' for none)")
+    parser.add_argument("--throughput", type=int, default=100, help="Pis of the barriers/window run (0: none)")
+    parser.add_argument("--window", type=int, default=10, help="window (and batch) of the throughput run")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args()
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
+    flow = None
+    # the machine is shared (other farms, other work): the load average is part of every figure
+    load: dict[str, Any] = {"start": [round(x, 2) for x in os.getloadavg()]}
+    if args.throughput:
         # overlayfs refuses ':' ',' and spaces in the state dir: a plain /tmp path
+        with tempfile.TemporaryDirectory(prefix="ratos-bench-window-") as tmp:
+            flow = throughput(args.throughput, args.window, Path(tmp))
+        load["after_throughput"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(flow), file=sys.stderr, flush=True)
+    for size in (int(s) for s in args.sizes.split(",") if s):
         with tempfile.TemporaryDirectory(prefix="ratos-bench-fleet-") as tmp:
             rows.append(measure(size, Path(tmp)))
+        load[f"after_{size}"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(table(rows))
+    if rows:
+        print(table(rows))
+    if flow:
+        print(throughput_table(flow))
+    print(f"load average (1, 5, 15 min): {load}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        args.json.write_text(json.dumps({"sizes": rows, "throughput": flow, "load_average": load}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

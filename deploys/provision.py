@@ -10,7 +10,8 @@ replaced, the restore of the newest calibrated backup; hostname and timezone; pa
 rule for ``/dev/RatOS/<serial>``; ``~/klipper`` at the fleet's pinned commit (from GitHub, or from
 the controller's bundle when the Pi is offline); services enabled and running (Klipper restarted
 on a new commit, unless printing); firmware for every board; RatOS.cfg/printer.cfg and Moonraker's
-pins; a last backup when the config changed. A converged Pi yields no command at all.
+pins; a last backup when the config changed. What every step decides from is read in one SSH
+command (``ProvisionState``): a converged Pi costs that one command and yields none.
 
 pyinfra reads facts before anything runs, so what follows a Klipper checkout or a restore (firmware
 is built for the commit the Pi runs, the config is rendered over the restored printer.cfg) runs
@@ -34,23 +35,22 @@ Host data (besides the printer's and firmware's keys, see ``printer_model``/``fi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from io import StringIO
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import File
-from pyinfra.facts.server import Hostname, Timezone
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, python, server, systemd
 
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.deploys.firmware import apply_firmware, held, plan_firmware, preparation_failures, stage_for_hand
 from pyinfra_ratos.run import results
 from pyinfra_ratos.printer import gate
-from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
+from pyinfra_ratos.facts.audit import FleetAuditDict
+from pyinfra_ratos.facts.config_state import merge_queries
+from pyinfra_ratos.facts.provision_state import ProvisionState, SystemStateDict
 from pyinfra_ratos.facts.remote import remote_endpoint
 from pyinfra_ratos.operations import backup, firmware, klipper, moonraker, printer
 from pyinfra_ratos.run.planned import add_if_needed, added_while_executing
@@ -72,38 +72,68 @@ UDEV_RELOAD = ("udevadm control --reload-rules && udevadm trigger --subsystem-ma
 # --- steps -----------------------------------------------------------------------------------
 
 
-# pyinfra caches no fact and its operations read theirs again: each step reads the one fact that
-# tells whether anything is to do, and calls the operation only then (a fleet's rerun stays cheap)
+# pyinfra caches no fact and its operations read theirs again: what the steps decide from is read
+# once, in the one ProvisionState command, and an operation is called only when there is something
+# to do (it then reads what it needs itself): a converged Pi costs that one command
 
 
-def _system(settings: ProvisionSettings) -> None:
-    if settings.hostname and host.get_fact(Hostname) != settings.hostname:
+def provision_reads(settings: ProvisionSettings) -> tuple[type, dict[str, Any]]:
+    """The one fact :func:`provision` reads from the host, with its arguments."""
+    endpoint = remote_endpoint(settings.remote)
+    return ProvisionState, {
+        "hosts": [f"{endpoint[0]}:{endpoint[1]}"] if endpoint else [],
+        "config_dir": settings.config_dir,
+        **merge_queries(printer.config_files_query(), moonraker.files_query()),
+        "packages": list(wanted_packages(settings)),
+        "units": list(units(settings).values()),
+        "zone": zone_file(settings),
+        "system_files": [UDEV_RULE_PATH],
+    }
+
+
+def wanted_packages(settings: ProvisionSettings) -> tuple[str, ...]:
+    return BASE_PACKAGES + (TOOLCHAIN if settings.build_on_pi else ())
+
+
+def units(settings: ProvisionSettings) -> dict[str, str]:
+    return {service: service if "." in service else f"{service}.service" for service in settings.services}
+
+
+def zone_file(settings: ProvisionSettings) -> str:
+    return f"/usr/share/zoneinfo/{settings.timezone}" if settings.timezone else ""
+
+
+def _udev_rule_in_place(system: SystemStateDict) -> bool:
+    found = system["files"].get(UDEV_RULE_PATH)
+    wanted = hashlib.sha1(UDEV_RULE.encode()).hexdigest()
+    return found is not None and (found["sha1"], found["mode"], found["user"], found["group"]) == (
+        wanted, "644", "root", "root")
+
+
+def _system(settings: ProvisionSettings, system: SystemStateDict) -> None:
+    if settings.hostname and system["hostname"] != settings.hostname:
         server.hostname(name="Hostname", hostname=settings.hostname, _sudo=True)
-    if settings.timezone and host.get_fact(Timezone) != settings.timezone:
-        zone = f"/usr/share/zoneinfo/{settings.timezone}"
-        if not host.get_fact(File, path=zone):
+    if settings.timezone and system["timezone"] != settings.timezone:
+        zone = zone_file(settings)
+        if not system["zone_file"]:
             firmware.refuse(name="Timezone", reason=f"timezone {settings.timezone!r}: no {zone} on the Pi (a typo?)")
         else:
             files.link(name="Timezone", path="/etc/localtime", target=zone, _sudo=True)
             files.put(name="Timezone name", src=StringIO(f"{settings.timezone}\n"), dest="/etc/timezone",
                       mode="644", _sudo=True)
-    wanted = BASE_PACKAGES + (TOOLCHAIN if settings.build_on_pi else ())
-    installed = host.get_fact(DebPackages)
-    missing = [p for p in wanted if p not in installed]
+    missing = [p for p in wanted_packages(settings) if not system["packages"].get(p)]
     if missing:  # an apt-get update only when something must be installed
         apt.packages(name="Packages", packages=missing, update=True, cache_time=3600,
                      extra_install_args="--no-install-recommends", _sudo=True)
-    rule = files.put(name="udev rule: /dev/RatOS/<serial>", src=StringIO(UDEV_RULE), dest=UDEV_RULE_PATH,
-                     user="root", group="root", mode="644", _sudo=True)
-    server.shell(name="Reload udev rules", commands=[UDEV_RELOAD], _sudo=True, _if=rule.did_change)
+    if not _udev_rule_in_place(system):
+        rule = files.put(name="udev rule: /dev/RatOS/<serial>", src=StringIO(UDEV_RULE), dest=UDEV_RULE_PATH,
+                         user="root", group="root", mode="644", _sudo=True)
+        server.shell(name="Reload udev rules", commands=[UDEV_RELOAD], _sudo=True, _if=rule.did_change)
 
 
-def _services(settings: ProvisionSettings) -> None:
-    units = {service: service if "." in service else f"{service}.service" for service in settings.services}
-    running = host.get_fact(SystemdStatus, services=list(units.values()))
-    enabled = host.get_fact(SystemdEnabled, services=list(units.values()))
-    for service, unit in units.items():
-        if not (running.get(unit) and enabled.get(unit)):
+def _services(settings: ProvisionSettings, system: SystemStateDict) -> None:
+    for service, unit in units(settings).items():
+        if not (system["running"].get(unit) and system["enabled"].get(unit)):
             systemd.service(name=f"{service} enabled and running", service=service, running=True, enabled=True,
                             _sudo=True)
 
@@ -140,12 +170,14 @@ def _final_backup(settings: ProvisionSettings) -> None:
                       config_dir=settings.config_dir, keep=settings.backup_keep)
 
 
-def converge_config(settings: ProvisionSettings, config: Mapping[str, Any] | None) -> None:
-    """Configuration and its last backup. ``config`` None: running late (after a restore), read the Pi now."""
+def converge_config(settings: ProvisionSettings, config: Mapping[str, Any] | None,
+                    read: Mapping[str, Any] | None = None) -> None:
+    """Configuration and its last backup. ``config`` None: running late (after a restore), read the Pi
+    now. ``read``: the config folder's files, boards and activity already read (``ProvisionState``)."""
     late = config is None
     if late:
         config = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
-    changes = printer_configuration(settings, config)
+    changes = printer_configuration(settings, config, **(read or {}))
     results.note_op(host.name, "config", changes[0])
     results.note_op(host.name, "pins", changes[1])
     if late:
@@ -206,17 +238,17 @@ def provision() -> None:
     if settings is None:
         firmware.refuse(name="Provision", reason="\n".join(errors))
         return
-    endpoint = remote_endpoint(settings.remote)
-    audit = host.get_fact(FleetAudit, hosts=[f"{endpoint[0]}:{endpoint[1]}"] if endpoint else [])
-    config = host.get_fact(backup.ConfigBackupState, config_dir=settings.config_dir)
+    fact, kwargs = provision_reads(settings)
+    read = host.get_fact(fact, **kwargs)
+    audit, config, system = read["audit"], read["config"]["backup"], read["system"]
     if not backup.identity.verified(config, settings.backups): return  # noqa: E701 - not the printer recorded
 
     # the calibration is safe on the controller before anything on the Pi changes
     restoring = backup.restore_due(config) and backup.newest_calibrated(
         backup.host_folder(settings.backups or backup.DEFAULT_ROOT, host.name)) is not None
     if not restoring:  # a fresh card's defaults are not worth a version
-        backup.config_dir(name="Back up the printer's config", dest_root=settings.backups,
-                          config_dir=settings.config_dir, keep=settings.backup_keep, current=config)
+        add_if_needed(backup.config_dir, name="Back up the printer's config", dest_root=settings.backups,
+                      config_dir=settings.config_dir, keep=settings.backup_keep, current=config)
     # the gate every entry point shares: a printer that is not positively idle is left as it is
     # (a fresh card, with no Klipper running, is idle)
     busy = gate.disruption_refused(audit["activity"])
@@ -227,7 +259,7 @@ def provision() -> None:
     backup.restore_config(name="Restore the config of a replaced SD card", dest_root=settings.backups,
                           config_dir=settings.config_dir, current=config)
 
-    _system(settings)
+    _system(settings, system)
 
     ahead = klipper_and_boards(settings, audit)
     if isinstance(ahead, str):
@@ -238,11 +270,15 @@ def provision() -> None:
         return
     if ahead is None:
         return
-    _services(settings)
+    _services(settings, system)
     if restoring:
         python.call(name="Configuration for the restored config", function=_converge_late, settings=settings)
     else:
-        converge_config(settings, config)
+        # a flash re-enumerates its board (new serial path): then printer.config reads the USB itself
+        _, boards = ahead
+        flashing = any(step.plan is not None and step.plan.action == "flash" for step in boards)
+        converge_config(settings, config, {"files": read["config"]["files"], "activity": audit["activity"],
+                                           "attached": None if flashing else audit["boards"]})
 
 
 if executed_by_pyinfra(globals()):

@@ -70,7 +70,8 @@ def update_printer() -> None:
     if settings is None:
         firmware.refuse(name="Update", reason="\n".join(errors))
         return
-    [(fact, kwargs)] = update_reads(settings)
+    # the reads the fleet's prefetch worked out for this host (the same function, the same data)
+    [(fact, kwargs)] = prefetch.take_reads(host.name) or update_reads(settings)
     read = prefetch.get_fact(host, fact, **kwargs)
     if not backup.identity.verified(read["config"]["backup"], settings.backups): return  # noqa: E701 - not the printer recorded
     audit, state = read["audit"], read["config"]

@@ -20,14 +20,30 @@ from pyinfra_ratos.printer.identity import (
     connection_host_key,
     decide,
     parse_machine_id,
-    same_machine,
 )
 
 DEFAULT_ROOT = "~/.local/share/pyinfra-ratos/config-backups"  # = backup.DEFAULT_ROOT
 
-# per pyinfra state (one run, or one batch of ratos-fleet): each host's verdict and what it reached
+# per pyinfra state: each host's verdict; per run (one pyinfra run, or all the printers' States of
+# one ratos-fleet run): the hosts that reached each machine
 _VERDICTS: weakref.WeakKeyDictionary[State, dict[str, bool]] = weakref.WeakKeyDictionary()
-_SEEN: weakref.WeakKeyDictionary[State, dict[str, Identity]] = weakref.WeakKeyDictionary()
+_SEEN: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], list[str]]] = weakref.WeakKeyDictionary()
+
+
+def _machine_keys(seen: Identity) -> list[tuple[str, str]]:
+    """Where ``seen`` is filed, so that the hosts :func:`same_machine` would pair with it are found
+    by key, not by comparing with every host of a 250-printer run: by its machine-id and host key
+    (what a seen host key must equal), and by its machine-id alone (what a host seen without a key
+    is compared by)."""
+    keys = [("id", seen.machine_id)] if seen.machine_id else []
+    return keys + ([("id+key", f"{seen.machine_id} {seen.host_key}")] if seen.host_key else [])
+
+
+def _note_seen(run_state: Any, name: str, seen: Identity) -> None:
+    found = _SEEN.setdefault(_run(run_state), {})
+    for key in _machine_keys(seen):
+        if name not in found.setdefault(key, []):
+            found[key].append(name)
 
 
 def store_root(dest_root: str | None = None) -> str:
@@ -40,10 +56,18 @@ def seen_identity(machine_id: Any) -> Identity:
     return Identity(parse_machine_id(machine_id), connection_host_key(host))
 
 
+def _run(run_state: Any) -> Any:
+    """The run a State belongs to: the fleet's (:class:`pyinfra_ratos.run.results.FleetRun`, one
+    State per printer) when it set one, else the State itself (one pyinfra run)."""
+    return getattr(run_state, "fleet_run", None) or run_state
+
+
 def seen_elsewhere(run_state: Any, name: str, seen: Identity) -> list[str]:
     """Other hosts of this run that reached the same machine."""
-    return sorted(other for other, identity in _SEEN.get(run_state, {}).items()
-                  if other != name and same_machine(identity.as_record(), seen))
+    key = ("id+key", f"{seen.machine_id} {seen.host_key}") if seen.host_key else ("id", seen.machine_id)
+    if not seen.machine_id and not seen.host_key:
+        return []
+    return sorted(other for other in _SEEN.get(_run(run_state), {}).get(key, []) if other != name)
 
 
 def judge(name: str, seen: Identity, root: str, run_state: Any = None) -> Verdict:
@@ -84,7 +108,7 @@ def verified(current: Mapping[str, Any] | None = None, dest_root: str | None = N
         machine = host.get_fact(MachineId) if _needs_machine_id(host.name, root) else ""
     seen = seen_identity(machine)
     verdict = judge(host.name, seen, root, run_state)
-    _SEEN.setdefault(run_state, {})[host.name] = seen
+    _note_seen(run_state, host.name, seen)
     done[host.name] = verdict.action != "stop"
     if verdict.action == "stop":
         stop(name="Printer identity", message=verdict.message)

@@ -15,8 +15,10 @@ Files in the config folder (``~/printer_data/config``), RatOS's split:
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import shlex
+from copy import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -330,6 +332,16 @@ def covers(files: Mapping[str, Any] | None, query: Mapping[str, Sequence[str]]) 
             and all(target in files.get("includes", {}) for target in query.get("includes", ())))
 
 
+# the template context (stand-in serials) -> the files the packaged templates include
+_PACKAGED_INCLUDES: dict[str, list[str]] = {}
+
+
+def _printer_data() -> dict[str, Any]:
+    """The current host's printer keys (one pass over its data, not one lookup per key)."""
+    data = host.data.dict()
+    return {key: copy(data[key]) for key in pm.DATA_KEYS if data.get(key) is not None}
+
+
 def config_files_query(
     printer: Mapping[str, Any] | None = None, generated_file: str = "RatOS.cfg", user_file: str = "printer.cfg",
     templates: str | None = None, catalog: Mapping[str, Board] | None = None, host_name: str | None = None,
@@ -337,19 +349,28 @@ def config_files_query(
     """What :func:`config` will read for the host (``PrinterFiles`` arguments), so that a caller
     can read it in one fact shared with other operations; None when the host's printer data or
     templates do not render (the operation, reading for itself, reports why)."""
-    data = dict(printer) if printer is not None else {k: host.data.get(k) for k in pm.DATA_KEYS
-                                                     if host.data.get(k) is not None}
+    data = dict(printer) if printer is not None else _printer_data()
     try:
         spec = pm.parse_printer_data(host_name or host.name, data, catalog if catalog is not None else load_catalog())
         # the includes do not depend on the serial paths: render with a stand-in, reading no USB
         stand_in = {e.mcu_name: "/dev/serial/by-id/stand-in" for e in spec.boards}
         context = {**pm.template_context(spec, stand_in), "generated": generated_file}
         template_dir = templates or data.get("printer_templates")
-        texts = [render(name, context, template_dir) for name in ("RatOS.cfg.j2", "printer.cfg.j2")]
+        # the packaged templates do not change while the process runs: printers with the same
+        # model and boards (most of a farm) include the same files, rendered once
+        key = None if template_dir else json.dumps(context, sort_keys=True, default=str)
+        includes = _PACKAGED_INCLUDES.get(key) if key else None
+        if includes is None:
+            texts = [render(name, context, template_dir) for name in ("RatOS.cfg.j2", "printer.cfg.j2")]
+            includes = [t for text in texts for t in kc.include_targets(text)
+                        if not kc.is_glob(t) and t != generated_file]
+            if key:
+                if len(_PACKAGED_INCLUDES) > 256:
+                    _PACKAGED_INCLUDES.clear()
+                _PACKAGED_INCLUDES[key] = includes
     except (pm.PrinterDataError, TemplateRenderError):
         return None
-    includes = [t for text in texts for t in kc.include_targets(text) if not kc.is_glob(t) and t != generated_file]
-    return files_query(generated_file, user_file, includes)
+    return files_query(generated_file, user_file, list(includes))
 
 
 def printer_busy(url: str, activity: Mapping[str, Any] | None = None) -> bool:
@@ -429,8 +450,7 @@ def config(
         if "/" in name or not name.endswith(".cfg") or kc.value_problem(name):
             raise OperationValueError(f"{label}={name!r}: a plain file name ending in .cfg")
 
-    data = dict(printer) if printer is not None else {k: host.data.get(k) for k in pm.DATA_KEYS
-                                                     if host.data.get(k) is not None}
+    data = dict(printer) if printer is not None else _printer_data()
     template_dir = templates or data.get("printer_templates")
     try:
         spec = pm.parse_printer_data(host.name, data, catalog if catalog is not None else load_catalog())

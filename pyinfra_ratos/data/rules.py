@@ -90,7 +90,9 @@ def problems(rules: Mapping[str, Rule], data: Mapping[str, Any], keys: Collectio
     found = []
     for key, rule in rules.items():
         if key in data and (keys is None or key in keys) and not (rule.optional and data[key] is None):
-            problem = rule.problem(data[key], shown(data[key], key))
+            # a rule is pure: asked first without the value's picture (dear to draw, on every key of
+            # every host), then again with it for the message when there is a problem
+            problem = rule.problem(data[key], "") and rule.problem(data[key], shown(data[key], key))
             if problem:
                 found.append((key, f"{problem}. Fix: {rule.fix}"))
     return found

@@ -186,14 +186,16 @@ def _fleet(args: argparse.Namespace, execute: bool) -> int:
     logger = logging.getLogger("pyinfra")
     handler = log_handler(out, WIDTH, verbose=args.verbose > 0, diff=getattr(args, "diff", False))
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    # the handler shows nothing below INFO (diffs and -v lines are INFO): a lower level would only
+    # build a record for each of pyinfra's debug lines (16 a printer) for the handler to drop
+    logger.setLevel(logging.INFO)
     propagate, logger.propagate = logger.propagate, False
     progress = Progress(out, total=0) if execute else None
     try:
         with interrupts.graceful(), live(progress):
             code, report = fleet_update.run_fleet(
                 args.inventory, limit=args.limit, execute=execute, attended_flash=args.attended_flash,
-                batch_size=args.batch_size, max_failed=args.max_failed, report_dir=report_dir,
+                max_in_flight=args.max_in_flight, max_failed=args.max_failed, report_dir=report_dir,
                 parallel=args.parallel, out=out, fail_on_busy=args.fail_on_busy, progress=progress,
                 confirm=lambda items: confirm(items, getattr(args, "yes", False)),
             )
@@ -270,12 +272,15 @@ def _help(description: str) -> dict[str, Any]:
 def _fleet_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inventory", help="pyinfra inventory file")
     parser.add_argument("--limit", action="append", metavar="HOST|GROUP|GLOB", help="only these hosts (repeatable)")
-    parser.add_argument("--batch-size", type=_at_least(1), default=10, help="printers per batch after the canary "
-                        "group (default 10)")
+    parser.add_argument("--max-in-flight", "--batch-size", dest="max_in_flight", type=_at_least(1), default=10,
+                        metavar="N", help="printers worked on at once after the canary group, the next one starting as "
+                        "soon as one finishes (default 10; --batch-size is its former name and means the same)")
     parser.add_argument("--max-failed", type=percentage, default=0.2, metavar="PERCENT",
-                        help="stop before the next batch when more than this percentage of the printers so far "
-                        "failed, like pyinfra's --fail-percent (default 20; the older 0.2 form still means 20%%)")
-    parser.add_argument("--parallel", type=_at_least(1), default=None, help="hosts worked on at once within a batch")
+                        help="start no further printer once more than this percentage of the finished printers "
+                        "failed (checked as each one finishes, over at least the canaries plus the first window), "
+                        "like pyinfra's --fail-percent (default 20; the older 0.2 form still means 20%%)")
+    parser.add_argument("--parallel", type=_at_least(1), default=None,
+                        help="SSH connections opened at once (default: pyinfra's, 20 per CPU)")
     parser.add_argument("--attended-flash", action="store_true",
                         help="someone watches: also flash boards never flashed unattended (plan: preview them)")
     parser.add_argument("--fail-on-busy", action="store_true",
@@ -310,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=_sim_down)
 
     update = commands.add_parser("update", help="update the fleet: Klipper, firmware, configuration", **_help(
-        "Update every printer to the fleet's pin: canary group first, then batches; a printer that is not "
+        "Update every printer to the fleet's pin: the canary group first and alone, then a rolling window of "
+        "--max-in-flight printers (the next one starts as soon as one finishes); a printer that is not "
         "positively idle is left as it is. Ctrl-C (or SIGTERM) starts no new printer, lets those in flight "
         "finish and writes the report (exit 130)."))
     _fleet_arguments(update)

@@ -4,8 +4,10 @@ pyinfra calls :class:`Progress` (a state callback handler) as each operation sta
 each host; each becomes one plain line (``[vcore-01] start  Klipper at the fleet's commit``),
 fit for a log file or CI. The printer agent's own phases on the Pi (stop, flash with bytes and
 percent, checkout, start, verify) arrive as it works (:mod:`pyinfra_ratos.run.stream`) and become
-lines too. On a terminal a one-line bar (printers finished / printers, and the latest transfer's
-percent, which a log gets as lines instead) is redrawn on stderr under them: a few lines of our own
+lines too; the fleet run adds a line per finished printer with the window's state (``-- [7/20]
+prod-05: failed in 3.1 s (13 left, 2/10 in flight, 1 failed so far)``). On a terminal a one-line
+bar (printers finished / printers, printers in flight / window, and the latest transfer's percent,
+which a log gets as lines instead) is redrawn on stderr under them: a few lines of our own
 rather than a new dependency (rich, tqdm) for one line. pyinfra's own warnings (a printer left as it is and why, at default verbosity) are printed
 through :func:`log_handler`, wrapped to the same width. Imported after ``fleet_api`` (it imports
 pyinfra, whose CLI package patches the standard library for gevent).
@@ -53,6 +55,8 @@ class Progress(BaseStateCallback):
         self.out, self.total, self.width = out, total, width
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.done = 0
+        self.window = 0     # printers at most in flight (the run sets it)
+        self.in_flight = 0  # printers in flight now (the run keeps it)
         self.started: dict[tuple[str, str], float] = {}
         self.attended: dict[str, list[str]] = {}  # host -> held boards this run flashes (named at DFU time)
         self.activity = ""  # the latest transfer in flight, shown in the bar on a terminal
@@ -69,7 +73,8 @@ class Progress(BaseStateCallback):
         self._bar()
 
     def batch_done(self, printers: list[Mapping[str, Any]]) -> None:
-        """Each board the batch flashed or failed to, as verified (the agent says so once it ends)."""
+        """Each board these printers (one, as it finishes in the window) flashed or failed to, as
+        verified (the agent says so once it ends)."""
         for entry in printers:
             for board in entry.get("boards") or []:
                 if board.get("action") not in ("flashed", "failed"):
@@ -97,6 +102,8 @@ class Progress(BaseStateCallback):
             return
         filled = int(30 * self.done / self.total)
         bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} printers"
+        if self.window:
+            bar += f", {self.in_flight}/{self.window} in flight"
         if self.activity:
             bar += "  " + self.activity
         sys.stderr.write("\r" + bar[: self.width - 1].ljust(self.width - 1))

@@ -1,13 +1,17 @@
 """``ratos-fleet update`` and ``ratos-fleet plan``: the update deploy over a fleet, with the report.
 
 The inventory is validated first (bad input: exit 2, no SSH command). Then the hosts of the
-``canary`` group (when there is one) form the first batch and the others follow in batches of
-``batch_size``; each batch is one pyinfra run of :func:`pyinfra_ratos.deploys.update.update_printer`
-through pyinfra's own API (connect, add_deploy, run_ops). After each batch the share of failed
-printers so far is compared with ``max_failed`` (a share; the CLI takes a percentage): above it, the
-run stops and every printer not yet touched is reported ``not-run``. Before each batch the run asks
+``canary`` group (when there is one) run first and alone, and the others follow in a rolling window
+of ``max_in_flight`` printers: the next one starts as soon as one finishes
+(:mod:`pyinfra_ratos.fleet.window`, which also keeps the old batches, each waiting for its slowest
+printer, as ``barriers``). Each printer is one pyinfra run of
+:func:`pyinfra_ratos.deploys.update.update_printer` on a State of its own, through pyinfra's own API
+(connect, add_deploy, run_ops), in a greenlet. The share of failed printers (``max_failed``, a share;
+the CLI takes a percentage) is evaluated as each one finishes: above it no printer starts any more
+and every printer not started is reported ``not-run``. Before each printer starts the run asks
 :func:`pyinfra_ratos.fleet.interrupts.stop_requested` (Ctrl-C, SIGTERM): then it starts no new printer,
-reports the rest ``not-run`` and exits 130. ``plan`` makes the same decisions and runs nothing.
+lets those in flight finish, reports the rest ``not-run`` and exits 130. ``plan`` makes the same
+decisions and runs nothing.
 """
 
 from __future__ import annotations
@@ -15,21 +19,24 @@ from __future__ import annotations
 # first: pyinfra's CLI package patches the standard library for gevent (see fleet_api)
 from pyinfra_ratos.fleet import api as fleet_api
 
+import copy
 import json
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from multiprocessing import cpu_count
 from pathlib import Path
 from typing import Any
 
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
-from pyinfra.api.state import State
+from pyinfra.api.state import MAX_PARALLEL, State
+from gevent.lock import Semaphore
 
 from pyinfra_ratos.fleet import report as reports
-from pyinfra_ratos.run import results
-from pyinfra_ratos.run import prefetch
-from pyinfra_ratos.fleet import interrupts
+from pyinfra_ratos.run import greenlet_state, prefetch, pyinfra_costs, results
+from pyinfra_ratos.fleet import interrupts, window
 from pyinfra_ratos.firmware.bundle import describe
 from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.firmware.agent import RESULT_PREFIX, SUMMARY_PREFIX
@@ -41,11 +48,9 @@ STOPPED_AT_ONCE = ("stopped at once by a second signal while in flight: the prin
 
 
 def make_batches(hosts: Sequence[str], canary: Sequence[str], size: int) -> list[list[str]]:
-    """Canary hosts first (one batch), then the rest in inventory order, ``size`` at a time."""
-    first = [name for name in hosts if name in canary]
-    rest = [name for name in hosts if name not in canary]
-    size = max(1, size)
-    return ([first] if first else []) + [rest[i : i + size] for i in range(0, len(rest), size)]
+    """Canary hosts first (one batch), then the rest in inventory order, ``size`` at a time (the
+    waves of a run with ``barriers``, see :func:`pyinfra_ratos.fleet.window.waves`)."""
+    return window.waves(hosts, canary, size, barriers=True)
 
 
 def _agent_lines(meta: Any, prefix: str) -> list[dict[str, Any]]:
@@ -188,8 +193,7 @@ def printer_entry(state: State | None, host_name: str, executed: bool) -> dict[s
             "boards": list(boards.values()), "klippy_state": str(noted.get("klippy_state") or "")}
 
 
-def _groups(inventory: Any, host_name: str) -> list[str]:
-    return sorted(name for name, members in inventory.groups.items() if any(h.name == host_name for h in members))
+DEFAULT_WINDOW = 10  # the batch size of the runner before the window
 
 
 def run_fleet(
@@ -198,7 +202,9 @@ def run_fleet(
     limit: Sequence[str] | None = None,
     execute: bool = True,
     attended_flash: bool = False,
-    batch_size: int = 10,
+    max_in_flight: int | None = None,
+    batch_size: int | None = None,
+    barriers: bool = False,
     max_failed: float = 0.2,
     report_dir: str | Path | None = None,
     parallel: int | None = None,
@@ -206,17 +212,29 @@ def run_fleet(
     fail_on_busy: bool = False,
     progress: Any = None,
     confirm: Callable[[list[str]], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Update (``execute``) or plan the fleet; returns (exit code, report).
 
-    ``progress``: a :class:`pyinfra_ratos.fleet.progress.Progress` (a line per printer per phase);
-    ``confirm``: asked with the boards an attended flash is about to put in DFU (False: stop);
-    ``fail_on_busy``: busy and held printers count as failed (exit 1) rather than pending (3).
-    Between printers the run checks :func:`pyinfra_ratos.fleet.interrupts.stop_requested`."""
+    + max_in_flight: printers worked on at once after the canary group (``batch_size``: the same,
+      its former name) [10]
+    + barriers: the old batches (each waits for its slowest printer) instead of the rolling window
+    + parallel: SSH connections opened at once [pyinfra's default: 20 per CPU]
+    + progress: a :class:`pyinfra_ratos.fleet.progress.Progress` (a line per printer per phase, the window)
+    + confirm: asked with the boards an attended flash is about to put in DFU (False: stop)
+    + fail_on_busy: busy and held printers count as failed (exit 1) rather than pending (3)
+    + should_stop: asked before each printer starts [:func:`pyinfra_ratos.fleet.interrupts.stop_requested`]
+    """
+    window_size = max(1, max_in_flight or batch_size or DEFAULT_WINDOW)
+    greenlet_state.install()  # one State per printer, several at once
+    pyinfra_costs.install()
+    if should_stop is None:
+        should_stop = _stop_flag
     override = {"attended_flash": True} if attended_flash else {}
     inventory = fleet_api.load_inventory(inventory_path, limit=limit, override_data=override)
     validate_inventory(fleet_api.host_data(inventory), fleet_api.override_data(inventory), load_catalog(),
                        require=("firmware", "printer", "provision"))
+    pyinfra_costs.freeze_inventory_data(inventory)  # loaded once, read per operation of every printer
     data = fleet_api.host_data(inventory)
     commits = {d.get("klipper_commit") for d in data.values()}
     pinned = commits.pop() if len(commits) == 1 else None
@@ -225,104 +243,184 @@ def run_fleet(
     report = reports.new_report("update" if execute else "plan", Path(inventory_path).resolve(), pinned, pinned_version)
     names = [host.name for host in inventory]
     canary = [host.name for host in inventory.groups.get(CANARY, [])]
-    batches = make_batches(names, canary, batch_size)
+    plan = window.waves(names, canary, window_size, barriers)
+    has_canary = bool(canary) and bool(plan) and plan[0][0] in canary
+    groups = _all_groups(inventory)
     if progress is not None:
-        progress.total = len(names)
+        progress.total, progress.window = len(names), window_size
+
+    # SSH connections opened (and first facts read) at once: pyinfra's own bound for one State
+    # (``parallel``, else 20 per CPU); the window bounds the printers in flight, not the handshakes
+    connecting = Semaphore(parallel or min(cpu_count() * 20, MAX_PARALLEL))
+    printer = _Printer(inventory, groups, execute, connecting, progress, attended_flash, confirm)
+    entries: dict[str, dict[str, Any]] = {}  # host -> its report entry, as each one finishes
+
+    def run_one(name: str, wave: int) -> bool:
+        entry = printer.run(name)
+        if name in entries:
+            return False  # abandoned by a second signal, already reported
+        entries[name] = reports.add_printer(report, name, entry.pop("status"), groups=groups.get(name, []),
+                                            batch=wave + 1, **entry)
+        return entries[name]["status"] in ("failed", "unreachable")
+
+    def started(slot: window.Slot, run: window.WindowRun) -> None:
+        if progress is not None:
+            progress.in_flight = run.in_flight
+
+    def finished(slot: window.Slot, run: window.WindowRun) -> None:
+        if slot.error is not None and slot.host not in entries:
+            # a bug, not the printer's own failure: its entry says so
+            entries[slot.host] = reports.add_printer(
+                report, slot.host, "failed", groups=groups.get(slot.host, []), batch=slot.wave + 1,
+                reason=f"{type(slot.error).__name__}: {slot.error}", duration_s=(slot.end_s or 0) - slot.start_s)
+        entry = entries[slot.host]
+        if progress is not None:
+            progress.in_flight = run.in_flight
+            progress.batch_done([entry])
+        if out is not None and not barriers:
+            print(f"-- [{run.done}/{len(names)}] {slot.host}: {entry['status']} in {entry['duration_s']:.1f} s "
+                  f"({len(names) - run.done - len(run.not_started)} left, {run.in_flight}/{window_size} in flight, "
+                  f"{run.failed} failed so far)", file=out, flush=True)
+
+    def wave_end(index: int, run: window.WindowRun) -> None:
+        slots = [s for s in run.slots.values() if s.wave == index]
+        if out is None or not slots:
+            return
+        seconds = max((s.end_s or 0 for s in slots), default=0) - min((s.start_s for s in slots), default=0)
+        kind = (f"batch {index + 1}/{len(plan)}" if barriers or (index == 0 and has_canary)
+                else f"window of {window_size}")
+        print(_batch_line(report, index, kind, has_canary, len(slots), seconds, execute), file=out, flush=True)
+
+    run = window.run_window(plan, run_one, max_in_flight=window_size, max_failed=max_failed if execute else 1.0,
+                            canary=len(plan[0]) if has_canary else 0, should_stop=should_stop,
+                            on_start=started, on_finish=finished, on_wave_end=wave_end)
+    kind = (run.stopped or {}).get("kind")
+    for name in run.abandoned:
+        entries[name] = reports.add_printer(report, name, "failed", groups=groups.get(name, []),
+                                            batch=run.slots[name].wave + 1, reason=STOPPED_AT_ONCE)
+    why = ("not run: the failure threshold stopped the update" if kind == "threshold"
+           else "not started: the run was interrupted")
+    for name, wave in run.not_started:
+        reports.add_printer(report, name, "not-run", groups=groups.get(name, []), batch=wave + 1, reason=why)
+    order = {name: index for index, name in enumerate(names)}
+    report["printers"].sort(key=lambda entry: order.get(entry["host"], len(order)))
+    report["window"] = {
+        "max_in_flight": window_size, "barriers": barriers, "canary": plan[0] if has_canary else [],
+        "peak_in_flight": run.peak_in_flight,
+        "printers": {s.host: {"batch": s.wave + 1, "start_s": round(s.start_s, 3),
+                              "end_s": None if s.end_s is None else round(s.end_s, 3), "in_flight": s.in_flight}
+                     for s in run.slots.values()},
+    }
     stopped = interrupted = None
-    done = failed = 0
-    for index, batch in enumerate(batches):
-        if interrupts.stop_requested():  # a signal: start no new printer
-            interrupted = {"signal": interrupts.stop_requested(), "after_batch": index}
-            _not_run(report, inventory, batches[index:], index, "not started: the run was interrupted")
-            break
-        started = time.monotonic()
-        results.clear_run()
-        state = fleet_api.make_state(fleet_api.load_inventory(inventory_path, limit=batch, override_data=override),
-                                     parallel=parallel)
-        if progress is not None:
-            state.add_callback_handler(progress)
-        # each Pi's facts are read as soon as it is connected, while the others still connect
-        unreachable = fleet_api.connect(state, then=_prefetcher(state))
-        not_run: dict[str, str] = {}
-        try:
-            # host by host: one host pyinfra cannot plan (e.g. `_sudo: True` in its data) fails
-            # alone, with pyinfra's message, and the others still run
-            for host in state.inventory.get_active_hosts():
-                try:
-                    add_deploy(state, _update_deploy(), host=host)
-                except Exception as error:  # noqa: BLE001 - any error planning one host is that host's
-                    not_run[host.name] = _planning_error(error)
-                    state.active_hosts.discard(host)
-                    state.failed_hosts.add(host)
-            if execute and state.active_hosts and _attended_ok(state, attended_flash, progress, confirm):
-                try:
-                    run_ops(state)
-                except KeyboardInterrupt:  # a second signal: stop at once, still report every printer
-                    interrupts.request_stop("SIGINT")
-                    not_run.update({host.name: STOPPED_AT_ONCE for host in state.active_hosts
-                                    if any(not d.operation_meta.is_complete() for d in state.ops[host].values())})
-            elif execute and state.active_hosts:
-                interrupts.request_stop("declined")
-                not_run.update({h.name: "not started: the attended flash was not confirmed" for h in state.active_hosts})
-        except PyinfraError as error:
-            # "No hosts remaining!" once every host failed: each host's operations say why; any
-            # other stop leaves the hosts still active without a verdict: they failed with it
-            if str(error) != "No hosts remaining!":
-                not_run.update({host.name: f"pyinfra stopped the run: {error}" for host in state.active_hosts})
-        finally:
-            prefetch.clear()
-            fleet_api.disconnect(state)
-        seconds = time.monotonic() - started
-        for name in batch:
-            groups = _groups(inventory, name)
-            if name in unreachable:
-                reports.add_printer(report, name, "unreachable", groups=groups, batch=index + 1,
-                                    reason=f"cannot connect: {unreachable[name]}", duration_s=seconds)
-            elif name in not_run:
-                reports.add_printer(report, name, "not-run" if name in not_run and not_run[name].startswith(
-                    "not started") else "failed", groups=groups, batch=index + 1, reason=not_run[name],
-                    duration_s=seconds)
-            else:
-                entry = printer_entry(state, name, execute)
-                reports.add_printer(report, name, entry["status"], groups=groups, batch=index + 1,
-                                    reason=entry["reason"], todo=entry["todo"], duration_s=seconds,
-                                    klippy_state=entry["klippy_state"], klipper=entry["klipper"],
-                                    config=results.with_backup_notes(name, entry["config"]), boards=entry["boards"])
-        if progress is not None:
-            progress.batch_done([p for p in report["printers"] if p["batch"] == index + 1])
-        if out is not None:
-            print(_batch_line(report, index, len(batches), bool(canary), len(batch), seconds, execute),
-                  file=out, flush=True)
-        done += len(batch)
-        failed += sum(1 for p in report["printers"] if p["batch"] == index + 1 and p["status"] in ("failed", "unreachable"))
-        if execute and index + 1 < len(batches) and failed / done > max_failed:
-            stopped = {"after_batch": index + 1, "reason": (
-                f"{failed} of {done} printers failed ({failed / done:.0%} > {max_failed:.0%} allowed): "
-                "stopping before the next batch")}
-            _not_run(report, inventory, batches[index + 1 :], index + 1,
-                     "not run: the failure threshold stopped the update")
-            break
-    if interrupted is None and interrupts.stop_requested() and len(report["printers"]) == len(names):
-        # the signal came during the last batch: every printer has its state, the run still stopped
-        interrupted = {"signal": interrupts.stop_requested(), "after_batch": len(batches)}
+    if kind == "threshold":
+        stopped = {"after_batch": run.stopped["after_batch"] + 1, "after_printer": run.stopped["after_printer"],
+                   "reason": run.stopped["reason"], "not_started": len(run.not_started)}
+    if kind == "at-once":
+        interrupts.request_stop("SIGINT")
+    signal = interrupts.stop_requested()
+    if kind in ("interrupted", "at-once") or signal:
+        # a signal while the last printers were in flight still stops the run: exit 130
+        last = run.stopped["after_batch"] + 1 if kind in ("interrupted", "at-once") else len(plan)
+        interrupted = {"signal": signal or "SIGINT", "after_batch": last, "in_flight": len(run.abandoned),
+                       "not_started": len(run.not_started)}
     reports.finish(report, stopped_early=stopped, fail_on_busy=fail_on_busy, interrupted=interrupted)
     if report_dir is not None:
         reports.write_report(report, report_dir)
     return report["exit_code"], report
 
 
-def _not_run(report: dict[str, Any], inventory: Any, batches: Sequence[Sequence[str]], first: int, reason: str) -> None:
-    for offset, rest in enumerate(batches):
-        for name in rest:
-            reports.add_printer(report, name, "not-run", groups=_groups(inventory, name), batch=first + offset + 1,
-                                reason=reason)
+def _stop_flag() -> bool:
+    return interrupts.stop_requested() is not None
 
 
-def _batch_line(report: dict[str, Any], index: int, total: int, canary: bool, size: int, seconds: float,
+def _all_groups(inventory: Any) -> dict[str, list[str]]:
+    """Each host's groups, sorted, from one pass over the inventory's groups."""
+    found: dict[str, list[str]] = {}
+    for group, members in sorted(inventory.groups.items()):
+        for host in members:
+            found.setdefault(host.name, []).append(group)
+    return found
+
+
+class _Printer:
+    """One printer as one pyinfra run (connect, facts, add_deploy, run_ops) on its own State."""
+
+    def __init__(self, inventory: Any, groups: dict[str, list[str]], execute: bool, connecting: Semaphore,
+                 progress: Any, attended_flash: bool, confirm: Callable[[list[str]], bool] | None) -> None:
+        self.inventory, self.groups, self.execute, self.connecting = inventory, groups, execute, connecting
+        self.progress, self.attended_flash, self.confirm = progress, attended_flash, confirm
+        # one printer plans at a time: planning is controller CPU (no greenlet switch is lost) and
+        # the firmware builder then sees the artifact an earlier printer built instead of building it again
+        self.planning = Semaphore(1)
+        self.fleet_run = results.FleetRun()  # twins seen across the printers' States
+
+    def run(self, name: str) -> dict[str, Any]:
+        """The report fields of the printer's entry (``status`` included)."""
+        started = time.monotonic()
+        results.RUN.pop(name, None)
+        state = fleet_api.make_state(_printer_inventory(self.inventory, name, self.groups.get(name, [])))
+        state.fleet_run = self.fleet_run  # type: ignore[attr-defined]
+        if self.progress is not None:
+            state.add_callback_handler(self.progress)
+        not_run: dict[str, str] = {}
+        unreachable: dict[str, str] = {}
+        try:
+            with self.connecting:  # its facts are read as soon as it is connected
+                unreachable = fleet_api.connect(state, then=_prefetcher(state))
+            with self.planning:
+                # one host pyinfra cannot plan (e.g. `_sudo: True` in its data) fails with pyinfra's message
+                for host in state.inventory.get_active_hosts():
+                    try:
+                        add_deploy(state, _update_deploy(), host=host)
+                    except Exception as error:  # noqa: BLE001 - any error planning one host is that host's
+                        not_run[host.name] = _planning_error(error)
+                        state.active_hosts.discard(host)
+                        state.failed_hosts.add(host)
+                go = self.execute and state.active_hosts and _attended_ok(state, self.attended_flash, self.progress,
+                                                                          self.confirm)
+            if go:
+                run_ops(state)
+            elif self.execute and state.active_hosts:
+                interrupts.request_stop("declined")
+                not_run.update({h.name: "not started: the attended flash was not confirmed" for h in state.active_hosts})
+        except PyinfraError as error:
+            # "No hosts remaining!" once the host failed: its operations say why; any other stop
+            # leaves it without a verdict: it failed with it
+            if str(error) != "No hosts remaining!":
+                not_run.update({host.name: f"pyinfra stopped the run: {error}" for host in state.active_hosts})
+        finally:
+            prefetch.discard(name)
+            fleet_api.disconnect(state)
+        seconds = time.monotonic() - started
+        if name in unreachable:
+            return {"status": "unreachable", "reason": f"cannot connect: {unreachable[name]}", "duration_s": seconds}
+        if name in not_run:
+            status = "not-run" if not_run[name].startswith("not started") else "failed"
+            return {"status": status, "reason": not_run[name], "duration_s": seconds}
+        entry = printer_entry(state, name, self.execute)
+        return {"status": entry["status"], "reason": entry["reason"], "todo": entry["todo"], "duration_s": seconds,
+                "klippy_state": entry["klippy_state"], "klipper": entry["klipper"],
+                "config": results.with_backup_notes(name, entry["config"]), "boards": entry["boards"]}
+
+
+def _printer_inventory(inventory: Any, name: str, groups: Sequence[str]) -> Any:
+    """A view of the fleet's inventory holding one host (in ``groups``), for that printer's own
+    State: its data and groups as loaded once for the fleet (loading the file per printer would
+    cost the controller the whole inventory's Python per printer)."""
+    host = inventory.get_host(name)
+    view = copy.copy(inventory)
+    view.hosts = {name: host}
+    view.groups = defaultdict(list, {group: [host] for group in groups})
+    view.state = None
+    return view
+
+
+def _batch_line(report: dict[str, Any], index: int, kind: str, canary: bool, size: int, seconds: float,
                 execute: bool) -> str:
-    """``-- batch 1/3 (canary): ...``: numbered as the table and the stop message number it."""
+    """``-- batch 1/3 (canary): ...`` (numbered as the table and the stop message number it) or
+    ``-- window of 10: ...`` once the window's printers are all done."""
     counts = reports.summarise(p for p in report["printers"] if p["batch"] == index + 1)
-    kind = f"batch {index + 1}/{total}" + (" (canary)" if index == 0 and canary else "")
+    kind += " (canary)" if index == 0 and canary else ""
     words = [f"{counts['changed']} {'to update' if not execute else 'updated'}", f"{counts['converged']} up to date"]
     words += [f"{counts[key]} {key.replace('_', ' ')}" for key in ("busy", "held", "skipped", "failed", "not_run")
               if counts[key]]
@@ -362,6 +460,7 @@ def _prefetcher(state: State) -> Callable[[Any], None]:
     def one(host: Any) -> None:
         with ctx_state.use(state), ctx_host.use(host):
             reads = update_reads()  # pure Python: no other greenlet runs meanwhile
+        prefetch.put_reads(host.name, reads)
         for fact, kwargs in reads:
             try:
                 value = get_fact(state, host, fact, kwargs=kwargs)
@@ -383,4 +482,4 @@ def _update_deploy() -> Any:
     return update_printer
 
 
-__all__ = ["InventoryError", "make_batches", "printer_entry", "run_fleet"]
+__all__ = ["DEFAULT_WINDOW", "InventoryError", "make_batches", "printer_entry", "run_fleet"]

@@ -162,6 +162,10 @@ class IdentityStoreError(RuntimeError):
     """The store cannot be read (not JSON, not the expected shape): the message says where."""
 
 
+# path -> ((device, inode, size, mtime), the printers it held): the store as last parsed
+_PARSED: dict[str, tuple[tuple[int, int, int, int], dict[str, dict[str, Any]]]] = {}
+
+
 class IdentityStore:
     """``identities.json`` in a backup root: read, and changed atomically under a lock."""
 
@@ -170,11 +174,20 @@ class IdentityStore:
         self.path = self.root / STORE_NAME
 
     def records(self) -> dict[str, dict[str, Any]]:
+        """Every name's record (a new dict each call; the records themselves are shared: never
+        changed in place). The file is parsed again only when it changed (its inode, size or
+        mtime): a fleet run reads it twice per printer, and it holds every printer."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with open(self.path, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+                cached = _PARSED.get(str(self.path))
+                if cached is not None and cached[0] == key:
+                    return dict(cached[1])
+                text = handle.read().decode("utf-8")
         except FileNotFoundError:
             return {}
-        except OSError as error:
+        except (OSError, UnicodeDecodeError) as error:
             raise IdentityStoreError(f"cannot read {self.path}: {error}") from error
         try:
             document = json.loads(text)
@@ -183,7 +196,8 @@ class IdentityStore:
         printers = document.get("printers") if isinstance(document, dict) else None
         if not isinstance(printers, dict) or not all(isinstance(v, dict) for v in printers.values()):
             raise IdentityStoreError(f"{self.path} has no \"printers\" object: restore it from a copy")
-        return printers
+        _PARSED[str(self.path)] = (key, printers)
+        return dict(printers)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -112,3 +112,8 @@ def with_backup_notes(host: str, config: dict[str, Any]) -> dict[str, Any]:
         return config
     text = "config backup left out " + "; ".join(f"{name} ({why})" for name, why in sorted(skipped.items()))
     return {**config, "backup_skipped": dict(skipped), "reason": config.get("reason") or text}
+
+
+class FleetRun:
+    """What the pyinfra States of one fleet run share (one State per printer, set as the State's
+    ``fleet_run``): what the run has seen across its printers, e.g. two names reaching one machine."""

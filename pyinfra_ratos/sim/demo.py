@@ -32,10 +32,11 @@ def run_demo(main: Callable[[list[str]], int], keep: bool = False) -> int:
         print(f"\n== 2. ratos-fleet status {inventory}", flush=True)
         main(["status", inventory])
         print(f"\n== 3. ratos-fleet plan {inventory}   (changes nothing)", flush=True)
-        main(["plan", inventory, "--batch-size", "3"])
+        main(["plan", inventory, "--max-in-flight", "3"])
         report = state / "report"
-        print(f"\n== 4. ratos-fleet update {inventory} --batch-size 3 --report {report}", flush=True)
-        code = main(["update", inventory, "--batch-size", "3", "--report", str(report)])
+        # a window of 3 printers in flight; the line continued so that it fits 120 columns
+        print(f"\n== 4. ratos-fleet update {inventory} --max-in-flight 3 \\\n       --report {report}", flush=True)
+        code = main(["update", inventory, "--max-in-flight", "3", "--report", str(report)])
         print(f"\n== 5. ratos-fleet status {inventory}   (after the update)", flush=True)
         main(["status", inventory])
         print(f"\nThe update exited {code}: 3 means no failure, changes made and some pending (one printer\n"

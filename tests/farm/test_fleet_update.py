@@ -81,27 +81,53 @@ def test_bad_inventory_is_refused_before_any_ssh_command(fleet: RunningFarm, tmp
 
 
 def test_the_failure_threshold_stops_the_run_and_says_so(fleet: RunningFarm, tmp_path: Path) -> None:
-    # canary (2), then batches of 6: prod-05 fails in the first production batch: 1 of 8 > 10%
-    result = ratos_fleet("update", str(fleet.inventory), "--batch-size", "6", "--max-failed", "0.1",
+    # canary (2), then a window of 1: prod-05 fails as the 7th printer to finish: 1 of 7 > 10%
+    result = ratos_fleet("update", str(fleet.inventory), "--max-in-flight", "1", "--max-failed", "0.1",
                          "--report", str(tmp_path))
     assert result.returncode == 1, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["stopped_early"]["after_batch"] == 2  # batches are numbered from 1, the canary first
-    assert "1 of 8 printers failed" in report["stopped_early"]["reason"]
+    assert report["stopped_early"]["after_printer"] == "prod-05"
+    assert "1 of 7 finished printers failed" in report["stopped_early"]["reason"]
+    assert report["stopped_early"]["not_started"] == 13
     status = {p["host"]: p for p in report["printers"]}
     assert len(status) == 20  # every printer is in the report, run or not
     assert [p["host"] for p in report["printers"] if p["batch"] == 1] == ["canary-01", "canary-02"]
     assert status["prod-05"]["status"] == "failed"
     assert "did not come back" in status["prod-05"]["reason"]
     assert status["prod-03"]["status"] == "busy" and "busy" in status["prod-03"]["reason"]
-    assert all(status[f"prod-{i:02d}"]["status"] == "not-run" for i in range(7, 19))
-    assert "STOPPED EARLY after batch 2: 1 of 8 printers failed" in result.stdout
-    assert "-- batch 2/4: 6 printers" in result.stdout
+    assert all(status[f"prod-{i:02d}"]["status"] == "not-run" for i in range(6, 19))
+    assert set(report["window"]["printers"]) == {"canary-01", "canary-02", *(f"prod-{i:02d}" for i in range(1, 6))}
+    assert "STOPPED EARLY after batch 2: 1 of 7 finished printers failed" in result.stdout
+    assert "-- [7/20] prod-05: failed" in result.stdout
+
+
+def test_a_slow_printer_does_not_hold_the_window(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Three printers, a window of 2: the first one's board erases slowly and is held in DFU
+    (``stuck-dfu`` until a test mends it): the other two run and finish while it is in flight."""
+    base = tmp_path_factory.mktemp("farm-window")
+    (base / "w.toml").write_text("".join(
+        f'[[pi]]\nname = "w-{i}"\ncheckout = "old"\n[[pi.boards]]\nboard = "btt-octopus-pro-446"\n'
+        f'firmware = "old"\nport = "1-1.1"\n' + ('faults = ["slow-erase"]\n' if i == 1 else "") + "\n"
+        for i in range(1, 4)))
+    farm = start_farm(base / "w.toml", base / "state")
+    try:
+        result = ratos_fleet("update", str(farm.inventory), "--max-in-flight", "2", "--report", str(base / "r"))
+        assert result.returncode == 3, result.stdout + result.stderr  # changes made
+        report = json.loads((base / "r/report.json").read_text())
+        slots = report["window"]["printers"]
+        assert report["window"]["max_in_flight"] == 2 and report["window"]["peak_in_flight"] == 2
+        # w-3 started when w-2 finished, while w-1 (slow) was still in flight: no barrier
+        assert slots["w-3"]["start_s"] >= slots["w-2"]["end_s"]
+        assert slots["w-3"]["start_s"] < slots["w-1"]["end_s"]
+        assert {p["status"] for p in report["printers"]} == {"changed"}
+    finally:
+        sim_farm.down(base / "state")
 
 
 def test_the_update_converges_the_fleet_and_never_touches_a_printing_printer(fleet: RunningFarm, tmp_path: Path) -> None:
     pids = {name: klippy_pid(fleet, name) for name in PRINTING}
-    result = ratos_fleet("update", str(fleet.inventory), "--batch-size", "6", "--max-failed", "0.5",
+    result = ratos_fleet("update", str(fleet.inventory), "--max-in-flight", "6", "--max-failed", "0.5",
                          "--report", str(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
     status = {p["host"]: p for p in report["printers"]}

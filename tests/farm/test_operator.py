@@ -1,5 +1,5 @@
 """What the operator sees (issue 16) on the virtual farm: an exit code per outcome, interrupts at
-three points of an update (checkout, flash, between batches) that leave every printer's state in
+three points of an update (checkout, flash, between printers) that leave every printer's state in
 the report and converge on a re-run, plan --json/--diff/--attended-flash, the demo at 120 columns."""
 
 from __future__ import annotations
@@ -157,8 +157,9 @@ def test_sigterm_during_the_flash_lets_the_transaction_finish_every_board(farm: 
     assert "INTERRUPTED (SIGTERM)" in output
 
 
-def test_sigint_between_batches_then_a_rerun_converges(farm: RunningFarm, tmp_path: Path) -> None:
-    code, output, report = interrupted_update(farm, tmp_path / "r1", "-- batch 1/5")
+def test_sigint_between_printers_then_a_rerun_converges(farm: RunningFarm, tmp_path: Path) -> None:
+    # a window of 1 (--batch-size, its former name): the signal as the first printer finishes
+    code, output, report = interrupted_update(farm, tmp_path / "r1", "-- [1/5]")
     assert code == 130, output
     assert len(report["printers"]) == 5 and report["printers"][-1]["status"] == "not-run"
     assert all(p["status"] in ("converged", "changed", "not-run") for p in report["printers"])

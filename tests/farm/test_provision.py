@@ -148,6 +148,19 @@ def test_a_second_run_on_provisioned_pis_changes_nothing(fresh_runs: tuple[str, 
     assert (total["success"], total["error"]) == (0, 0) and total["no_change"] > 0, second
 
 
+def sshd_sessions(lab: RunningFarm, pi: str) -> int:
+    log = lab.upper(pi) / "var/log/ratos-sim/sshd.log"
+    return log.read_text().count("Starting session") if log.exists() else 0
+
+
+def test_a_converged_provision_costs_one_ssh_command_per_pi(lab: RunningFarm, fresh_runs: tuple[str, str]) -> None:
+    before = {pi: sshd_sessions(lab, pi) for pi in FRESH}
+    total = grand_total(provision(lab, *FRESH))
+    assert (total["success"], total["error"]) == (0, 0)
+    # ProvisionState: hostname, timezone, packages, units, udev rule, audit and config folder at once
+    assert {pi: sshd_sessions(lab, pi) - before[pi] for pi in FRESH} == {pi: 1 for pi in FRESH}
+
+
 def test_an_offline_pi_gets_klipper_from_the_controllers_bundle(lab: RunningFarm, fresh_runs: tuple[str, str]) -> None:
     first, _ = fresh_runs
     commit = lab.info["versions"]["current"]["commit"]
