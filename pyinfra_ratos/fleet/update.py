@@ -392,15 +392,30 @@ class _Printer:
             prefetch.discard(name)
             fleet_api.disconnect(state)
         seconds = time.monotonic() - started
-        if name in unreachable:
-            return {"status": "unreachable", "reason": f"cannot connect: {unreachable[name]}", "duration_s": seconds}
-        if name in not_run:
-            status = "not-run" if not_run[name].startswith("not started") else "failed"
-            return {"status": status, "reason": not_run[name], "duration_s": seconds}
-        entry = printer_entry(state, name, self.execute)
-        return {"status": entry["status"], "reason": entry["reason"], "todo": entry["todo"], "duration_s": seconds,
-                "klippy_state": entry["klippy_state"], "klipper": entry["klipper"],
-                "config": results.with_backup_notes(name, entry["config"]), "boards": entry["boards"]}
+        try:
+            if name in unreachable:
+                return {"status": "unreachable", "reason": f"cannot connect: {unreachable[name]}",
+                        "duration_s": seconds}
+            if name in not_run:
+                status = "not-run" if not_run[name].startswith("not started") else "failed"
+                return {"status": status, "reason": not_run[name], "duration_s": seconds}
+            entry = printer_entry(state, name, self.execute)
+            return {"status": entry["status"], "reason": entry["reason"], "todo": entry["todo"],
+                    "duration_s": seconds, "klippy_state": entry["klippy_state"], "klipper": entry["klipper"],
+                    "config": results.with_backup_notes(name, entry["config"]), "boards": entry["boards"]}
+        finally:
+            _release(state, name)
+
+
+def _release(state: State, name: str) -> None:
+    """Forget a finished printer's run once its report entry is made: the fleet inventory's Host
+    would otherwise keep its State (``host.state``, the connector's) alive to the end of the run,
+    with its operations, their commands and output, and the notes its deploy made."""
+    results.RUN.pop(name, None)
+    for host in state.inventory:
+        for attribute in ("state", "connector"):
+            host.__dict__.pop(attribute, None)
+        host.op_hash_order = []
 
 
 def _printer_inventory(inventory: Any, name: str, groups: Sequence[str]) -> Any:
