@@ -172,13 +172,23 @@ def test_pyinfra_hands_a_running_commands_progress_over_before_it_ends() -> None
     state = State(Inventory((["@local"], {})), Config())
     connect_all(state)
     marker = Path(os.environ.get("TMPDIR", "/tmp")) / f"ratos-stream-{os.getpid()}"
+    seen = marker.with_suffix(".heard")
     marker.unlink(missing_ok=True)
+    seen.unlink(missing_ok=True)
+    # the command goes on only once the line was heard (or after 30 s, and then the test fails):
+    # no race with a loaded machine's scheduling
     script = (f"echo before; echo '{PROGRESS_PREFIX}{{\"phase\": \"flash\", \"text\": \"write 45%\"}}'; "
-              f"sleep 0.5; touch {marker}; echo after")
+              f"for i in $(seq 300); do [ -e {seen} ] && break; sleep 0.1; done; touch {marker}; echo after")
     op = add_op(state, server.shell, script)
     heard: list[tuple[str, dict[str, Any], bool]] = []
-    with listening(lambda host, record: heard.append((host, record, marker.exists()))):
+
+    def hear(host: str, record: dict[str, Any]) -> None:
+        heard.append((host, record, marker.exists()))
+        seen.touch()
+
+    with listening(hear):
         run_ops(state)
     marker.unlink(missing_ok=True)
+    seen.unlink(missing_ok=True)
     assert heard == [("@local", {"phase": "flash", "text": "write 45%"}, False)]  # before the command ended
     assert op[state.inventory.get_host("@local")].stdout_lines == ["before", "after"]

@@ -183,18 +183,26 @@ class KatapultSerial:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if ready:
-                try:
-                    data = os.read(self.fd, 4096)
-                except BlockingIOError:
-                    continue
-                except OSError as error:
-                    raise KatapultError(f"read from {self.tty} failed: {error.strerror}") from None
-                if not data:
-                    raise KatapultError(f"{self.tty} was closed by the device")
+            data = self._read_chunk(left)
+            if data:
                 self.moved += len(data)
                 self.pending += data
+
+    def _read_chunk(self, timeout):
+        """What the line holds within ``timeout`` s (b"" or None: nothing yet); the one read a
+        transport other than a tty replaces."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return None
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return None
+        except OSError as error:
+            raise KatapultError(f"read from {self.tty} failed: {error.strerror}") from None
+        if not data:
+            raise KatapultError(f"{self.tty} was closed by the device")
+        return data
 
     def _drain(self):
         self.pending = b""

@@ -7,12 +7,11 @@ came), e.g. :class:`pyinfra_ratos.firmware.canbus.CanStream`. Shipped in the age
 ``katapult.py`` (stdlib only, no ``from __future__``); imported on the controller for tests.
 """
 
-import time
 
 try:
     KatapultSerial  # noqa: B018 - in the shipped agent, katapult.py comes first
 except NameError:
-    from pyinfra_ratos.firmware.katapult import KatapultError, KatapultSerial, katapult_parse
+    from pyinfra_ratos.firmware.katapult import KatapultError, KatapultSerial
 
 
 class KatapultStream(KatapultSerial):
@@ -37,25 +36,11 @@ class KatapultStream(KatapultSerial):
             raise KatapultError("write to {} failed: {}".format(self.tty, error)) from None
         self.moved += len(data)
 
-    def _read_frame(self, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            frame, self.pending = katapult_parse(self.pending)
-            if isinstance(frame, str):
-                self.log.append(frame)
-                continue
-            if frame is not None:
-                return frame
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                data = self.stream.read(left)
-            except OSError as error:
-                raise KatapultError("read from {} failed: {}".format(self.tty, error)) from None
-            if data:
-                self.moved += len(data)
-                self.pending += data
+    def _read_chunk(self, timeout):
+        try:
+            return self.stream.read(timeout)
+        except OSError as error:
+            raise KatapultError("read from {} failed: {}".format(self.tty, error)) from None
 
     def _drain(self):
         self.pending = b""

@@ -63,8 +63,8 @@ class KatapultCanWrite:
 def _pi_sources() -> tuple[str, ...]:
     here = os.path.dirname(__file__)
     firmware = os.path.dirname(here)
-    return (os.path.join(firmware, "katapult.py"), os.path.join(firmware, "katapult_stream.py"), canbus.__file__,
-            os.path.join(here, "katapult_can_pi.py"))
+    return (os.path.join(firmware, "katapult.py"), os.path.join(firmware, "katapult_stream.py"),
+            os.path.join(here, "katapult_pi.py"), canbus.__file__, os.path.join(here, "katapult_can_pi.py"))
 
 
 @register

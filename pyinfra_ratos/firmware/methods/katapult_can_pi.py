@@ -1,6 +1,7 @@
 # The katapult-can method's Pi side (pyinfra_ratos.firmware.methods.katapult_can): appended to the
-# printer agent after the Katapult client (katapult.py, katapult_stream.py) and the CAN bus code
-# (canbus.py); it uses the agent's Runner, RUNNERS, StepFailed, Interrupted and WRITE_ATTEMPTS.
+# printer agent after the Katapult client (katapult.py, katapult_stream.py), the katapult method's
+# runner helpers (katapult_pi.py: the start-address check, keep-then-write with read-back) and the
+# CAN bus code (canbus.py); it uses the agent's Runner, RUNNERS, StepFailed and Interrupted.
 # Stdlib only.
 
 CAN_REQUEST_SETTLE_S = 1.0   # flashtool: after REQUEST_BOOTLOADER, before anything else
@@ -47,20 +48,6 @@ class KatapultCanRunner(Runner):
     """Katapult over CAN: request it, check it, keep the old application, write and read back
     (one retry), COMPLETE. Klipper's report of the new version is the agent's Verify."""
 
-    def write(self, client, image, record):
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            sent = client.write(image)
-            try:
-                client.verify(image, sent)
-            except KatapultError as error:
-                record["read_back"] = False
-                if attempt == WRITE_ATTEMPTS:
-                    raise
-                record["notes"].append("the first write read back wrong ({}); wrote it again".format(error))
-                continue
-            record["read_back"] = True
-            return
-
     def flash(self, agent, board, record):
         steps = {step["step"]: step for step in board["steps"]}
         write = steps["KatapultCanWrite"]
@@ -68,27 +55,12 @@ class KatapultCanRunner(Runner):
         record["backend"] = "katapult-can"
         bus, client = can_katapult_enter(agent, interface, uuid, "CanEnterKatapult" in steps)
         try:
-            info = client.info
-            wrong = None
-            if info["start"] != write["address"]:
-                wrong = ("Katapult on CAN node {} starts applications at {:#010x}, the image is linked for {:#010x}"
-                         .format(uuid, info["start"], write["address"]))
-            elif info["mcu"] and write.get("mcu") and info["mcu"] != write["mcu"]:
-                wrong = "Katapult on CAN node {} is for MCU {}, the image for {}".format(uuid, info["mcu"], write["mcu"])
+            wrong = katapult_refusal(client.info, write, "CAN node {}".format(uuid))
             if wrong:
                 record["notes"].append("refused before writing anything; the node was sent back to its firmware")
                 client.complete()
                 raise StepFailed(wrong)
-            kept = client.read_application(int(write.get("capture_length") or 0))
-            if kept:
-                dest = agent.scratch("can-{}.bin".format(uuid))
-                with open(dest, "wb") as handle:
-                    handle.write(kept)
-                record["capture"] = dest
-            with open(agent.path(write["image"]), "rb") as handle:
-                image = handle.read()
-            record["written"] = True
-            self.write(client, image, record)
+            katapult_replace(agent, client, write, record, "can-{}.bin".format(uuid))
             client.complete()
         except KatapultError as error:
             raise StepFailed("Katapult on CAN node {}: {}".format(uuid, error)) from None
@@ -106,7 +78,7 @@ class KatapultCanRunner(Runner):
             bus, client = can_katapult_enter(agent, interface, uuid, True)
             try:
                 with open(record["capture"], "rb") as handle:
-                    self.write(client, handle.read(), {"notes": []})
+                    katapult_write_verified(agent, client, handle.read(), {"notes": []})
                 client.complete()
             except KatapultError as error:
                 raise StepFailed(str(error)) from None

@@ -17,6 +17,54 @@ def katapult_needs_prime(port):
     return product.startswith("stm32") and product[5:7] not in ("f2", "f4", "h7")
 
 
+def katapult_refusal(info, write, where):
+    """Why Katapult at ``where`` (CONNECT's ``info``) must not be given the step's image, or None."""
+    if info["start"] != write["address"]:
+        return ("Katapult on {} starts applications at {:#010x}, the image is linked for {:#010x} (a Katapult "
+                "built for another offset; writing would overwrite the bootloader or not boot)".format(
+                    where, info["start"], write["address"]))
+    if info["mcu"] and write.get("mcu") and info["mcu"] != write["mcu"]:
+        return "Katapult on {} is for MCU {}, the image for {}".format(where, info["mcu"], write["mcu"])
+    return None
+
+
+def katapult_write_verified(agent, client, image, record):
+    """Write and read back (flashtool's SHA-1 compare); one more write when the read-back differs."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        agent.transfer("write", 0, len(image), start=True)
+        sent = client.write(image)
+        agent.transfer("write", len(image), len(image))
+        agent.note_phase("read back and compare")
+        try:
+            client.verify(image, sent)
+        except KatapultError as error:
+            record["read_back"] = False
+            if attempt == WRITE_ATTEMPTS:
+                raise
+            record["notes"].append("the first write read back wrong ({}); wrote it again".format(error))
+            continue
+        record["read_back"] = True
+        return
+
+
+def katapult_replace(agent, client, write, record, scratch_name):
+    """Keep what the board runs (REQUEST_BLOCK reads, up to the step's ``capture_length``), then
+    write the step's image with read-back."""
+    if write.get("capture_length"):
+        agent.note_phase("reading the firmware it ran (up to {} bytes, kept for a rollback)".format(
+            write["capture_length"]))
+        kept = client.read_application(int(write["capture_length"]))
+        if kept:
+            dest = agent.scratch(scratch_name)
+            with open(dest, "wb") as handle:
+                handle.write(kept)
+            record["capture"] = dest
+    with open(agent.path(write["image"]), "rb") as handle:
+        image = handle.read()
+    record["written"] = True
+    katapult_write_verified(agent, client, image, record)
+
+
 class KatapultRunner(Runner):
     """Katapult over USB: request it, check its application start, keep a read of the old
     application, write and read back (flashtool's SHA-1 compare, one retry), leave, wait for Klipper."""
@@ -51,24 +99,6 @@ class KatapultRunner(Runner):
             client.close()
         agent.wait_klipper(port, timeout)
 
-    def write(self, agent, client, image, record):
-        """Write and read back; one more write when the read-back differs (as every method)."""
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            agent.transfer("write", 0, len(image), start=True)
-            sent = client.write(image)
-            agent.transfer("write", len(image), len(image))
-            agent.note_phase("read back and compare")
-            try:
-                client.verify(image, sent)
-            except KatapultError as error:
-                record["read_back"] = False
-                if attempt == WRITE_ATTEMPTS:
-                    raise
-                record["notes"].append(f"the first write read back wrong ({error}); wrote it again")
-                continue
-            record["read_back"] = True
-            return
-
     def flash(self, agent, board, record):
         steps = {step["step"]: step for step in board["steps"]}
         write = steps["KatapultWrite"]
@@ -77,14 +107,7 @@ class KatapultRunner(Runner):
         record["backend"] = "katapult"
         client = self.enter(agent, port, float(steps.get("WaitKatapult", {"timeout": 10})["timeout"]),
                             (steps.get("RequestBootloader") or {}).get("tty"))
-        info = client.info
-        wrong = None
-        if info["start"] != write["address"]:
-            wrong = ("Katapult on USB port {} starts applications at {:#010x}, the image is linked for {:#010x} "
-                     "(a Katapult built for another offset; writing would overwrite the bootloader or not boot)"
-                     .format(port, info["start"], write["address"]))
-        elif info["mcu"] and write.get("mcu") and info["mcu"] != write["mcu"]:
-            wrong = f"Katapult on USB port {port} is for MCU {info['mcu']}, the image for {write['mcu']}"
+        wrong = katapult_refusal(client.info, write, f"USB port {port}")
         if wrong:
             record["notes"].append("refused before writing anything; the board was sent back to its firmware")
             try:
@@ -93,19 +116,7 @@ class KatapultRunner(Runner):
                 wrong += f"; then {failed}"
             raise StepFailed(wrong)
         try:
-            if write.get("capture_length"):
-                agent.note_phase(f"reading the firmware it ran (up to {write['capture_length']} bytes, kept for a "
-                                 "rollback)")
-                kept = client.read_application(int(write["capture_length"]))
-                if kept:
-                    dest = agent.scratch(f"{port}.bin")
-                    with open(dest, "wb") as handle:
-                        handle.write(kept)
-                    record["capture"] = dest
-            with open(agent.path(write["image"]), "rb") as handle:
-                image = handle.read()
-            record["written"] = True
-            self.write(agent, client, image, record)
+            katapult_replace(agent, client, write, record, f"{port}.bin")
         except KatapultError as error:
             client.close()
             raise StepFailed(f"Katapult on USB port {port}: {error}") from None
@@ -123,7 +134,7 @@ class KatapultRunner(Runner):
             client = self.enter(agent, port, KATAPULT_RESTORE_TIMEOUT_S)
             try:
                 with open(record["capture"], "rb") as handle:
-                    self.write(agent, client, handle.read(), {"notes": []})
+                    katapult_write_verified(agent, client, handle.read(), {"notes": []})
             except KatapultError as error:
                 client.close()
                 raise StepFailed(str(error)) from None
