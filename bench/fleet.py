@@ -5,16 +5,18 @@
 Per size, one farm where every Pi has ``~/klipper`` on the previous release and one board on old
 firmware (3 board types, so 3 distinct firmware identities), then, in this order:
 
-- the baseline: ``pyinfra -y INVENTORY exec -- true`` (best of two runs);
+- the baseline: ``pyinfra -y INVENTORY exec -- true`` (two runs, then one before each converged update);
 - a full update (``ratos-fleet update --max-in-flight <size>``: the whole fleet in flight): wall
   time, builds made (``builds.jsonl`` of the farm's firmware cache) and their seconds, and the
   ratio of the wall time to (the builds' seconds + the baseline);
-- the update once more (it backs up the config the full update wrote), then a converged update
-  (the same command again, best of two): wall time, its ratio to the baseline, and the SSH
-  commands each Pi received (sshd's ``Starting session`` lines, before/after);
+- the update once more (it backs up the config the full update wrote), then ``--reps`` (5) pairs
+  alternated: a bare exec, then a converged update (the same command again): the best wall time,
+  its ratio to the best bare exec, and the SSH commands each Pi received (sshd's ``Starting
+  session`` lines, before/after);
 - the peak RSS of the controller (the ``ratos-fleet`` process, from ``wait4``'s rusage);
 - CPU: the controller process's own (user + system, from ``wait4``) for the baseline and the
-  converged update, and the rest of the machine's meanwhile (``/proc/stat``) per Pi: the virtual
+  converged update: the ratio is the median of the alternated pairs' ratios (with its range: one
+  noisy bare run on a shared machine moved a single ratio by +-0.4), and the rest of the machine's meanwhile (``/proc/stat``) per Pi: the virtual
   Pis' work (sshd, the probe, git, Moonraker), which shares this machine's cores with the
   controller here and runs on each Pi's own CPU on a real farm.
 
@@ -141,7 +143,20 @@ def _down(state: Path) -> None:
         print(f"warning: farm down: {error}", file=sys.stderr, flush=True)
 
 
-def measure(size: int, tmp: Path) -> dict[str, Any]:
+def bare_exec(inventory: Path) -> Run:
+    return timed([str(BIN / "pyinfra"), "-y", str(inventory), "exec", "--", "true"])
+
+
+def compile_sources() -> None:
+    """Bytecode for the project's own modules, as an installed package has (pyinfra's came with
+    pip): with ``PYTHONDONTWRITEBYTECODE`` set, an editable checkout compiles ~80 modules in every
+    ``ratos-fleet`` process (~0.3 CPU-s measured), which bare ``pyinfra`` never pays."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(root / d) for d in
+                    ("pyinfra_ratos", "deploys", "facts", "operations"))], check=True, stdout=subprocess.DEVNULL)
+
+
+def measure(size: int, tmp: Path, reps: int = 5) -> dict[str, Any]:
     scenario = tmp / "farm.toml"
     scenario.write_text(scenario_text(size))
     state = tmp / "state"
@@ -151,8 +166,7 @@ def measure(size: int, tmp: Path) -> dict[str, Any]:
     inventory = state / "inventory.py"
     try:
         before = ssh_commands(state)
-        runs = [timed([str(BIN / "pyinfra"), "-y", str(inventory), "exec", "--", "true"]) for _ in range(2)]
-        bare = min(runs, key=lambda r: r.seconds)
+        runs = [bare_exec(inventory) for _ in range(2)]
         bare_cmds = (per_pi_commands(state, before)) / 2
         if any(r.rc for r in runs):
             print(f"warning: bare exec failed:\n{runs[0].tail}", file=sys.stderr)
@@ -168,9 +182,23 @@ def measure(size: int, tmp: Path) -> dict[str, Any]:
         before = ssh_commands(state)
         settle = update(inventory, size, tmp / "report-settle")
         settle_cmds = per_pi_commands(state, before)
+        # converged update and bare exec alternated (bare, update, bare, update...): the machine's
+        # load moves both alike, and the ratio is the median of the pairs', not one bare run's luck
         before = ssh_commands(state)
-        conv = min((update(inventory, size, tmp / "report-converged") for _ in range(2)), key=lambda r: r.seconds)
-        conv_cmds = per_pi_commands(state, before) / 2
+        pairs = []
+        for _ in range(reps):
+            bare_run = bare_exec(inventory)
+            after_bare = ssh_commands(state)
+            conv_run = update(inventory, size, tmp / "report-converged")
+            after_conv = ssh_commands(state)
+            pairs.append((bare_run, conv_run, sum(after_conv[n] - after_bare[n] for n in after_conv) / size))
+            runs.append(bare_run)
+        bare = min(runs, key=lambda r: r.seconds)
+        conv = min((c for _, c, _ in pairs), key=lambda r: r.seconds)
+        conv_cmds = statistics.median(n for _, _, n in pairs)
+        cpu_ratios = [c.cpu_s / b.cpu_s for b, c, _ in pairs]
+        bare_cpu = statistics.median(r.cpu_s for r in runs)
+        conv_cpu = statistics.median(c.cpu_s for _, c, _ in pairs)
         conv_report = json.loads((tmp / "report-converged/report.json").read_text())
         conv_statuses = [p["status"] for p in conv_report["printers"]]
         # provision: the first run on these Pis writes the udev rule (and what else a Pi lacks), the
@@ -192,9 +220,13 @@ def measure(size: int, tmp: Path) -> dict[str, Any]:
         "converged_s": round(conv.seconds, 2),
         "converged_ratio": round(conv.seconds / bare.seconds, 2),
         "ssh_commands_per_pi": round(conv_cmds, 2),
-        "bare_controller_cpu_s": round(bare.cpu_s, 2),
-        "converged_controller_cpu_s": round(conv.cpu_s, 2),
-        "controller_cpu_ratio": round(conv.cpu_s / bare.cpu_s, 2),
+        "bare_controller_cpu_s": round(bare_cpu, 2),  # medians
+        "converged_controller_cpu_s": round(conv_cpu, 2),
+        "controller_cpu_ratio": round(statistics.median(cpu_ratios), 2),  # median of the alternated pairs
+        "controller_cpu_ratio_min": round(min(cpu_ratios), 2),
+        "controller_cpu_ratio_max": round(max(cpu_ratios), 2),
+        "controller_cpu_pairs": [[round(b.cpu_s, 2), round(c.cpu_s, 2)] for b, c, _ in pairs],
+        "controller_cpu_reps": reps,
         "bare_farm_cpu_ms_per_pi": round(1000 * bare.farm_cpu_s / size, 1),
         "converged_farm_cpu_ms_per_pi": round(1000 * conv.farm_cpu_s / size, 1),
         "after_full_s": round(settle.seconds, 2),
@@ -208,16 +240,17 @@ def measure(size: int, tmp: Path) -> dict[str, Any]:
         "full_controller_cpu_s": round(full.cpu_s, 2),
         "full_farm_cpu_ms_per_pi": round(1000 * full.farm_cpu_s / size, 1),
         "full_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
-        "peak_rss_mb": round(max(full.peak_rss_mb, conv.peak_rss_mb), 1),
-        "peak_rss_converged_mb": round(conv.peak_rss_mb, 1),
-        "bare_controller_cpu_ms_per_pi": round(1000 * bare.cpu_s / size, 1),
-        "converged_controller_cpu_ms_per_pi": round(1000 * conv.cpu_s / size, 1),
+        "peak_rss_mb": round(max(full.peak_rss_mb, *(c.peak_rss_mb for _, c, _ in pairs)), 1),
+        "peak_rss_full_mb": round(full.peak_rss_mb, 1),
+        "peak_rss_converged_mb": round(max(c.peak_rss_mb for _, c, _ in pairs), 1),
+        "bare_controller_cpu_ms_per_pi": round(1000 * bare_cpu / size, 1),
+        "converged_controller_cpu_ms_per_pi": round(1000 * conv_cpu / size, 1),
         "full_controller_cpu_ms_per_pi": round(1000 * full.cpu_s / size, 1),
         "provision_converged_s": round(prov.seconds, 2),
         "provision_converged_ratio": round(prov.seconds / bare.seconds, 2),
         "provision_ssh_commands_per_pi": round(prov_cmds, 2),
         "provision_controller_cpu_s": round(prov.cpu_s, 2),
-        "provision_controller_cpu_ratio": round(prov.cpu_s / bare.cpu_s, 2),
+        "provision_controller_cpu_ratio": round(prov.cpu_s / bare_cpu, 2),
         "provision_farm_cpu_ms_per_pi": round(1000 * prov.farm_cpu_s / size, 1),
         "provision_peak_rss_mb": round(prov.peak_rss_mb, 1),
         "provision_first_s": round(first_prov.seconds, 2),
@@ -287,6 +320,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['bare_controller_cpu_ms_per_pi']:>5.1f} / {r['converged_controller_cpu_ms_per_pi']:<5.1f} "
             f"{r['provision_ssh_commands_per_pi']:>11.1f} {r['provision_converged_s']:>7.1f} "
             f"{r['provision_controller_cpu_ratio']:>10.2f}")
+    for r in rows:
+        lines.append(f"{r['pis']} Pis: controller CPU converged / bare exec, {r['controller_cpu_reps']} alternated pairs: "
+                     f"median {r['controller_cpu_ratio']:.2f} (range {r['controller_cpu_ratio_min']:.2f}-"
+                     f"{r['controller_cpu_ratio_max']:.2f}; CPU-s {r['controller_cpu_pairs']}); peak RSS full "
+                     f"{r['peak_rss_full_mb']:.1f} MiB, converged {r['peak_rss_converged_mb']:.1f} MiB")
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         grow = b["pis"] / a["pis"]
@@ -317,8 +355,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,250", help="farm sizes ('' for none)")
     parser.add_argument("--throughput", type=int, default=100, help="Pis of the barriers/window run (0: none)")
     parser.add_argument("--window", type=int, default=10, help="window (and batch) of the throughput run")
+    parser.add_argument("--reps", type=int, default=5,
+                        help="bare exec / converged update pairs, alternated, for the CPU ratio (median)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args()
+    compile_sources()
     rows = []
     flow = None
     # the machine is shared (other farms, other work): the load average is part of every figure
@@ -331,7 +372,7 @@ def main() -> None:
         print(json.dumps(flow), file=sys.stderr, flush=True)
     for size in (int(s) for s in args.sizes.split(",") if s):
         with tempfile.TemporaryDirectory(prefix="ratos-bench-fleet-") as tmp:
-            rows.append(measure(size, Path(tmp)))
+            rows.append(measure(size, Path(tmp), args.reps))
         load[f"after_{size}"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if rows:

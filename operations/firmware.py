@@ -39,13 +39,21 @@ _MAIN_GUARD = 'if __name__ == "__main__":'
 
 def agent_source() -> str:
     """The printer agent as shipped: ``firmware/agent.py`` with the Pi side (``pi_source``) of every
-    registered flash method that brings its own runner, inserted before the agent's entry point."""
-    text = Path(flash_agent.__file__).read_text(encoding="utf-8")
+    registered flash method that brings its own runner, inserted before the agent's entry point.
+
+    One string per set of registered methods, shared: every printer's transaction command holds it
+    (~107 KB), and a fleet update keeps up to a window of printers' commands at once."""
     sources: list[str] = []  # each file once, in order (two methods may ship one client)
     for method in methods.METHODS.values():
         for source in (method.pi_source,) if isinstance(method.pi_source, str) else method.pi_source or ():
             if source not in sources:
                 sources.append(source)
+    return _agent_source(tuple(sources))
+
+
+@functools.lru_cache(maxsize=4)
+def _agent_source(sources: tuple[str, ...]) -> str:
+    text = Path(flash_agent.__file__).read_text(encoding="utf-8")
     extra = [Path(source).read_text(encoding="utf-8") for source in sources]
     if not extra:
         return text

@@ -38,6 +38,7 @@ from pyinfra_ratos.fleet import report as reports
 from pyinfra_ratos.run import greenlet_state, prefetch, pyinfra_costs, results
 from pyinfra_ratos.fleet import interrupts, window
 from pyinfra_ratos.firmware.bundle import describe
+from pyinfra_ratos.firmware import catalog
 from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.firmware.agent import RESULT_PREFIX, SUMMARY_PREFIX
 from pyinfra_ratos.fleet.hostdata import InventoryError, validate_inventory
@@ -225,6 +226,19 @@ def run_fleet(
     + fail_on_busy: busy and held printers count as failed (exit 1) rather than pending (3)
     + should_stop: asked before each printer starts [:func:`pyinfra_ratos.fleet.interrupts.stop_requested`]
     """
+    with catalog.pinned():  # the boards as checked with the inventory, for every printer of the run
+        return _run_fleet(inventory_path, limit=limit, execute=execute, attended_flash=attended_flash,
+                          max_in_flight=max_in_flight, batch_size=batch_size, barriers=barriers,
+                          max_failed=max_failed, report_dir=report_dir, parallel=parallel, out=out,
+                          fail_on_busy=fail_on_busy, progress=progress, confirm=confirm, should_stop=should_stop)
+
+
+def _run_fleet(
+    inventory_path: str | Path, *, limit: Sequence[str] | None, execute: bool, attended_flash: bool,
+    max_in_flight: int | None, batch_size: int | None, barriers: bool, max_failed: float,
+    report_dir: str | Path | None, parallel: int | None, out: Any, fail_on_busy: bool, progress: Any,
+    confirm: Callable[[list[str]], bool] | None, should_stop: Callable[[], bool] | None,
+) -> tuple[int, dict[str, Any]]:
     window_size = max(1, max_in_flight or batch_size or DEFAULT_WINDOW)
     greenlet_state.install()  # one State per printer, several at once
     pyinfra_costs.install()
@@ -392,15 +406,30 @@ class _Printer:
             prefetch.discard(name)
             fleet_api.disconnect(state)
         seconds = time.monotonic() - started
-        if name in unreachable:
-            return {"status": "unreachable", "reason": f"cannot connect: {unreachable[name]}", "duration_s": seconds}
-        if name in not_run:
-            status = "not-run" if not_run[name].startswith("not started") else "failed"
-            return {"status": status, "reason": not_run[name], "duration_s": seconds}
-        entry = printer_entry(state, name, self.execute)
-        return {"status": entry["status"], "reason": entry["reason"], "todo": entry["todo"], "duration_s": seconds,
-                "klippy_state": entry["klippy_state"], "klipper": entry["klipper"],
-                "config": results.with_backup_notes(name, entry["config"]), "boards": entry["boards"]}
+        try:
+            if name in unreachable:
+                return {"status": "unreachable", "reason": f"cannot connect: {unreachable[name]}",
+                        "duration_s": seconds}
+            if name in not_run:
+                status = "not-run" if not_run[name].startswith("not started") else "failed"
+                return {"status": status, "reason": not_run[name], "duration_s": seconds}
+            entry = printer_entry(state, name, self.execute)
+            return {"status": entry["status"], "reason": entry["reason"], "todo": entry["todo"],
+                    "duration_s": seconds, "klippy_state": entry["klippy_state"], "klipper": entry["klipper"],
+                    "config": results.with_backup_notes(name, entry["config"]), "boards": entry["boards"]}
+        finally:
+            _release(state, name)
+
+
+def _release(state: State, name: str) -> None:
+    """Forget a finished printer's run once its report entry is made: the fleet inventory's Host
+    would otherwise keep its State (``host.state``, the connector's) alive to the end of the run,
+    with its operations, their commands and output, and the notes its deploy made."""
+    results.RUN.pop(name, None)
+    for host in state.inventory:
+        for attribute in ("state", "connector"):
+            host.__dict__.pop(attribute, None)
+        host.op_hash_order = []
 
 
 def _printer_inventory(inventory: Any, name: str, groups: Sequence[str]) -> Any:

@@ -3,7 +3,10 @@
 ``pyinfra.api.arguments.all_global_arguments`` evaluates ``typing.get_type_hints`` of its
 arguments' TypedDicts on every call, and ``pop_global_arguments`` calls it for every operation of
 every host: a tenth of the controller's CPU in a converged 250-Pi update (cProfile). The hints of a
-class do not change while the process runs, so :func:`install` keeps the first answer.
+class do not change while the process runs, so :func:`install` keeps the first answer, also for
+``pyinfra.api.facts`` (which imported the function by name: every ``FactBase`` subclass calls it when
+defined, 106 times when the update deploy imports pyinfra's operations) and for the connectors'
+``host_to_connector_data`` (the SSH connector's 20-odd hints, per printer's State).
 
 ``pop_global_arguments`` also looks each of its 32 arguments up in the host's data, and each lookup
 merges the host's groups' data again (pyinfra keeps the layers as functions, for data that can
@@ -16,7 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyinfra.api import arguments
+import functools
+import typing
+
+from pyinfra.api import arguments, facts
+from pyinfra.connectors import base as connectors_base
 
 
 def install() -> None:
@@ -30,11 +37,36 @@ def install() -> None:
 
     all_global_arguments.once = True  # type: ignore[attr-defined]
     arguments.all_global_arguments = all_global_arguments  # type: ignore[assignment]
+    facts.all_global_arguments = all_global_arguments  # type: ignore[attr-defined]
+    connectors_base.get_type_hints = _type_hints  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=32)
+def _hints_of(cls: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(typing.get_type_hints(cls).items())
+
+
+def _type_hints(obj: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a class, kept per class (a fresh dict each time, as typing's)."""
+    if args or kwargs or not isinstance(obj, type):
+        return typing.get_type_hints(obj, *args, **kwargs)
+    return dict(_hints_of(obj))
 
 
 def freeze_inventory_data(inventory: Any) -> None:
-    """Each host's override, host, group and inventory data layers evaluated now, once."""
+    """Each host's override, host, group and inventory data layers evaluated now, once, and merged
+    into one dict (the first layer holding a key wins, as pyinfra's lookup): a lookup of a key no
+    layer has (most of the 32 global arguments) then tries three layers, not six. The host's own
+    override layer (``host.data.x = ...``) stays first and the deploy's defaults stay live, last."""
     for host in inventory:
         data = host.data.__dict__
-        data["datas"] = tuple(layer() if callable(layer) and getattr(layer, "__name__", "") == "<lambda>" else layer
-                              for layer in data["datas"])
+        layers = [layer() if callable(layer) and getattr(layer, "__name__", "") == "<lambda>" else layer
+                  for layer in data["datas"]]
+        own, rest = layers[0], layers[1:]
+        static = []
+        while rest and isinstance(rest[0], dict):
+            static.append(rest.pop(0))
+        merged: dict[str, Any] = {}
+        for layer in reversed(static):
+            merged.update(layer)
+        data["datas"] = (own, merged, *rest)
