@@ -17,7 +17,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
-from pyinfra_ratos.run.connection import set_nodelay
+from pyinfra_ratos.run.connection import tune as tune_connection
 from pyinfra_ratos.firmware.converged import firmware_word
 from pyinfra_ratos.deploys import executed_by_pyinfra
 from pyinfra_ratos.facts.audit import FleetAudit
@@ -43,7 +43,7 @@ def audit_lines(name: str, audit: dict, pin_commit: str | None = None, pin_versi
 
 @deploy("Audit")
 def audit_fleet() -> None:
-    set_nodelay(host)
+    tune_connection(host)
     commit = host.data.get("klipper_commit")
     for line in audit_lines(host.name, host.get_fact(FleetAudit), commit if isinstance(commit, str) else None):
         print(line, flush=True)

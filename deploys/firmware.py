@@ -35,7 +35,7 @@ from pyinfra_ratos.printer import gate
 from pyinfra_ratos.firmware.builder import BuildError, BuiltArtifact, shared_builder
 from pyinfra_ratos.firmware.can import can_attached, flash_order
 from pyinfra_ratos.firmware.catalog import load_catalog
-from pyinfra_ratos.run.connection import set_nodelay
+from pyinfra_ratos.run.connection import tune as tune_connection
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.facts.audit import FleetAudit, FleetAuditDict
 from pyinfra_ratos.facts.firmware import FirmwareArtifacts
@@ -287,7 +287,7 @@ def _plan_pi_built(build_meta: Any, target: FirmwareTarget, audit: Mapping[str, 
 @deploy("Converge board firmware")
 def converge_firmware(audit: FleetAuditDict | None = None, commit: str | None = None) -> None:
     """Converge every board of the host (``audit``: its FleetAudit when the caller read it)."""
-    set_nodelay(host)
+    tune_connection(host)
     if not identity.verified(): return  # noqa: E701 - not the printer recorded
     audit = audit if audit is not None else host.get_fact(FleetAudit)
     busy = gate.disruption_refused(audit["activity"])

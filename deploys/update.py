@@ -28,7 +28,7 @@ from pyinfra_ratos.run import results
 from pyinfra_ratos.run import prefetch
 from pyinfra_ratos.printer import gate
 from pyinfra_ratos.firmware.bundle import describe
-from pyinfra_ratos.run.connection import set_nodelay
+from pyinfra_ratos.run.connection import tune as tune_connection
 from pyinfra_ratos.deploys import executed_by_pyinfra, left_alone
 from pyinfra_ratos.deploys.provision import (
     ProvisionSettings,
@@ -65,7 +65,7 @@ def update_reads(settings: ProvisionSettings | None = None) -> list[tuple[type, 
 
 @deploy("Update printer")
 def update_printer() -> None:
-    set_nodelay(host)
+    tune_connection(host)
     settings, errors = provision_settings(host.name, host.data.dict())
     if settings is None:
         firmware.refuse(name="Update", reason="\n".join(errors))

@@ -12,13 +12,13 @@ Concurrency is pyinfra's: greenlets on ``state.pool``. That needs the standard l
 gevent, which ``pyinfra_cli`` does when imported (its ``__init__``); this module imports it first
 thing, so importing ``fleet_api`` early (before paramiko or ssl) is all a script needs.
 
-TCP_NODELAY: pyinfra 3.10 over paramiko leaves Nagle's algorithm on, so every SSH command waits
-for a delayed ACK (~40 ms on Linux) between the small packets of one request. :class:`TcpNoDelay`,
-a state callback that :func:`make_state` installs, turns it off on the transport's socket as soon
-as a host is connected (``host_connect``). Inside a deploy run by the ``pyinfra`` CLI, whose
-connections are made before any deploy code runs, :func:`set_tcp_nodelay` on each host does the same
-(it is :func:`pyinfra_ratos.run.connection.set_nodelay`, which this package's deploys call). Measured on
-the virtual farm: 48.7 ms per SSH command without, 5.9 ms with (sshd session setup included).
+Connections: pyinfra 3.10 over paramiko leaves Nagle's algorithm on, so every SSH command waits
+for a delayed ACK (~40 ms on Linux) between the small packets of one request, and paramiko's
+transport wakes 10 times a second per open connection. :class:`ConnectionTuning`, a state callback
+that :func:`make_state` installs, turns Nagle off and the idle poll down to once a second as soon
+as a host is connected (``host_connect``; :func:`pyinfra_ratos.run.connection.tune`, which this
+package's deploys also call on their host, for the ``pyinfra`` CLI). Measured on the virtual farm:
+48.7 ms per SSH command without TCP_NODELAY, 5.9 ms with (sshd session setup included).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_cli.inventory import make_inventory
 
-from pyinfra_ratos.run.connection import set_nodelay
+from pyinfra_ratos.run.connection import tune as tune_connection
 
 T = TypeVar("T")
 
@@ -115,18 +115,15 @@ def override_data(inventory: Inventory) -> dict[str, Any]:
     return dict(inventory.get_override_data())
 
 
-# Nagle off on one connected host's socket (shared with the deploys, which call it on their host)
-set_tcp_nodelay = set_nodelay
-
-
-class TcpNoDelay(BaseStateCallback):
-    """State callback: TCP_NODELAY on each new connection, and each connection error kept."""
+class ConnectionTuning(BaseStateCallback):
+    """State callback: each new connection tuned (TCP_NODELAY, the idle poll), each connection
+    error kept."""
 
     def __init__(self) -> None:
         self.errors: dict[str, str] = {}
 
     def host_connect(self, state: State, host: Host) -> None:  # type: ignore[override]
-        set_tcp_nodelay(host)
+        tune_connection(host)
 
     def host_connect_error(self, state: State, host: Host, error: Any) -> None:  # type: ignore[override]
         self.errors[host.name] = str(error.args[0] if getattr(error, "args", None) else error)
@@ -134,17 +131,17 @@ class TcpNoDelay(BaseStateCallback):
 
 def make_state(inventory: Inventory, parallel: int | None = None, connect_timeout: int = 10) -> State:
     """A pyinfra state over the inventory: ``parallel`` hosts at once (default: pyinfra's choice),
-    SSH connections given up after ``connect_timeout`` seconds, TCP_NODELAY on every connection."""
+    SSH connections given up after ``connect_timeout`` seconds, every connection tuned."""
     config = Config(CONNECT_TIMEOUT=connect_timeout, FAIL_PERCENT=None)
     if parallel:
         config.PARALLEL = parallel
     state = State(inventory, config)
-    state.add_callback_handler(TcpNoDelay())
+    state.add_callback_handler(ConnectionTuning())
     return state
 
 
-def _callback(state: State) -> TcpNoDelay | None:
-    return next((h for h in state.callback_handlers if isinstance(h, TcpNoDelay)), None)
+def _callback(state: State) -> ConnectionTuning | None:
+    return next((h for h in state.callback_handlers if isinstance(h, ConnectionTuning)), None)
 
 
 def _connect_error(state: State, host: Host, error: BaseException | None = None) -> str:
