@@ -34,12 +34,12 @@ def source_of(path: Path) -> str:
 
 def update_command(source: str) -> str:
     """The UpdateState command a converged update sends, shipping ``source`` as the probe."""
-    shipped, probe.SOURCE = probe.SOURCE, source
+    shipped, probe.SHIPPED = probe.SHIPPED, probe.shipped(source)
     try:
         return UpdateState().command(files=["printer.cfg", "RatOS.cfg", "moonraker.conf"], read=["printer.cfg"],
                                      hosts=["github.com:443"]).get_raw_value()
     finally:
-        probe.SOURCE = shipped
+        probe.SHIPPED = shipped
 
 
 def cpu_ms(state: Path, info: dict, command: str, runs: int) -> float:

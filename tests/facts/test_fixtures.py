@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.facts.probe import SOURCE, SOURCE_PLACEHOLDER
+from pyinfra_ratos.facts.probe import SHIPPED, SOURCE_PLACEHOLDER
 
 FIXTURES = Path(__file__).parent
 
 
 def rendered_command(fact: Any, args: list[Any], kwargs: dict[str, Any]) -> str:
     raw = fact.command(*args, **kwargs).get_raw_value()
-    return raw.replace(shlex.quote(SOURCE), SOURCE_PLACEHOLDER)
+    return raw.replace(shlex.quote(SHIPPED), SOURCE_PLACEHOLDER)
 
 
 def _cases() -> list[Any]:

@@ -11,7 +11,7 @@ from pyinfra_ratos.facts.firmware import linked_address, parse_firmware_artifact
 from pyinfra_ratos.facts.klipper import parse_klipper_host, parse_klippy_log, parse_mcu_firmware
 from pyinfra_ratos.facts.network import parse_network_reachability
 from pyinfra_ratos.facts.printer import parse_printer_activity
-from pyinfra_ratos.facts.probe import SOURCE, json_document, probe_command
+from pyinfra_ratos.facts.probe import SHIPPED, SOURCE, json_document, probe_command
 
 DOWN = {"status": 0, "body": None}
 
@@ -179,7 +179,7 @@ def test_the_command_exits_0_and_prints_an_empty_object_without_python3(tmp_path
 def test_user_values_travel_as_one_quoted_json_argument() -> None:
     command = probe_command("klipper", {"path": "~/it's $(rm -rf ~)"}).get_raw_value()
     words = shlex.split(command)
-    assert words[:4] == ["python3", "-I", "-S", "-c"] and words[4] == SOURCE and words[5] == "klipper"
+    assert words[:4] == ["python3", "-I", "-S", "-c"] and words[4] == SHIPPED and words[5] == "klipper"
     assert json.loads(words[6]) == {"path": "~/it's $(rm -rf ~)"}
 
 
@@ -189,3 +189,14 @@ def test_a_stray_module_in_the_home_folder_does_not_shadow_the_standard_library(
     done = subprocess.run(["/bin/sh", "-c", probe_command("no-such-probe").get_raw_value()], cwd=tmp_path,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True)
     assert done.returncode == 0 and json.loads(done.stdout) == {"error": "unknown probe 'no-such-probe'"}
+
+
+def test_the_shipped_program_is_the_source_compressed() -> None:
+    """What travels unpacks to exactly the probe's source, in base64 (no quote for the shell to
+    multiply), and is well under half its size."""
+    import base64
+    import zlib
+
+    blob = SHIPPED.split("a2b_base64('", 1)[1].rsplit("')", 1)[0]
+    assert zlib.decompress(base64.b64decode(blob)).decode("utf-8") == SOURCE
+    assert "'" not in blob and len(SHIPPED) < len(SOURCE) / 2
