@@ -352,25 +352,31 @@ def config_files_query(
     data = dict(printer) if printer is not None else _printer_data()
     try:
         spec = pm.parse_printer_data(host_name or host.name, data, catalog if catalog is not None else load_catalog())
-        # the includes do not depend on the serial paths: render with a stand-in, reading no USB
-        stand_in = {e.mcu_name: "/dev/serial/by-id/stand-in" for e in spec.boards}
-        context = {**pm.template_context(spec, stand_in), "generated": generated_file}
-        template_dir = templates or data.get("printer_templates")
-        # the packaged templates do not change while the process runs: printers with the same
-        # model and boards (most of a farm) include the same files, rendered once
-        key = None if template_dir else json.dumps(context, sort_keys=True, default=str)
-        includes = _PACKAGED_INCLUDES.get(key) if key else None
-        if includes is None:
-            texts = [render(name, context, template_dir) for name in ("RatOS.cfg.j2", "printer.cfg.j2")]
-            includes = [t for text in texts for t in kc.include_targets(text)
-                        if not kc.is_glob(t) and t != generated_file]
-            if key:
-                if len(_PACKAGED_INCLUDES) > 256:
-                    _PACKAGED_INCLUDES.clear()
-                _PACKAGED_INCLUDES[key] = includes
+        includes = template_includes(spec, generated_file, templates or data.get("printer_templates"))
     except (pm.PrinterDataError, TemplateRenderError):
         return None
-    return files_query(generated_file, user_file, list(includes))
+    return files_query(generated_file, user_file, includes)
+
+
+def template_includes(spec: pm.PrinterSpec, generated_file: str, template_dir: str | None) -> list[str]:
+    """The files the printer's two renderings include (globs and the generated file left out).
+    Raises TemplateRenderError.
+
+    The includes do not depend on the serial paths: rendered with a stand-in, reading no USB. The
+    packaged templates do not change while the process runs: printers with the same model and
+    boards (most of a farm) include the same files, rendered once."""
+    stand_in = {e.mcu_name: "/dev/serial/by-id/stand-in" for e in spec.boards}
+    context = {**pm.template_context(spec, stand_in), "generated": generated_file}
+    key = None if template_dir else json.dumps(context, sort_keys=True, default=str)
+    includes = _PACKAGED_INCLUDES.get(key) if key else None
+    if includes is None:
+        texts = [render(name, context, template_dir) for name in ("RatOS.cfg.j2", "printer.cfg.j2")]
+        includes = [t for text in texts for t in kc.include_targets(text) if not kc.is_glob(t) and t != generated_file]
+        if key:
+            if len(_PACKAGED_INCLUDES) > 256:
+                _PACKAGED_INCLUDES.clear()
+            _PACKAGED_INCLUDES[key] = includes
+    return list(includes)
 
 
 def printer_busy(url: str, activity: Mapping[str, Any] | None = None) -> bool:
@@ -464,14 +470,12 @@ def config(
         attached = attached_boards if attached_boards is not None else host.get_fact(AttachedBoards)
 
     try:
-        generated_text, user_rendered, _ = render_config(spec, attached, {}, generated_file, template_dir)
+        includes = template_includes(spec, generated_file, template_dir)
     except TemplateRenderError as error:
         yield fail_command(f"{host.name}: {error}. Nothing was written.")
         return
 
     # one round trip: both files, the restart marker, and every include target the renderings name
-    includes = [t for t in kc.include_targets(generated_text) + kc.include_targets(user_rendered)
-                if not kc.is_glob(t) and t != generated_file]
     query = files_query(generated_file, user_file, includes)
     files = current_files if covers(current_files, query) else host.get_fact(PrinterFiles, config_dir=config_dir, **query)
     if not files:

@@ -313,10 +313,21 @@ _SHARED: dict[tuple[str, str, bool], Builder] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+# absolute paths as given -> their builder: a fleet's printers name the same two paths, resolved once
+_AS_GIVEN: dict[tuple[str, str, bool], Builder] = {}
+
+
 def shared_builder(source: str | Path, cache_dir: str | Path | None = None, allow_unclean: bool = False) -> Builder:
+    given = (str(source), str(cache_dir or DEFAULT_CACHE), allow_unclean)
+    found = _AS_GIVEN.get(given)
+    if found is not None:
+        return found
+    absolute = all(Path(p).is_absolute() for p in given[:2])  # a relative or ~ path depends on cwd, HOME
     key = (str(Path(source).expanduser().resolve()), str(Path(cache_dir or DEFAULT_CACHE).expanduser().resolve()),
            allow_unclean)
     with _SHARED_LOCK:
         if key not in _SHARED:
             _SHARED[key] = Builder(source, cache_dir, allow_unclean)
+        if absolute:
+            _AS_GIVEN[given] = _SHARED[key]
         return _SHARED[key]

@@ -14,6 +14,7 @@ How an operation runs a ``flash`` plan::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -89,8 +90,15 @@ def _runs_identity(mcu: Mapping[str, Any] | None, artifact: Artifact) -> bool:
     return {key: str(value) for key, value in constants.items()} == image
 
 
+@functools.lru_cache(maxsize=32)
+def _resolved(config_text: str) -> Mapping[str, str]:
+    """An artifact's config parsed once per process: every printer with that board checks the
+    same artifact (read only here)."""
+    return parse_config(config_text)
+
+
 def _artifact_problems(board: Board, artifact: Artifact, host_arch: str | None = None) -> list[str]:
-    resolved = parse_config(artifact.resolved_config)
+    resolved = dict(_resolved(artifact.resolved_config))
     # the application address comes from the config the image was built with, never from a guess
     problems = check_image_for_board(artifact.image, board, application_address(resolved), host_arch)
     if board.interface == "linux" and host_arch and artifact.identity.target != host_arch:

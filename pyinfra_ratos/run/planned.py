@@ -50,26 +50,37 @@ class NotNeeded:
 NOT_NEEDED = NotNeeded()
 
 
-class _Hold(logging.Handler):
+class _Hold:
+    """Keeps the records pyinfra's logger hands it, in the list of the innermost :func:`_held_logs`.
+    What a logger needs of a handler (``level``, ``handle``) and no more: one for the process, not
+    registered with ``logging`` (a ``logging.Handler`` costs a lock and a registry entry to make)."""
+
+    level = logging.NOTSET
+
     def __init__(self) -> None:
-        super().__init__()
         self.records: list[logging.LogRecord] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def handle(self, record: logging.LogRecord) -> bool:
         self.records.append(record)
+        return True
+
+
+_HOLD = _Hold()
 
 
 @contextmanager
 def _held_logs() -> Iterator[list[logging.LogRecord]]:
-    hold = _Hold()
-    handlers, propagate = logger.handlers[:], logger.propagate
-    logger.handlers[:] = [hold]
+    handlers, propagate, outer = logger.handlers[:], logger.propagate, _HOLD.records
+    held: list[logging.LogRecord] = []
+    _HOLD.records = held
+    logger.handlers[:] = [_HOLD]  # type: ignore[list-item]
     logger.propagate = False
     try:
-        yield hold.records
+        yield held
     finally:
         logger.handlers[:] = handlers
         logger.propagate = propagate
+        _HOLD.records = outer
 
 
 def add_if_needed(op: Callable[..., Any], **kwargs: Any) -> Any:

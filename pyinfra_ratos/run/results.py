@@ -7,7 +7,7 @@ of a fleet update is a list of these. Pure Python, no pyinfra import.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from pyinfra_ratos.firmware import methods
@@ -48,7 +48,7 @@ class FlashRecord:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(known_methods())}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # every field a plain value: asdict's deep copy is not needed
 
 
 def record_for_plan(host: str, mcu_name: str, plan: FlashPlan) -> FlashRecord:
