@@ -367,6 +367,9 @@ class _Printer:
         # the firmware builder then sees the artifact an earlier printer built instead of building it again
         self.planning = Semaphore(1)
         self.fleet_run = results.FleetRun()  # twins seen across the printers' States
+        # the SSH keys loaded once for the fleet, as pyinfra's one State would (its own cache is
+        # per State: each printer read and parsed its key file again)
+        self.private_keys: dict[str, Any] = {}
 
     def run(self, name: str) -> dict[str, Any]:
         """The report fields of the printer's entry (``status`` included)."""
@@ -374,6 +377,7 @@ class _Printer:
         results.RUN.pop(name, None)
         state = fleet_api.make_state(_printer_inventory(self.inventory, name, self.groups.get(name, [])))
         state.fleet_run = self.fleet_run  # type: ignore[attr-defined]
+        state.private_keys = self.private_keys
         if self.progress is not None:
             state.add_callback_handler(self.progress)
         not_run: dict[str, str] = {}
