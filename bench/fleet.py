@@ -20,6 +20,12 @@ firmware (3 board types, so 3 distinct firmware identities), then, in this order
   Pis' work (sshd, the probe, git, Moonraker), which shares this machine's cores with the
   controller here and runs on each Pi's own CPU on a real farm.
 
+- the same ratio against ``pyinfra exec`` of the update's own probe command (``--reps`` pairs
+  alternated again): bare pyinfra then makes every Pi do the update's Pi-side work, so the farm
+  loads the shared cores alike and the ratio is the controller's own overhead;
+- instructions (valgrind's callgrind, when installed), one run each of bare exec and the converged
+  update: the controller's work, which CPU time on cores shared with the farm (and with other
+  machines' guests) only approximates;
 - a converged provision (``pyinfra -y INVENTORY deploys/provision.py``, its second run): wall,
   controller CPU and SSH commands per Pi.
 
@@ -143,8 +149,40 @@ def _down(state: Path) -> None:
         print(f"warning: farm down: {error}", file=sys.stderr, flush=True)
 
 
-def bare_exec(inventory: Path) -> Run:
-    return timed([str(BIN / "pyinfra"), "-y", str(inventory), "exec", "--", "true"])
+def bare_exec(inventory: Path, command: str = "true") -> Run:
+    return timed([str(BIN / "pyinfra"), "-y", str(inventory), "exec", "--", command])
+
+
+def probe_command(inventory: Path) -> str:
+    """The converged update's one command (the ``UpdateState`` probe) for the inventory's first Pi:
+    ``pyinfra exec`` of it makes every Pi do the update's Pi-side work for bare pyinfra. Worked
+    out in a child process: pyinfra's API patches the standard library for gevent (this process
+    reaps its children with ``os.wait4``)."""
+    script = (
+        "import sys\n"
+        "from pyinfra_ratos.fleet import api\n"
+        "from pyinfra.context import ctx_host, ctx_state\n"
+        "from pyinfra_ratos.deploys.update import update_reads\n"
+        "inventory = api.load_inventory(sys.argv[1])\n"
+        "host = next(iter(inventory))\n"
+        "with ctx_state.use(api.make_state(inventory)), ctx_host.use(host):\n"
+        "    [(fact, kwargs)] = update_reads()\n"
+        "    sys.stdout.write(fact().command(**kwargs).get_raw_value())\n"
+    )
+    return subprocess.run([sys.executable, "-c", script, str(inventory)], capture_output=True, text=True,
+                          check=True, timeout=120).stdout
+
+
+def instructions(argv: list[str]) -> int | None:
+    """The instructions one run executes (valgrind's callgrind; None without valgrind): unlike
+    CPU time, not moved by the other processes of the machine (the farm on the same cores)."""
+    try:
+        done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+                              capture_output=True, text=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = [line.split(":")[-1].strip() for line in done.stderr.splitlines() if "Collected :" in line]
+    return int(found[-1]) if found and done.returncode == 0 else None
 
 
 def compile_sources() -> None:
@@ -193,6 +231,14 @@ def measure(size: int, tmp: Path, reps: int = 5) -> dict[str, Any]:
             after_conv = ssh_commands(state)
             pairs.append((bare_run, conv_run, sum(after_conv[n] - after_bare[n] for n in after_conv) / size))
             runs.append(bare_run)
+        # the same Pi-side work for bare pyinfra: its exec runs the update's probe on every Pi, so
+        # the farm loads the shared cores as during the update (alternated with the update again)
+        probe = probe_command(inventory)
+        busy_pairs = [(bare_exec(inventory, probe), update(inventory, size, tmp / "report-converged"))
+                      for _ in range(reps)]
+        counted = (instructions([str(BIN / "pyinfra"), "-y", str(inventory), "exec", "--", "true"]),
+                   instructions([str(BIN / "ratos-fleet"), "update", str(inventory), "--max-in-flight", str(size),
+                                 "--max-failed", "100", "--report", str(tmp / "report-counted")]))
         bare = min(runs, key=lambda r: r.seconds)
         conv = min((c for _, c, _ in pairs), key=lambda r: r.seconds)
         conv_cmds = statistics.median(n for _, _, n in pairs)
@@ -227,6 +273,16 @@ def measure(size: int, tmp: Path, reps: int = 5) -> dict[str, Any]:
         "controller_cpu_ratio_max": round(max(cpu_ratios), 2),
         "controller_cpu_pairs": [[round(b.cpu_s, 2), round(c.cpu_s, 2)] for b, c, _ in pairs],
         "controller_cpu_reps": reps,
+        # bare pyinfra running the update's probe on every Pi (the same Pi-side work), alternated
+        # with the converged update: the controller's own overhead with the farm equally busy
+        "busy_bare_controller_cpu_s": round(statistics.median(b.cpu_s for b, _ in busy_pairs), 2),
+        "busy_controller_cpu_ratio": round(statistics.median(c.cpu_s / b.cpu_s for b, c in busy_pairs), 2),
+        "busy_controller_cpu_pairs": [[round(b.cpu_s, 2), round(c.cpu_s, 2)] for b, c in busy_pairs],
+        "busy_bare_farm_cpu_ms_per_pi": round(1000 * statistics.median(b.farm_cpu_s for b, _ in busy_pairs) / size, 1),
+        # instructions (callgrind), one run each: bare exec of `true` and the converged update
+        "bare_instructions": counted[0],
+        "converged_instructions": counted[1],
+        "instructions_ratio": round(counted[1] / counted[0], 2) if all(counted) else None,
         "bare_farm_cpu_ms_per_pi": round(1000 * bare.farm_cpu_s / size, 1),
         "converged_farm_cpu_ms_per_pi": round(1000 * conv.farm_cpu_s / size, 1),
         "after_full_s": round(settle.seconds, 2),
@@ -325,6 +381,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"median {r['controller_cpu_ratio']:.2f} (range {r['controller_cpu_ratio_min']:.2f}-"
                      f"{r['controller_cpu_ratio_max']:.2f}; CPU-s {r['controller_cpu_pairs']}); peak RSS full "
                      f"{r['peak_rss_full_mb']:.1f} MiB, converged {r['peak_rss_converged_mb']:.1f} MiB")
+        lines.append(f"{r['pis']} Pis: converged / bare exec of the update's probe (the same Pi-side work, farm "
+                     f"{r['busy_bare_farm_cpu_ms_per_pi']:g} ms/Pi): median {r['busy_controller_cpu_ratio']:.2f} "
+                     f"(CPU-s {r['busy_controller_cpu_pairs']}); instructions converged / bare exec of true: "
+                     f"{r['instructions_ratio']} ({r['converged_instructions']} / {r['bare_instructions']})")
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         grow = b["pis"] / a["pis"]
