@@ -14,10 +14,9 @@ import pytest
 from pyinfra_ratos.firmware.arch import ARCHES
 from pyinfra_ratos.firmware.image import elf_header
 from pyinfra_ratos.firmware.picoboot.protocol import FLASH_START, image_of, uf2_pages
-from pyinfra_ratos.sim import farm as sim_farm
 
-from .conftest import RunningFarm, start_farm
-from .test_katapult import current, events, flashed, klippy_pid, update, usb_dir
+from .conftest import RunningFarm, running_farm
+from .test_katapult import flashed
 
 SCENARIO = Path(__file__).parent / "scenarios" / "boards-lab.toml"
 CONVERGING = {"mix-armhf": "armhf", "mix-arm64": "aarch64"}
@@ -25,24 +24,13 @@ CONVERGING = {"mix-armhf": "armhf", "mix-arm64": "aarch64"}
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-boards")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-boards") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 @pytest.fixture(scope="module")
 def first_update(lab: RunningFarm, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    report = tmp_path_factory.mktemp("boards-report")
-    pids = {pi["name"]: klippy_pid(lab, pi["name"]) for pi in lab.info["pis"]}
-    result = update(lab, report)
-    assert result.returncode == 1, result.stdout + result.stderr  # the faulty Pis failed
-    printers = {p["host"]: p for p in json.loads((report / "report.json").read_text())["printers"]}
-    for name, entry in printers.items():  # Klipper was stopped for the flash and runs again, everywhere
-        entry["klipper_restarted"] = klippy_pid(lab, name) not in (pids[name], 0, None)
-    return printers
+    return lab.first_update(tmp_path_factory.mktemp("boards-report"), max_failed="1")
 
 
 def artifact(lab: RunningFarm, pi: str, name: str) -> bytes:
@@ -51,7 +39,7 @@ def artifact(lab: RunningFarm, pi: str, name: str) -> bytes:
 
 
 def pico_flash(lab: RunningFarm, pi: str, port: str = "1-1.1") -> bytes:
-    return (usb_dir(lab, pi) / port / "flash.bin").read_bytes()
+    return (lab.usb_dir(pi) / port / "flash.bin").read_bytes()
 
 
 def test_every_kind_of_board_converges_in_one_update_with_the_artifacts_bytes(lab: RunningFarm,
@@ -60,27 +48,27 @@ def test_every_kind_of_board_converges_in_one_update_with_the_artifacts_bytes(la
         entry = first_update[pi]
         assert entry["status"] == "changed" and entry["klipper_restarted"], entry
         methods = {b["mcu_name"]: (b["method"], b["after_version"]) for b in entry["boards"]}
-        assert methods["rpi"] == ("linux", current(lab)), entry
+        assert methods["rpi"] == ("linux", lab.version("current")), entry
         binary = (lab.upper(pi) / "usr/local/bin/klipper_mcu").read_bytes()
         assert elf_header(binary)[:2] == (ARCHES[arch].elf_machine, ARCHES[arch].elf_class), pi
     assert {b["mcu_name"]: b["method"] for b in first_update["mix-armhf"]["boards"]}["mcu"] == "katapult"
     image = artifact(lab, "mix-armhf", "klipper.bin")
     assert flashed(lab, "mix-armhf", 0x08020000, len(image)) == image
     pico = {b["mcu_name"]: b for b in first_update["mix-arm64"]["boards"]}["mcu"]
-    assert (pico["method"], pico["after_version"], pico["read_back"]) == ("rp2040", current(lab), True), pico
+    assert (pico["method"], pico["after_version"], pico["read_back"]) == ("rp2040", lab.version("current"), True), pico
     first, flat = image_of(uf2_pages(artifact(lab, "mix-arm64", "klipper.uf2")))
     assert first == FLASH_START and pico_flash(lab, "mix-arm64")[:len(flat)] == flat
-    seen = [e["event"] for e in events(lab, "mix-arm64")]
+    seen = [e["event"] for e in lab.usb_events("mix-arm64")]
     assert "bootloader-request" in seen and "picoboot-reboot" in seen
 
 
 def test_the_rerun_is_a_no_op(lab: RunningFarm, first_update: dict, tmp_path: Path) -> None:
-    pids = {pi: klippy_pid(lab, pi) for pi in CONVERGING}
-    again = update(lab, tmp_path, *CONVERGING)
+    pids = {pi: lab.klippy_pid(pi) for pi in CONVERGING}
+    again = lab.update(tmp_path, *CONVERGING, max_failed="1")
     assert again.returncode == 0, again.stdout + again.stderr
     rerun = {p["host"]: p for p in json.loads((tmp_path / "report.json").read_text())["printers"]}
     assert {pi: rerun[pi]["status"] for pi in CONVERGING} == dict.fromkeys(CONVERGING, "converged")
-    assert {pi: klippy_pid(lab, pi) for pi in CONVERGING} == pids  # nothing was restarted
+    assert {pi: lab.klippy_pid(pi) for pi in CONVERGING} == pids  # nothing was restarted
 
 
 def test_a_picoboot_transfer_error_rolls_back_and_the_mended_board_converges(lab: RunningFarm, first_update: dict,
@@ -92,10 +80,10 @@ def test_a_picoboot_transfer_error_rolls_back_and_the_mended_board_converges(lab
     assert entry["klipper_restarted"] and board["after_version"] == board["before_version"]
     lab.ssh("pico-xfer", "sudo truncate -s 0 /var/lib/ratos-sim/usb/1-1.1/faults || "  # the board is mended
                          "sudo touch /var/lib/ratos-sim/usb/1-1.1/faults")
-    again = update(lab, tmp_path, "pico-xfer")
+    again = lab.update(tmp_path, "pico-xfer", max_failed="1")
     assert again.returncode == 3, again.stdout + again.stderr  # no failure, changes made
     rerun = {p["host"]: p for p in json.loads((tmp_path / "report.json").read_text())["printers"]}["pico-xfer"]
-    assert rerun["status"] == "changed" and rerun["boards"][0]["after_version"] == current(lab), rerun
+    assert rerun["status"] == "changed" and rerun["boards"][0]["after_version"] == lab.version("current"), rerun
 
 
 def test_a_pico_that_never_returns_after_the_reboot_needs_attention_and_is_named(lab: RunningFarm,

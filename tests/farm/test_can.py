@@ -4,60 +4,32 @@ network namespace (sim.can), toolboards through Katapult over CAN, bridges over 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.sim import farm as sim_farm
-
-from .conftest import VENV_BIN, RunningFarm, start_farm
+from .conftest import RunningFarm, running_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "can-lab.toml"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-can")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-can") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 @pytest.fixture(scope="module")
 def first_update(lab: RunningFarm, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    report = tmp_path_factory.mktemp("can-report")
-    pids = {pi["name"]: klippy_pid(lab, pi["name"]) for pi in lab.info["pis"]}
-    result = update(lab, report)
-    assert result.returncode == 1, result.stdout + result.stderr  # the faulty Pis failed
-    printers = {p["host"]: p for p in json.loads((report / "report.json").read_text())["printers"]}
+    printers = lab.first_update(tmp_path_factory.mktemp("can-report"))
     for name, entry in printers.items():
-        entry["klipper_restarted"] = klippy_pid(lab, name) not in (pids[name], 0, None)
         entry["klippy_after"] = klippy_state(lab, name)
     return printers
 
 
-def update(lab: RunningFarm, report: Path, *limit: str) -> subprocess.CompletedProcess[str]:
-    args = [str(VENV_BIN / "ratos-fleet"), "update", str(lab.inventory), "--max-failed", "100", "--report", str(report)]
-    for name in limit:
-        args += ["--limit", name]
-    return subprocess.run(args, capture_output=True, text=True, timeout=900)
-
-
-def events(lab: RunningFarm, pi: str) -> list[dict]:
-    path = lab.upper(pi) / "var/lib/ratos-sim/usb/events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def first(seen: list[dict], port: str, event: str) -> float:
     return next(e["t"] for e in seen if e["port"] == port and e["event"] == event)
-
-
-def klippy_pid(lab: RunningFarm, pi: str) -> int:
-    return json.loads((lab.upper(pi) / "var/lib/ratos-sim/state.json").read_text()).get("klippy_pid", 0)
 
 
 def klippy_state(lab: RunningFarm, pi: str) -> str:
@@ -72,24 +44,16 @@ def versions(entry: dict) -> dict[str, str | None]:
     return {board["mcu_name"]: board["after_version"] for board in entry["boards"]}
 
 
-def old(lab: RunningFarm) -> str:
-    return lab.info["versions"]["old"]["version"]
-
-
-def current(lab: RunningFarm) -> str:
-    return lab.info["versions"]["current"]["version"]
-
-
 def test_a_bridge_printer_flashes_its_toolboards_over_can_before_the_bridge(lab: RunningFarm,
                                                                            first_update: dict) -> None:
     entry = first_update["can-bridge"]
     assert entry["status"] == "changed" and entry["klipper_restarted"], entry
-    assert versions(entry) == {"toolboard_t0": current(lab), "toolboard_t1": current(lab), "mcu": current(lab)}
+    assert versions(entry) == {"toolboard_t0": lab.version("current"), "toolboard_t1": lab.version("current"), "mcu": lab.version("current")}
     # the bridge is asked for its bootloader over CAN, then written in its ROM DFU with dfu-util
     assert {b["mcu_name"]: b["method"] for b in entry["boards"]} == {
         "toolboard_t0": "katapult-can", "toolboard_t1": "katapult-can", "mcu": "dfu-util"}
     assert all(b["read_back"] for b in entry["boards"]), entry
-    seen = events(lab, "can-bridge")
+    seen = lab.usb_events("can-bridge")
     bridge_reset = first(seen, "1-1.1", "bootloader-request")
     for uuid in ("65efaa4cf65d", "90a4ae022dfc"):  # the emulator's log: both toolboards done first
         assert first(seen, f"can0/{uuid}", "katapult-complete") < bridge_reset
@@ -102,10 +66,10 @@ def test_a_bridge_with_katapult_comes_back_in_katapult_and_is_written_through_it
                                                                                  first_update: dict) -> None:
     entry = first_update["can-katbridge"]
     assert entry["status"] == "changed", entry
-    assert versions(entry) == {"mcu": current(lab), "toolboard_t0": current(lab)}
+    assert versions(entry) == {"mcu": lab.version("current"), "toolboard_t0": lab.version("current")}
     assert {b["mcu_name"]: b["method"] for b in entry["boards"]} == {"toolboard_t0": "katapult-can",
                                                                     "mcu": "katapult"}
-    seen = events(lab, "can-katbridge")
+    seen = lab.usb_events("can-katbridge")
     reset = first(seen, "1-1.1", "bootloader-request")
     assert first(seen, "can0/90a4ae022dfc", "katapult-complete") < reset < first(seen, "1-1.1", "katapult-connect")
     assert entry["klippy_after"] == "ready"
@@ -115,8 +79,8 @@ def test_a_toolboard_behind_a_usb_can_adapter_goes_first_then_the_usb_mainboard(
                                                                                first_update: dict) -> None:
     entry = first_update["can-adapter"]
     assert entry["status"] == "changed", entry
-    assert versions(entry) == {"toolboard_t0": current(lab), "mcu": current(lab)}
-    seen = events(lab, "can-adapter")
+    assert versions(entry) == {"toolboard_t0": lab.version("current"), "mcu": lab.version("current")}
+    seen = lab.usb_events("can-adapter")
     assert first(seen, "can0/65efaa4cf65d", "katapult-complete") < first(seen, "1-1.1", "bootloader-request")
     assert not [e for e in seen if e["event"] == "can-down"]  # an adapter's bus stays up
     assert entry["klippy_after"] == "ready"
@@ -128,20 +92,20 @@ def test_a_silent_toolboard_is_named_and_its_printer_left_as_it_was(lab: Running
     assert "CAN node toolboard_t0 (a1b2c3d4e5f6) does not answer on can0" in entry["reason"], entry
     assert "nothing was changed" in entry["reason"]
     assert not entry["klipper_restarted"]
-    assert not [e for e in events(lab, "can-silent") if e["event"] in ("bootloader-request", "erase", "unplug")]
-    assert versions(entry)["mcu"] in (None, old(lab))
+    assert not [e for e in lab.usb_events("can-silent") if e["event"] in ("bootloader-request", "erase", "unplug")]
+    assert versions(entry)["mcu"] in (None, lab.version("old"))
 
 
 def test_the_rerun_of_the_converged_printers_is_a_no_op(lab: RunningFarm, first_update: dict, tmp_path: Path) -> None:
-    pids = {name: klippy_pid(lab, name) for name in ("can-bridge", "can-adapter")}
-    before = len(events(lab, "can-bridge"))
-    again = update(lab, tmp_path, "can-bridge", "can-adapter")
+    pids = {name: lab.klippy_pid(name) for name in ("can-bridge", "can-adapter")}
+    before = len(lab.usb_events("can-bridge"))
+    again = lab.update(tmp_path, "can-bridge", "can-adapter")
     assert again.returncode == 0, again.stdout + again.stderr
     printers = {p["host"]: p for p in json.loads((tmp_path / "report.json").read_text())["printers"]}
     assert {name: p["status"] for name, p in printers.items()} == {"can-bridge": "converged",
                                                                   "can-adapter": "converged"}, again.stdout
-    assert {name: klippy_pid(lab, name) for name in pids} == pids
-    assert len(events(lab, "can-bridge")) == before  # not one frame that changed anything
+    assert {name: lab.klippy_pid(name) for name in pids} == pids
+    assert len(lab.usb_events("can-bridge")) == before  # not one frame that changed anything
 
 
 def test_a_transfer_error_on_a_toolboard_rolls_the_printer_back_to_its_working_pair(lab: RunningFarm,
@@ -149,8 +113,8 @@ def test_a_transfer_error_on_a_toolboard_rolls_the_printer_back_to_its_working_p
     entry = first_update["can-xfer"]
     assert entry["status"] == "failed" and entry["klipper_restarted"], entry
     assert "block 3 of the image" in entry["reason"] and "rolled back" in entry["reason"], entry
-    assert versions(entry) == {"toolboard_t0": old(lab), "mcu": old(lab)}
-    seen = [e["event"] for e in events(lab, "can-xfer") if e["port"] == "1-1.1"]
+    assert versions(entry) == {"toolboard_t0": lab.version("old"), "mcu": lab.version("old")}
+    seen = [e["event"] for e in lab.usb_events("can-xfer") if e["port"] == "1-1.1"]
     assert "bootloader-request" not in seen  # the bridge was never touched
     assert entry["klippy_after"] == "ready"
 
@@ -160,8 +124,8 @@ def test_a_bridge_that_never_comes_back_in_its_bootloader_ends_on_the_old_pair(l
     entry = first_update["can-gone"]
     assert entry["status"] == "failed" and entry["klipper_restarted"], entry
     assert "did not enter DFU on USB port 1-1.1" in entry["reason"], entry
-    assert versions(entry) == {"toolboard_t0": old(lab), "mcu": old(lab)}
-    seen = events(lab, "can-gone")
+    assert versions(entry) == {"toolboard_t0": lab.version("old"), "mcu": lab.version("old")}
+    seen = lab.usb_events("can-gone")
     completes = [e["t"] for e in seen if e["port"] == "can0/65efaa4cf65d" and e["event"] == "katapult-complete"]
     assert len(completes) == 2 and completes[1] > first(seen, "1-1.1", "bootloader-request")  # given back over CAN
     assert entry["klippy_after"] == "ready"
@@ -171,5 +135,5 @@ def test_two_unassigned_nodes_are_never_queried_so_none_goes_bus_off(lab: Runnin
     entry = first_update["can-busoff"]
     assert entry["status"] == "failed", entry
     assert "a query could push them into bus-off, so none was sent" in entry["reason"], entry
-    assert not [e for e in events(lab, "can-busoff") if e["event"] in ("bus-off", "bootloader-request")]
+    assert not [e for e in lab.usb_events("can-busoff") if e["event"] in ("bus-off", "bootloader-request")]
     assert not entry["klipper_restarted"]

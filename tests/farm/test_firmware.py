@@ -14,10 +14,9 @@ from pyinfra_ratos.firmware.builder import Builder, builds_made
 from pyinfra_ratos.firmware.catalog import load_catalog
 from pyinfra_ratos.firmware.kconfig import render_fragment
 from pyinfra_ratos.operations import firmware
-from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim.klipper_repo import build_firmware
 
-from .conftest import RunningFarm, start_farm
+from .conftest import RunningFarm, running_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "firmware-lab.toml"
 DEPLOY = Path(__file__).parents[2] / "deploys" / "firmware.py"
@@ -26,12 +25,8 @@ RESULT = re.compile(r'RATOS-RESULT (\{".*\})')
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-firmware")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-firmware") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 def deploy(lab: RunningFarm, *limit: str, data: str | None = None, verbose: bool = False) -> str:

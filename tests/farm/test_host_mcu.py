@@ -12,9 +12,8 @@ import pytest
 
 from pyinfra_ratos.firmware.arch import ARCHES
 from pyinfra_ratos.firmware.image import elf_header
-from pyinfra_ratos.sim import farm as sim_farm
 
-from .conftest import VENV_BIN, RunningFarm, start_farm
+from .conftest import VENV_BIN, RunningFarm, running_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "hostmcu-lab.toml"
 PIS = {"mcu-armhf": "armhf", "mcu-arm64": "aarch64"}
@@ -22,12 +21,8 @@ PIS = {"mcu-armhf": "armhf", "mcu-arm64": "aarch64"}
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-hostmcu")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-hostmcu") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 def ratos_fleet(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from pyinfra_ratos.operations.klipper import plan_checkout
 from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim.klipper_repo import create_template_repo
 
-from .conftest import RunningFarm, start_farm
+from .conftest import RunningFarm, running_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "provision-checkout.toml"
 PIN = "a" * 40
@@ -113,12 +113,8 @@ def test_a_commit_the_source_lacks_is_named_with_the_fix(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-checkout")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-checkout") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 def checkout(lab: RunningFarm, commit: str) -> subprocess.CompletedProcess[str]:

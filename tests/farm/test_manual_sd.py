@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_ratos.sim import farm as sim_farm
 
-from .conftest import VENV_BIN, RunningFarm, start_farm
+from .conftest import VENV_BIN, RunningFarm, running_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "manual-sd-lab.toml"
 PI = "sd-skr2"
@@ -21,12 +20,8 @@ PI = "sd-skr2"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-manual-sd")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-manual-sd") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 def pistate(lab: RunningFarm) -> dict:

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim import pihome, procs
 
-from .conftest import VENV_BIN, RunningFarm, start_farm
+from .conftest import VENV_BIN, RunningFarm, running_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "printer-config.toml"
 DEPLOY = Path(__file__).resolve().parents[2] / "deploys" / "printer_config.py"
@@ -37,12 +36,8 @@ DATA: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-printer-config")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-printer-config") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 def deploy(farm: RunningFarm, name: str, data: dict[str, Any], *args: str, yes: bool = True,

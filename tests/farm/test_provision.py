@@ -15,10 +15,9 @@ import pytest
 
 from pyinfra_ratos.printer.klipper_config import split_save_config
 from pyinfra_ratos.operations import backup
-from pyinfra_ratos.sim import farm as sim_farm
 from pyinfra_ratos.sim import pihome
 
-from .conftest import RunningFarm, start_farm
+from .conftest import RunningFarm, running_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "provision-lab.toml"
 DEPLOY = Path(__file__).resolve().parents[2] / "deploys" / "provision.py"
@@ -27,12 +26,8 @@ FRESH = ("prov-online", "prov-offline")
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-provision")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-provision") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 def provision(lab: RunningFarm, *names: str, **data: Any) -> str:

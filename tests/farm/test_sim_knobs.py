@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from pyinfra_ratos.sim import farm as sim_farm
 
-from .conftest import RunningFarm, start_farm
+from .conftest import RunningFarm, running_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "knobs-lab.toml"
 QUERY = "/printer/objects/query?webhooks&print_stats=state&idle_timeout=state"
@@ -23,12 +22,8 @@ PROOF = "MainPID,ExecMainStartTimestamp,ExecMainStartTimestampMonotonic,NRestart
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-knobs")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-knobs") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 def knob(lab: RunningFarm, pi: str, *settings: str) -> None:

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from pyinfra_ratos.firmware.catalog import load_catalog
-from pyinfra_ratos.sim import farm as sim_farm
 
-from .conftest import BOOTLOADER_REQUEST, RunningFarm, start_farm
+from .conftest import BOOTLOADER_REQUEST, RunningFarm, running_farm
 
 SCENARIO = Path(__file__).parent / "scenarios" / "usb-lab.toml"
 H723 = "btt-octopus-pro-h723-11"
@@ -34,12 +33,8 @@ print(json.dumps(sorted(
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    state = tmp_path_factory.mktemp("farm-usb")
-    running = start_farm(SCENARIO, state)
-    try:
+    with running_farm(tmp_path_factory, SCENARIO, "farm-usb") as running:
         yield running
-    finally:
-        sim_farm.down(state)
 
 
 def build_on_pi(lab: RunningFarm, pi: str, board: str) -> tuple[str, bytes, str]:
