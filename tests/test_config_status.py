@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyinfra_ratos.facts.printer_files import sha256_text
-from pyinfra_ratos.fleet.config_status import judge_config, status_reads
+from pyinfra_ratos.run.config_status import judge_config, status_reads
 from pyinfra_ratos.operations.printer import decide_config
 
 COMMIT = "61c0c8d2ef40340781835dd53fb04cc7a454e37a"

@@ -35,3 +35,13 @@ def test_the_audit_deploy_uses_the_same_compare_and_reads_klippy_log_versions_to
     assert lines[0].startswith(f"[p] klipper {OLD} (behind)")
     assert lines[-1].endswith("behind")
     assert audit_lines("p", audit)[-1].endswith("at pin")  # no pin: against the host's own version
+
+
+def test_the_audit_deploy_ends_with_the_configuration_word_and_why() -> None:
+    audit = {"klipper": {"version": NEW}, "activity": {"busy": False}, "network": {"default_route": True},
+             "boards": {}, "mcu_firmware": {"klippy_state": "ready", "host_version": NEW, "mcus": {}}}
+    assert audit_lines("p", audit, PIN, config={"state": "up to date", "reason": ""})[-1] == "[p]   config up to date"
+    invalid = {"state": "invalid", "reason": "invalid configuration, nothing was written:\n  - RatOS.cfg line 3: x"}
+    assert audit_lines("p", audit, PIN, config=invalid)[-2:] == [
+        "[p]   config invalid  invalid configuration, nothing was written:", "[p]     - RatOS.cfg line 3: x"]
+    assert not any("config" in line for line in audit_lines("p", audit, PIN))

@@ -119,7 +119,7 @@ def _status(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from pyinfra_ratos.fleet import api as fleet_api
-    from pyinfra_ratos.fleet.config_status import judge_config, status_reads
+    from pyinfra_ratos.run.config_status import judge_config, status_reads
     from pyinfra_ratos.firmware.catalog import load_catalog
     from pyinfra_ratos.facts.update_state import UpdateState
     from pyinfra_ratos.fleet.hostdata import InventoryError, validate_inventory

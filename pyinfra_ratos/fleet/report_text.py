@@ -216,7 +216,7 @@ def status_rows(boards: Sequence[Any], fact: Any, pin_commit: str | None = None,
 
     ``firmware`` and ``klipper`` are :func:`pyinfra_ratos.firmware.converged.firmware_word` against the pin
     (without a pin: against the host's own version); ``at_pin``: Klipper and every board at the pin.
-    ``config``: :func:`pyinfra_ratos.fleet.config_status.judge_config`'s answer (None: not read).
+    ``config``: :func:`pyinfra_ratos.run.config_status.judge_config`'s answer (None: not read).
     ``converged`` is both: at the pin, and a configuration ``update`` would not rewrite.
     """
     audit = fact.value if fact.value is not None else {}

@@ -236,5 +236,7 @@ def test_the_audit_deploy_prints_each_pi_and_board_in_one_command_per_pi(three_p
     assert re.search(rf"\[vcore-02\] klipper {current} \(at pin\)\s+klippy ready\s+busy\s+online", out), out
     assert re.search(r"\[vminion-01\] klipper \S+ \((at pin|behind)\)\s+klippy error\s+idle\s+offline", out), out
     assert re.search(r"\[vminion-01\]\s+1-1\.1\s+dfu\s+", out), out
+    assert all(re.search(rf"\[{p['name']}\]   config (up to date|will write|restart owed|invalid|unknown)", out)
+               for p in three_pis.info["pis"]), out
     after = {p["name"]: _ssh_commands(three_pis, p["name"]) for p in three_pis.info["pis"]}
     assert all(after[name] - before[name] == 1 for name in before), (before, after)
