@@ -17,7 +17,8 @@ in its override layer, and the deploy's defaults stay live).
 A converged printer of the fleet then asks ``pop_global_arguments`` the same question twice: for
 its one fact (read before any deploy runs) and for the update deploy itself, both without a global
 argument given and outside any deploy or operation, so both answers are the host's data and the
-config's defaults (~0.35 ms each). :func:`install` keeps that context-free answer per host and
+config's defaults (0.7 M instructions, ~0.1 ms, each: callgrind, 1000 calls with the data frozen;
+~3% of a converged printer's controller work). :func:`install` keeps that context-free answer per host and
 config; any call with a global argument, a deploy or operation context, or a config context is
 pyinfra's own, as is everything after the host's data was written to.
 """

@@ -78,7 +78,7 @@ class RunningFarm:
         return self.info["versions"][which]["version"]
 
     def klippy_pid(self, name: str) -> int:
-        """The pid of the Pi's Klippy stand-in (0 when it is stopped)."""
+        """The pid of the Pi's Klippy stand-in (0 when it is stopped or was never started)."""
         return json.loads((self.upper(name) / "var/lib/ratos-sim/state.json").read_text()).get("klippy_pid", 0)
 
     def usb_dir(self, name: str) -> Path:

@@ -44,11 +44,6 @@ def pistate(lab: RunningFarm, pi: str) -> dict:
     return json.loads((lab.upper(pi) / "var/lib/ratos-sim/state.json").read_text())
 
 
-def usb_events(lab: RunningFarm, pi: str) -> list[dict]:
-    path = lab.upper(pi) / "var/lib/ratos-sim/usb/events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def mcu_version(lab: RunningFarm, pi: str, name: str = "mcu") -> str | None:
     mcu = next(m for m in pistate(lab, pi)["mcus"] if m["name"] == name)
     return (mcu["firmware"] or {}).get("version") if mcu["present"] else None
@@ -74,7 +69,7 @@ def test_a_behind_board_is_flashed_through_the_bootloader_request_and_a_rerun_is
     before = pistate(lab, "fw-idle")["klippy_pid"]
     out = deploy(lab, "fw-idle")
     assert mcu_version(lab, "fw-idle") == current(lab), out
-    events = [e["event"] for e in usb_events(lab, "fw-idle")]
+    events = [e["event"] for e in lab.usb_events("fw-idle")]
     assert "bootloader-request" in events and "leave-request" in events
     state = pistate(lab, "fw-idle")
     assert state["services"]["klipper"] == "active" and state["klippy_pid"] != before
@@ -90,14 +85,14 @@ def test_rule1_a_printing_printer_is_never_stopped(lab: RunningFarm) -> None:
     after = pistate(lab, "fw-printing")
     assert after["klippy_pid"] == before["klippy_pid"] and after["services"]["klipper"] == "active"
     assert mcu_version(lab, "fw-printing") == lab.info["versions"]["old"]["version"]
-    assert [e for e in usb_events(lab, "fw-printing") if e["event"] != "mode"] == []
+    assert [e for e in lab.usb_events("fw-printing") if e["event"] != "mode"] == []
     assert grand_total(out)["error"] == 0, out
 
 
 def test_rule2_the_h723_v10_is_flashed_only_with_the_per_run_attended_flag(lab: RunningFarm) -> None:
     deploy(lab, "fw-h723v10")
     assert mcu_version(lab, "fw-h723v10") == lab.info["versions"]["old"]["version"]
-    assert [e for e in usb_events(lab, "fw-h723v10") if e["event"] != "mode"] == []
+    assert [e for e in lab.usb_events("fw-h723v10") if e["event"] != "mode"] == []
     deploy(lab, "fw-h723v10", data="attended_flash=true")
     assert mcu_version(lab, "fw-h723v10") == current(lab)
 
@@ -108,11 +103,11 @@ def test_rule2_attended_flash_in_the_inventory_is_refused_before_any_command(lab
         f"exec(open({str(lab.inventory)!r}).read())\n"
         "pis = [(name, {**data, 'attended_flash': True}) for name, data in pis]\n"
     )
-    before = usb_events(lab, "fw-h723v10")
+    before = lab.usb_events("fw-h723v10")
     bad = lab.pyinfra(str(DEPLOY), "--limit", "fw-h723v10", check=False, inventory=inventory)
     assert bad.returncode != 0
     assert "host fw-h723v10: field 'attended_flash' is set in the inventory" in bad.stdout
-    assert usb_events(lab, "fw-h723v10") == before
+    assert lab.usb_events("fw-h723v10") == before
 
 
 def test_rule3_an_image_for_another_mcu_or_address_is_refused_before_any_command(lab: RunningFarm, tmp_path: Path) -> None:
@@ -134,7 +129,7 @@ def test_rule3_an_image_for_another_mcu_or_address_is_refused_before_any_command
             shutil.copy2(bad / "klipper.bin", target)
             out = deploy(lab, "fw-badimage")
             assert "not flashing" in out and "image does not fit the board" in out and why in out, out
-            assert [e for e in usb_events(lab, "fw-badimage") if e["event"] != "mode"] == []
+            assert [e for e in lab.usb_events("fw-badimage") if e["event"] != "mode"] == []
             assert pistate(lab, "fw-badimage")["klippy_pid"] == pid
     finally:
         target.write_bytes(original)
@@ -162,7 +157,7 @@ def test_rule6_two_boards_in_dfu_are_each_flashed_by_port(lab: RunningFarm) -> N
     out = deploy(lab, "fw-pair")
     assert mcu_version(lab, "fw-pair", "mcu") == current(lab), out
     assert mcu_version(lab, "fw-pair", "second") == current(lab), out
-    ports = {e["port"] for e in usb_events(lab, "fw-pair") if e["event"] == "leave-request"}
+    ports = {e["port"] for e in lab.usb_events("fw-pair") if e["event"] == "leave-request"}
     assert ports == {"1-1.1", "1-1.2"}
     assert len(re.findall(r"Starting operation: .*\| Upload ", out)) == 1, out  # one identity, one upload
 
@@ -189,7 +184,7 @@ def test_pyusb_backend_catches_a_corrupted_write_by_read_back_and_writes_again(l
     (record,) = [r for r in results(out) if r["board"] == "btt-octopus-pro-h723-11"]
     assert (record["action"], record["backend"], record["read_back"]) == ("flashed", "pyusb", True), out
     assert "the first write read back wrong; attempt 2 read back right" in record["reason"]
-    assert [e["event"] for e in usb_events(lab, pi)].count("corrupt-write") == 1
+    assert [e["event"] for e in lab.usb_events(pi)].count("corrupt-write") == 1
     image = shipped(lab, pi, "klipper.bin")
     assert flash_contents(lab, pi, port)[0x20000:0x20000 + len(image)] == image
     assert mcu_version(lab, pi) == current(lab)

@@ -54,10 +54,6 @@ def ratos_fleet(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(VENV_BIN / "ratos-fleet"), *args], capture_output=True, text=True, timeout=900)
 
 
-def klippy_pid(fleet: RunningFarm, pi: str) -> int:
-    return json.loads((fleet.upper(pi) / "var/lib/ratos-sim/state.json").read_text())["klippy_pid"]
-
-
 def sshd_sessions(fleet: RunningFarm, pi: str) -> int:
     log = fleet.upper(pi) / "var/log/ratos-sim/sshd.log"
     return log.read_text().count("Starting session") if log.exists() else 0
@@ -126,7 +122,7 @@ def test_a_slow_printer_does_not_hold_the_window(tmp_path_factory: pytest.TempPa
 
 
 def test_the_update_converges_the_fleet_and_never_touches_a_printing_printer(fleet: RunningFarm, tmp_path: Path) -> None:
-    pids = {name: klippy_pid(fleet, name) for name in PRINTING}
+    pids = {name: fleet.klippy_pid(name) for name in PRINTING}
     result = ratos_fleet("update", str(fleet.inventory), "--max-in-flight", "6", "--max-failed", "0.5",
                          "--report", str(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
@@ -135,7 +131,7 @@ def test_the_update_converges_the_fleet_and_never_touches_a_printing_printer(fle
     assert len(status) == 20 and (tmp_path / "report.html").exists()
     for name in PRINTING:
         assert status[name]["status"] == "busy" and "printing" in status[name]["reason"]
-        assert klippy_pid(fleet, name) == pids[name]  # Klipper never stopped or restarted
+        assert fleet.klippy_pid(name) == pids[name]  # Klipper never stopped or restarted
     for name, entry in status.items():
         if name in PRINTING | FAILING:
             continue

@@ -56,11 +56,6 @@ def flash_contents(lab: RunningFarm, pi: str, port: str) -> bytes:
     return (lab.upper(pi) / "var/lib/ratos-sim/usb" / port / "flash.bin").read_bytes()
 
 
-def usb_events(lab: RunningFarm, pi: str) -> list[dict]:
-    path = lab.upper(pi) / "var/lib/ratos-sim/usb/events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def moonraker_mcu(lab: RunningFarm, pi: str, name: str) -> dict:
     query = "mcu" if name == "mcu" else f"mcu%20{name}"
     answer = json.loads(lab.ssh(pi, f"curl -s '127.0.0.1:7125/printer/objects/query?{query}'").stdout)
@@ -142,7 +137,7 @@ def test_dfu_util_flashes_a_pi_built_image_byte_identically(lab: RunningFarm) ->
     start = H723_APP - FLASH_BASE
     assert after[start : start + len(image)] == image
     assert after[:start] == before[:start]  # the vendor bootloader sector is untouched
-    erased = [e["sector"] for e in usb_events(lab, "usb-single") if e["event"] == "erase"]
+    erased = [e["sector"] for e in lab.usb_events("usb-single") if e["event"] == "erase"]
     assert erased == list(range(start // H723_SECTOR, (start + len(image) - 1) // H723_SECTOR + 1))
     # back as Klipper on the same port, reporting what the flashed bytes say
     links = wait_for(lambda: lab.ssh("usb-single", "ls /dev/serial/by-path/ 2>/dev/null", check=False).stdout, what="tty")
